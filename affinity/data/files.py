@@ -1,0 +1,124 @@
+"""Reading a user's wide table from CSV, Parquet or NPZ (content-checked, not trusted by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from affinity.data.table import DataError, TaskTable
+from affinity.manifest import DatasetSpec
+
+PARQUET_MAGIC = b"PAR1"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sniff_format(path: Path) -> str:
+    """Detect csv / parquet / npz from the file's bytes."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(ZIP_MAGIC):
+        return "npz"
+    if b"\x00" in head:
+        raise DataError(
+            f"{path.name} is neither CSV text, Parquet nor NPZ (binary content of an unknown format); "
+            "give a .csv, .parquet or .npz file"
+        )
+    return "csv"
+
+
+def read_table_file(spec: DatasetSpec) -> TaskTable:
+    path = Path(spec.source)
+    if not path.is_file():
+        raise DataError(
+            f"dataset.source {spec.source!r} is neither a built-in dataset (planted, digits) nor an existing "
+            "file; give a built-in name or the path to a .csv, .parquet or .npz file"
+        )
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        return _read_npz(path, spec)
+    try:
+        frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+    return _from_frame(frame, spec, path.name)
+
+
+def _from_frame(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> TaskTable:
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if spec.tasks is None:
+        raise DataError(
+            f"dataset.tasks is required for a table ({name}); list the label columns, e.g. "
+            '"tasks": ["label_a", {"name": "price", "type": "regression"}]'
+        )
+    task_names = [t.name for t in spec.tasks]
+    task_types = [t.type for t in spec.tasks]
+    missing = [c for c in task_names if c not in columns]
+    if missing:
+        raise DataError(f"task columns {missing} are not in {name}; its columns are {columns[:20]}")
+    features = spec.features if spec.features is not None else [c for c in columns if c not in task_names]
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise DataError(f"feature columns {missing} are not in {name}; its columns are {columns[:20]}")
+    non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        c = non_numeric[0]
+        example = frame[c].dropna().astype(str).iloc[0] if frame[c].notna().any() else ""
+        raise DataError(
+            f"feature columns {non_numeric} are not numeric (e.g. {c!r} holds {example!r}); encode them as "
+            "numbers or leave them out of dataset.features"
+        )
+    for c in task_names:
+        if not pd.api.types.is_numeric_dtype(frame[c]):
+            coerced = pd.to_numeric(frame[c], errors="coerce")
+            bad = frame[c].notna() & coerced.isna()
+            if bad.any():
+                raise DataError(
+                    f"task column {c!r} holds non-numeric labels (e.g. {str(frame[c][bad].iloc[0])!r}); use 0/1 "
+                    "for binary tasks, numbers for regression, and an empty cell for 'not labelled'"
+                )
+            frame[c] = coerced
+    X = frame[features].to_numpy(dtype=np.float64)
+    Y = frame[task_names].to_numpy(dtype=np.float64)
+    return TaskTable(X=X, Y=Y, task_names=task_names, task_types=task_types, feature_names=list(features),
+                     metadata={"source": name})
+
+
+def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if not {"X", "Y"} <= keys:
+                raise DataError(
+                    f"{path.name} must hold arrays 'X' (rows × features) and 'Y' (rows × tasks, NaN = not "
+                    f"labelled); it holds {sorted(keys)}"
+                )
+            X = np.asarray(npz["X"], dtype=np.float64)
+            Y = np.asarray(npz["Y"], dtype=np.float64)
+            stored_names = [str(s) for s in npz["task_names"]] if "task_names" in keys else None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {path.name} as NPZ: {str(exc).splitlines()[0]}") from None
+    if X.ndim != 2:
+        raise DataError(f"{path.name}: X must be 2-D (rows × features), got shape {X.shape}")
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2:
+        raise DataError(f"{path.name}: Y must be 2-D (rows × tasks), got shape {Y.shape}")
+    n_tasks = Y.shape[1]
+    if spec.tasks is not None:
+        if len(spec.tasks) != n_tasks:
+            raise DataError(
+                f"dataset.tasks lists {len(spec.tasks)} tasks but Y in {path.name} has {n_tasks} columns; "
+                "give one entry per column of Y"
+            )
+        names, types = [t.name for t in spec.tasks], [t.type for t in spec.tasks]
+    else:
+        names = stored_names or [f"task_{i}" for i in range(n_tasks)]
+        types = [spec.task_type] * n_tasks
+    features = [f"x{i}" for i in range(X.shape[1])]
+    return TaskTable(X=X, Y=Y, task_names=names, task_types=types, feature_names=features,
+                     metadata={"source": path.name})

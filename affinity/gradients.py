@@ -1,0 +1,119 @@
+"""Projected per-sample gradients of each task's raw output at the base model θ*.
+
+For every labelled (row, task) pair, g = ∂f_task(x_row; θ)/∂θ at θ*, over a chosen parameter
+set, projected to d dimensions on the fly. Rows are processed in chunks (torch.func vmap of
+grad) whose size is bounded by the memory setting, so neither the N × p gradient matrix nor
+(for large p) the p × d projection matrix is ever held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from affinity.models import model_layers, task_outputs
+from affinity.progress import Progress
+from affinity.projection import BlockProjector
+
+
+class _TaskOutput(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        return task_outputs(self.model, x, tasks)
+
+
+def select_parameters(model: nn.Module, which: str, last_layers: int = 1) -> list[str]:
+    """Names of the parameters gradients are taken against: all, encoder (all but heads), last N layers."""
+    layers = model_layers(model)
+    if which == "all":
+        names = [n for layer in layers for n in layer]
+    elif which == "encoder":
+        if len(layers) < 2:
+            raise ValueError("estimation.params='encoder' needs a model with layers besides the heads")
+        names = [n for layer in layers[:-1] for n in layer]
+    elif which == "last":
+        if last_layers > len(layers):
+            raise ValueError(
+                f"estimation.last_layers={last_layers} exceeds the model's {len(layers)} layers; use at most {len(layers)}"
+            )
+        names = [n for layer in layers[-last_layers:] for n in layer]
+    else:
+        raise ValueError(f"estimation.params={which!r} is not known; use all, encoder or last")
+    params = dict(model.named_parameters())
+    return [n for n in names if n in params and params[n].requires_grad]
+
+
+@dataclass
+class GradientFeatures:
+    """Projected gradients and base outputs of the labelled (row, task) pairs."""
+
+    features: np.ndarray  # (pairs, d) float32
+    base_output: np.ndarray  # (pairs,) float32
+    rows: np.ndarray  # (pairs,) int64
+    tasks: np.ndarray  # (pairs,) int64
+    n_params: int
+
+
+def labelled_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tasks) of the set entries of a rows × tasks mask, ordered by task then row."""
+    tasks, rows = np.nonzero(mask.T)
+    return rows.astype(np.int64), tasks.astype(np.int64)
+
+
+def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
+    """Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel)."""
+    wrapper = _TaskOutput(model)
+    state = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
+    state.update({f"model.{k}": v for k, v in model.named_buffers()})
+    trainable = {f"model.{n}": state.pop(f"model.{n}") for n in names}
+
+    def out(params: dict[str, torch.Tensor], xi: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
+        return functional_call(wrapper, {**state, **params}, (xi[None], ti[None]))[0]
+
+    grads = vmap(grad(out), in_dims=(None, 0, 0))(trainable, x, tasks)
+    return [grads[f"model.{n}"].reshape(x.shape[0], -1) for n in names]
+
+
+def projected_gradients(
+    model: nn.Module,
+    X: torch.Tensor,
+    rows: np.ndarray,
+    tasks: np.ndarray,
+    names: list[str],
+    projector: BlockProjector,
+    chunk_rows: int,
+    memory_mb: int,
+    progress: Progress | None = None,
+) -> GradientFeatures:
+    """Projected per-sample gradients and base outputs for the given (row, task) pairs."""
+    model.eval()
+    params = dict(model.named_parameters())
+    p = sum(params[n].numel() for n in names)
+    if p != projector.p:
+        raise ValueError(f"projector expects p={projector.p}, parameter set has {p}")
+    # Per chunk: the gradients (chunk × p) plus vmap's intermediates; keep ~3 copies in budget.
+    chunk = max(1, min(chunk_rows, (memory_mb * 2**20) // (3 * 4 * max(p, 1))))
+    device = X.device
+    feats = np.empty((len(rows), projector.d), dtype=np.float32)
+    base = np.empty(len(rows), dtype=np.float32)
+    progress = progress or Progress()
+    progress.start("projected gradients", len(rows))
+    for start in range(0, len(rows), chunk):
+        r = torch.as_tensor(rows[start:start + chunk], device=device)
+        t = torch.as_tensor(tasks[start:start + chunk], device=device)
+        x = X[r]
+        segments = per_sample_gradients(model, names, x, t)
+        feats[start:start + len(r)] = projector.project_segments(segments).float().cpu().numpy()
+        with torch.no_grad():
+            base[start:start + len(r)] = task_outputs(model, x, t).float().cpu().numpy()
+        progress.advance(len(r))
+        progress.check_cancelled()
+    progress.finish()
+    return GradientFeatures(features=feats, base_output=base, rows=rows, tasks=tasks, n_params=p)

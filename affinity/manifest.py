@@ -1,0 +1,282 @@
+"""The job manifest: what to compute and how, validated once at the edge.
+
+A manifest is JSON or YAML. Only ``dataset`` is required; every other section has defaults
+chosen for the built-in data on a laptop CPU. Every invalid value is rejected with a message
+naming the field, the value and the fix (see :func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MANIFEST_VERSION = 1
+
+BUILTIN_DATASETS = ("planted", "digits")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskSpec(_Section):
+    """One label column of a table and what kind of target it is."""
+
+    name: str = Field(min_length=1, description="Column holding this task's labels.")
+    type: Literal["binary", "regression"] = Field(
+        "binary", description="binary: labels 0/1, BCE on logits; regression: real labels, MSE."
+    )
+
+
+class DatasetSpec(_Section):
+    """Where the rows come from and which columns are features and tasks."""
+
+    source: str = Field(
+        "planted",
+        description=(
+            "A built-in dataset name (planted, digits) or a path to a .csv, .parquet or .npz file. "
+            "Relative paths are resolved against the manifest's folder."
+        ),
+    )
+    features: list[str] | None = Field(
+        None, description="Feature columns of a table (default: every column that is not a task)."
+    )
+    task_type: Literal["binary", "regression"] = Field(
+        "binary", description="Type of tasks given by name only (and of NPZ tasks)."
+    )
+    tasks: list[TaskSpec] | None = Field(
+        None,
+        description=(
+            "Task label columns, as names (binary) or {name, type}. Required for CSV/Parquet; "
+            "for NPZ, default: one binary task per column of Y named task_0, task_1, ..."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Parameters of a built-in dataset (planted: tasks, groups, rows_per_task, noise, ...).",
+    )
+    val_fraction: float = Field(
+        0.3, gt=0.0, lt=1.0, description="Share of each task's labelled rows held out for validation."
+    )
+    min_rows_per_task: int = Field(
+        10, ge=4, description="A task with fewer labelled rows (or fewer than 2 per class) is refused."
+    )
+    standardize: bool = Field(True, description="Standardize features with train-row statistics.")
+    seed: int = Field(0, ge=0, description="Seed of the per-task train/validation split.")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_to_specs(cls, tasks: Any, info: Any) -> Any:
+        # A bare name is shorthand for {"name": name, "type": task_type}.
+        if isinstance(tasks, list):
+            default = info.data.get("task_type", "binary")
+            return [{"name": t, "type": default} if isinstance(t, str) else t for t in tasks]
+        return tasks
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list[TaskSpec] | None) -> list[TaskSpec] | None:
+        if tasks is None:
+            return None
+        if not tasks:
+            raise ValueError("is empty; list at least one task column, or omit it for the default")
+        names = [t.name for t in tasks]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"duplicate task names {dups}; give every task a distinct column")
+        return tasks
+
+
+class ModelSpec(_Section):
+    """Shared MLP encoder with one output head per task."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1, description="Widths of the shared layers."
+    )
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    task_norm: bool = Field(
+        False, description="Per-task normalization after each shared layer (own statistics per task)."
+    )
+
+
+class TrainingSpec(_Section):
+    """Base-model training on all tasks at once."""
+
+    epochs: int = Field(200, ge=1, le=100_000, description="Maximum epochs.")
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    patience: int = Field(15, ge=1, description="Early stopping: epochs without a better mean validation loss.")
+    mtl_method: Literal["equal"] = Field(
+        "equal", description="Multitask optimizer; equal = mean of the per-task losses."
+    )
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+
+
+class EstimationSpec(_Section):
+    """Grad-TAG: projected per-sample gradients and linearized fine-tuning on sampled subsets."""
+
+    method: Literal["grad_tag"] = "grad_tag"
+    projection_dim: int = Field(200, ge=1, le=100_000, description="d, the projected gradient dimension.")
+    projection: Literal["rademacher", "gaussian"] = "rademacher"
+    params: Literal["all", "encoder", "last"] = Field(
+        "all", description="Parameters the gradients are taken against: all, encoder only, or the last N layers."
+    )
+    last_layers: int = Field(1, ge=1, description="N for params = last (the output heads count as one layer).")
+    subset_size: int = Field(5, ge=2, description="Tasks per sampled subset.")
+    num_subsets: int = Field(300, ge=1, le=1_000_000)
+    min_pair_count: int = Field(
+        1, ge=0, description="Refuse to run when a pair of tasks is covered by fewer subsets than this."
+    )
+    l2: float = Field(0.1, gt=0.0, description="L2 penalty of the surrogate fit (mean loss + l2/2 ||w||²).")
+    chunk_rows: int = Field(512, ge=1, description="Rows per per-sample-gradient chunk (bounds memory).")
+    block_params: int = Field(
+        65536, ge=1, description="Parameters per projection block (bounds memory of the projection matrix)."
+    )
+    subset_batch: int = Field(64, ge=1, description="Subsets fitted at once by the batched Newton solver.")
+    seed: int = Field(0, ge=0)
+
+
+class GroupingSpec(_Section):
+    """Clustering of the affinity matrix into groups (solver package)."""
+
+    method: Literal["auto", "sdp", "lowrank", "spectral", "agglomerative"] = "auto"
+    k: int | Literal["auto"] | list[int] = Field(
+        "auto", description="Number of groups: an integer, 'auto', or [k_min, k_max] to choose from."
+    )
+    seed: int = Field(0, ge=0)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_shape(cls, k: Any) -> Any:
+        ok = (
+            (isinstance(k, int) and not isinstance(k, bool))
+            or k == "auto"
+            or (isinstance(k, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in k))
+        )
+        if not ok:
+            raise ValueError("must be a whole number of groups, 'auto', or [k_min, k_max]")
+        if isinstance(k, int) and k < 1:
+            raise ValueError("must be at least 1; give the number of groups, 'auto' or [k_min, k_max]")
+        if isinstance(k, list):
+            if len(k) != 2 or not 1 <= k[0] <= k[1]:
+                raise ValueError("a range must be [k_min, k_max] with 1 <= k_min <= k_max")
+        return k
+
+
+class Manifest(_Section):
+    """A task-affinity job. ``version`` is the manifest format version."""
+
+    version: Literal[1] = Field(MANIFEST_VERSION, description="Manifest format version.")
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    estimation: EstimationSpec = Field(default_factory=EstimationSpec)
+    grouping: GroupingSpec = Field(default_factory=GroupingSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, data: Any) -> Any:
+        # "dataset": "planted" is shorthand for {"source": "planted"}.
+        if isinstance(data, dict) and isinstance(data.get("dataset"), str):
+            data = {**data, "dataset": {"source": data["dataset"]}}
+        return data
+
+
+_FIXES = {
+    "extra_forbidden": "remove it (see `task-affinity schema` for the accepted fields)",
+    "missing": "add it",
+    "literal_error": "use one of the accepted values",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "int_parsing": "give a whole number",
+    "int_type": "give a whole number",
+    "float_parsing": "give a number",
+    "float_type": "give a number",
+    "bool_parsing": "give true or false",
+    "string_type": "give a string",
+    "list_type": "give a list",
+    "too_short": "give more items",
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for p in loc:
+        parts.append(f"[{p}]" if isinstance(p, int) else ("." if parts else "") + str(p))
+    return "".join(parts)
+
+
+def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
+    """One record per bad field: ``field``, ``value``, ``message`` (with the fix)."""
+    problems: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for e in err.errors(include_url=False):
+        field = _loc(e["loc"]) or "manifest"
+        if field in seen:
+            continue
+        seen.add(field)
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        fix = _FIXES.get(e["type"])
+        value = e.get("input")
+        text = f"{field}: {msg}" + (f" (got {value!r})" if e["type"] != "missing" else "")
+        if fix and "; " not in msg:
+            text += f"; {fix}"
+        problems.append({"field": field, "value": value if e["type"] != "missing" else None, "message": text})
+    return problems
+
+
+def format_validation_error(err: ValidationError) -> str:
+    return "invalid manifest: " + " | ".join(p["message"] for p in validation_problems(err))
+
+
+def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
+    """Validate a manifest given as a mapping; raise ManifestError with every bad field."""
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"invalid manifest: expected a mapping with at least a 'dataset' section, got {type(data).__name__}"
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(format_validation_error(err)) from None
+    src = manifest.dataset.source
+    if base_dir is not None and src not in BUILTIN_DATASETS and not Path(src).is_absolute():
+        manifest.dataset.source = str((base_dir / src).resolve())
+    return manifest
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest from a .json, .yaml or .yml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest file {str(path)!r} does not exist; give the path to a .json or .yaml manifest")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ManifestError(f"manifest {path.name} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {first}") from None
+    return parse_manifest(data, base_dir=path.parent.resolve())
+
+
+def manifest_schema() -> dict[str, Any]:
+    """JSON Schema of the manifest."""
+    return Manifest.model_json_schema()

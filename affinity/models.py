@@ -1,0 +1,133 @@
+"""Multitask models: a shared encoder and one raw output (logit or value) per task.
+
+The interface the rest of the engine relies on (any ``nn.Module`` that has it works):
+
+- ``n_tasks``: number of tasks;
+- ``forward(x) -> (batch, n_tasks)``: every task's raw output for every row;
+- optionally ``forward_tasks(x, tasks) -> (batch,)``: the output of task ``tasks[b]`` for row b
+  (defaults to gathering from ``forward``);
+- optionally ``layers() -> list[list[str]]``: parameter names per layer from input to output,
+  the output heads last (used to take gradients of the last N layers only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from affinity.manifest import ModelSpec
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class TaskNorm(nn.Module):
+    """Per-task batch normalization of a shared layer's units.
+
+    Input ``(batch, units)`` (the same activations for every task, after the first shared layer)
+    or ``(batch, tasks, units)``; output ``(batch, tasks, units)``. Each task has its own scale
+    γ_t, shift β_t and running mean/variance, so the statistics of one task never mix with
+    another's (after the first layer the activations themselves differ per task).
+    """
+
+    def __init__(self, n_tasks: int, units: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(n_tasks, units))
+        self.bias = nn.Parameter(torch.zeros(n_tasks, units))
+        self.register_buffer("running_mean", torch.zeros(n_tasks, units))
+        self.register_buffer("running_var", torch.ones(n_tasks, units))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() == 2:
+            h = h.unsqueeze(1).expand(-1, self.weight.shape[0], -1)
+        if self.training and h.shape[0] > 1:
+            mean = h.mean(dim=0)
+            var = h.var(dim=0, unbiased=False)
+            with torch.no_grad():
+                n = h.shape[0]
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (h - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+    def forward_rows(self, h: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """Eval-mode normalization of row b with the statistics of task ``tasks[b]``."""
+        mean, var = self.running_mean[tasks], self.running_var[tasks]
+        return (h - mean) / torch.sqrt(var + self.eps) * self.weight[tasks] + self.bias[tasks]
+
+
+class MultiTaskMLP(nn.Module):
+    """MLP encoder (Linear → [TaskNorm] → activation → dropout, per width) and per-task heads."""
+
+    def __init__(self, n_features: int, n_tasks: int, spec: ModelSpec) -> None:
+        super().__init__()
+        self.n_tasks = n_tasks
+        self.task_norm = spec.task_norm
+        widths = [n_features, *spec.hidden]
+        self.shared = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.norms = nn.ModuleList(TaskNorm(n_tasks, b) for b in spec.hidden) if spec.task_norm else None
+        self.act = ACTIVATIONS[spec.activation]()
+        self.drop = nn.Dropout(spec.dropout)
+        self.head_weight = nn.Parameter(torch.empty(n_tasks, widths[-1]))
+        self.head_bias = nn.Parameter(torch.zeros(n_tasks))
+        nn.init.normal_(self.head_weight, std=widths[-1] ** -0.5)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared representation: ``(batch, units)``, or ``(batch, tasks, units)`` with task norms."""
+        h = x
+        for i, layer in enumerate(self.shared):
+            h = layer(h)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            h = self.drop(self.act(h))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        if h.dim() == 3:
+            return (h * self.head_weight).sum(-1) + self.head_bias
+        return h @ self.head_weight.T + self.head_bias
+
+    def forward_tasks(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        if self.norms is None:
+            h = self.encode(x)
+        else:
+            if self.training:
+                return self.forward(x).gather(1, tasks[:, None]).squeeze(1)
+            h = x
+            for layer, norm in zip(self.shared, self.norms):
+                h = self.drop(self.act(norm.forward_rows(layer(h), tasks)))
+        return (h * self.head_weight[tasks]).sum(-1) + self.head_bias[tasks]
+
+    def layers(self) -> list[list[str]]:
+        groups = []
+        for i in range(len(self.shared)):
+            names = [f"shared.{i}.weight", f"shared.{i}.bias"]
+            if self.norms is not None:
+                names += [f"norms.{i}.weight", f"norms.{i}.bias"]
+            groups.append(names)
+        groups.append(["head_weight", "head_bias"])
+        return groups
+
+
+def build_model(spec: ModelSpec, n_features: int, n_tasks: int, seed: int) -> MultiTaskMLP:
+    torch.manual_seed(seed)
+    return MultiTaskMLP(n_features, n_tasks, spec)
+
+
+def task_outputs(model: nn.Module, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+    """Output of task ``tasks[b]`` for row b, for any model with the interface above."""
+    if hasattr(model, "forward_tasks"):
+        return model.forward_tasks(x, tasks)
+    return model(x).gather(1, tasks[:, None]).squeeze(1)
+
+
+def model_layers(model: nn.Module) -> list[list[str]]:
+    """Parameter names per layer, input to output (heads last)."""
+    if hasattr(model, "layers"):
+        return model.layers()
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    return list(groups.values())

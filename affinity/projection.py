@@ -1,0 +1,68 @@
+"""Seeded random projection of long gradient vectors to d dimensions, generated block by block.
+
+P has shape p × d with i.i.d. entries ±1/√d (Rademacher) or N(0, 1/d) (Gaussian), so that
+E[(Pᵀa)·(Pᵀb)] = a·b (Johnson–Lindenstrauss). Rows of P are produced in blocks of
+``block_rows`` from a per-block seed, so any row range can be regenerated on demand and the
+whole p × d matrix never has to exist: it is cached only when it fits ``cache_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class BlockProjector:
+    def __init__(self, p: int, d: int, kind: str = "rademacher", seed: int = 0, block_rows: int = 65536,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 cache_bytes: int = 256 * 2**20) -> None:
+        if kind not in ("rademacher", "gaussian"):
+            raise ValueError(f"estimation.projection={kind!r} is not known; use 'rademacher' or 'gaussian'")
+        self.p, self.d, self.kind, self.seed = p, d, kind, seed
+        self.block_rows = block_rows
+        self.device, self.dtype = torch.device(device), dtype
+        self.n_blocks = math.ceil(p / block_rows)
+        self._cache: dict[int, torch.Tensor] | None = {} if p * d * 4 <= cache_bytes else None
+
+    def _block(self, k: int) -> torch.Tensor:
+        if self._cache is not None and k in self._cache:
+            return self._cache[k]
+        rows = min(self.block_rows, self.p - k * self.block_rows)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + k)
+        if self.kind == "rademacher":
+            block = torch.randint(0, 2, (rows, self.d), generator=gen, dtype=torch.int8).to(self.dtype)
+            block = (block * 2 - 1) / math.sqrt(self.d)
+        else:
+            block = torch.randn((rows, self.d), generator=gen, dtype=torch.float32).to(self.dtype) / math.sqrt(self.d)
+        block = block.to(self.device)
+        if self._cache is not None:
+            self._cache[k] = block
+        return block
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of P (a view of a cached block, or freshly generated)."""
+        first, last = start // self.block_rows, (stop - 1) // self.block_rows
+        parts = []
+        for k in range(first, last + 1):
+            lo = max(start, k * self.block_rows) - k * self.block_rows
+            hi = min(stop, (k + 1) * self.block_rows) - k * self.block_rows
+            parts.append(self._block(k)[lo:hi])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def project_segments(self, segments: list[torch.Tensor]) -> torch.Tensor:
+        """Pᵀg for a batch of vectors given as consecutive segments (batch × len_i) of p coordinates."""
+        out = None
+        offset = 0
+        for seg in segments:
+            n = seg.shape[1]
+            part = seg.to(self.dtype) @ self.rows(offset, offset + n)
+            out = part if out is None else out + part
+            offset += n
+        if offset != self.p:
+            raise ValueError(f"segments cover {offset} coordinates, projector has p={self.p}")
+        return out
+
+    def matrix(self) -> torch.Tensor:
+        """The whole P (for tests and small p only)."""
+        return self.rows(0, self.p)

@@ -1,0 +1,138 @@
+"""Training a multitask model: per-task masked losses averaged over tasks, Adam, early stopping.
+
+The same loop trains the base model on all tasks and fine-tunes it on a task subset (the exact
+estimator): ``tasks`` selects which tasks' losses enter the objective and the stopping rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from affinity.data.table import SplitTable
+from affinity.devices import resolve_device
+from affinity.losses import masked_task_means, pointwise_loss
+from affinity.manifest import TrainingSpec
+from affinity.optim import MTLMethod, make_method
+from affinity.progress import Progress
+
+
+@dataclass
+class TensorData:
+    """A SplitTable as tensors on one device (labels NaN → 0, masks as bool)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+    binary: torch.Tensor
+
+    @classmethod
+    def from_split(cls, data: SplitTable, device: torch.device) -> "TensorData":
+        return cls(
+            X=torch.as_tensor(data.X, device=device),
+            Y=torch.as_tensor(np.nan_to_num(data.Y, nan=0.0), device=device),
+            train=torch.as_tensor(data.train, device=device),
+            val=torch.as_tensor(data.val, device=device),
+            binary=torch.as_tensor(data.is_binary, device=device),
+        )
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, torch.Tensor]
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float
+    task_val_loss: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """Per-task mean loss over the rows of ``mask`` (rows × tasks), model in eval mode."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(mask.shape[1], dtype=torch.float64, device=data.X.device)
+    counts = mask.sum(dim=0).to(torch.float64)
+    rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+    for start in range(0, len(rows), batch):
+        r = rows[start:start + batch]
+        loss = pointwise_loss(model(data.X[r]), data.Y[r], data.binary)
+        sums += (loss * mask[r]).sum(dim=0).to(torch.float64)
+    model.train(was_training)
+    return sums / counts.clamp_min(1)
+
+
+def train_model(
+    model: nn.Module,
+    data: TensorData,
+    spec: TrainingSpec,
+    tasks: torch.Tensor | None = None,
+    method: MTLMethod | None = None,
+    progress: Progress | None = None,
+    stage: str = "base training",
+) -> TrainResult:
+    """Train ``model`` in place on ``tasks`` (all by default) and load the best-validation state.
+
+    Loss of a batch: for each selected task with training rows in the batch, the mean loss over
+    those rows; the multitask method combines them (equal weighting: their mean). Early stopping
+    on the mean over selected tasks of the validation loss, with ``spec.patience``.
+    """
+    device = data.X.device
+    n_tasks = data.Y.shape[1]
+    sel = torch.zeros(n_tasks, dtype=torch.bool, device=device)
+    sel[tasks if tasks is not None else slice(None)] = True
+    train_mask = data.train & sel
+    val_mask = data.val & sel
+    rows = torch.nonzero(train_mask.any(dim=1)).squeeze(1)
+    method = method or make_method(spec.mtl_method)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+    progress = progress or Progress()
+    progress.start(stage, spec.epochs)
+
+    def val_score() -> tuple[float, torch.Tensor]:
+        per_task = evaluate_losses(model, data, val_mask)
+        return float(per_task[sel].mean()), per_task
+
+    best, per_task = val_score()
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, since_best, history = 0, 0, []
+    epoch = 0
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        order = rows[torch.randperm(len(rows), generator=gen).to(device)]
+        for start in range(0, len(order), spec.batch_size):
+            r = order[start:start + spec.batch_size]
+            out = model(data.X[r])
+            losses, counts = masked_task_means(pointwise_loss(out, data.Y[r], data.binary), train_mask[r])
+            present = counts > 0
+            method.step(model, losses[present], optimizer, epoch, spec.epochs)
+        score, task_scores = val_score()
+        history.append({"epoch": epoch, "val_loss": score})
+        if score < best - 1e-6 * abs(best):
+            best, per_task, best_epoch, since_best = score, task_scores, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        progress.advance()
+        progress.check_cancelled()
+        if since_best >= spec.patience or not math.isfinite(score):
+            break
+    progress.finish()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        state=best_state, best_epoch=best_epoch, epochs_run=epoch, best_val_loss=best,
+        task_val_loss=per_task.cpu().numpy(), history=history,
+    )
+
+
+def training_device(spec: TrainingSpec) -> torch.device:
+    return resolve_device(spec.device)
