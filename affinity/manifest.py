@@ -133,7 +133,12 @@ class EstimationSpec(_Section):
         "all", description="Parameters the gradients are taken against: all, encoder only, or the last N layers."
     )
     last_layers: int = Field(1, ge=1, description="N for params = last (the output heads count as one layer).")
-    subset_size: int = Field(5, ge=2, description="Tasks per sampled subset.")
+    subset_size: int = Field(
+        5, ge=2, description="Tasks per sampled subset (capped at the number of tasks)."
+    )
+    sampling: Literal["balanced", "uniform"] = Field(
+        "balanced", description="balanced: each pair of tasks covered about equally often; uniform: at random."
+    )
     num_subsets: int = Field(300, ge=1, le=1_000_000)
     min_pair_count: int = Field(
         1, ge=0, description="Refuse to run when a pair of tasks is covered by fewer subsets than this."
@@ -144,6 +149,9 @@ class EstimationSpec(_Section):
         65536, ge=1, description="Parameters per projection block (bounds memory of the projection matrix)."
     )
     subset_batch: int = Field(64, ge=1, description="Subsets fitted at once by the batched Newton solver.")
+    memory_mb: int = Field(
+        512, ge=16, description="Memory budget (MB) of one gradient chunk and of one batch of surrogate fits."
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -165,12 +173,12 @@ class GroupingSpec(_Section):
             or (isinstance(k, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in k))
         )
         if not ok:
-            raise ValueError("must be a whole number of groups, 'auto', or [k_min, k_max]")
+            raise ValueError("is not a number of groups; give a whole number, 'auto', or [k_min, k_max]")
         if isinstance(k, int) and k < 1:
             raise ValueError("must be at least 1; give the number of groups, 'auto' or [k_min, k_max]")
         if isinstance(k, list):
             if len(k) != 2 or not 1 <= k[0] <= k[1]:
-                raise ValueError("a range must be [k_min, k_max] with 1 <= k_min <= k_max")
+                raise ValueError("is not a valid range; give [k_min, k_max] with 1 <= k_min <= k_max")
         return k
 
 

@@ -1,0 +1,101 @@
+"""`task-affinity`: run the engine from a manifest, print the manifest schema."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from affinity.defaults import BUILTIN_JOBS, builtin_manifest
+from affinity.manifest import load_manifest, manifest_schema
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Which tasks should be trained together.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def resolve_manifest(manifest: Optional[str]):
+    if manifest is None:
+        return builtin_manifest("planted")
+    if manifest in BUILTIN_JOBS and not Path(manifest).exists():
+        return builtin_manifest(manifest)
+    return load_manifest(manifest)
+
+
+def print_summary(result, out: Optional[Path]) -> None:
+    from affinity.artifacts import truth_report
+
+    data, g, est = result.data, result.grouping, result.estimate
+    info = Table(title="task-affinity", show_header=False)
+    info.add_row("dataset", f"{result.manifest.dataset.source}: "
+                 f"{data.X.shape[0]} rows, {data.X.shape[1]} features, {data.n_tasks} tasks")
+    info.add_row("device", result.device)
+    info.add_row("base model", f"best epoch {result.training.best_epoch} of {result.training.epochs_run}, "
+                 f"mean val loss {result.training.best_val_loss:.4f}")
+    info.add_row("estimator", f"{est.method}: {est.info.get('num_subsets')} subsets of {est.info.get('subset_size')}, "
+                 f"d = {est.info.get('projection_dim')}, p = {est.info.get('n_params')}")
+    info.add_row("grouping", f"{g.method}, k = {g.k}, objective {g.objective:.4f}")
+    truth = truth_report(data.task_names, g.labels, data.truth_groups)
+    if truth:
+        info.add_row("vs planted groups", f"ARI {truth['ari']:.3f}")
+    info.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    if out is not None:
+        info.add_row("artifacts", str(out))
+    console.print(info)
+    groups = Table(title="groups")
+    groups.add_column("#", justify="right")
+    groups.add_column("tasks")
+    for i, members in enumerate(g.groups):
+        groups.add_row(str(i), ", ".join(data.task_names[t] for t in members))
+    console.print(groups)
+
+
+@app.command()
+def run(
+    manifest: Annotated[Optional[str], typer.Argument(help="Manifest (.json/.yaml) or a built-in job name; default: the built-in planted job.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the artifacts.")] = Path("runs/latest"),
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Train the base model, estimate task affinities with Grad-TAG, group the tasks."""
+    from affinity.pipeline import run_job
+    from affinity.progress import RichProgress
+
+    try:
+        m = resolve_manifest(manifest)
+        with RichProgress() as progress:
+            result = run_job(m, out, progress)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        fail(str(exc))
+    print_summary(result, out)
+
+
+@app.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema."""
+    sys.stdout.write(json.dumps(manifest_schema(), indent=2) + "\n")
+
+
+@app.command()
+def example(name: Annotated[str, typer.Argument(help="planted or digits")] = "planted") -> None:
+    """Print the full manifest of a built-in job, every default spelled out."""
+    try:
+        m = builtin_manifest(name)
+    except ValueError as exc:
+        fail(str(exc))
+    sys.stdout.write(json.dumps(m.model_dump(mode="json"), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()
