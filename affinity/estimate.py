@@ -17,7 +17,7 @@ import torch
 from affinity.gradients import GradientFeatures
 from affinity.losses import pointwise_correct
 from affinity.progress import Progress
-from affinity.surrogates import _loss_derivatives, fit_batch, pad_subset_rows
+from affinity.surrogates import _loss_derivatives, fit_batch, pad_subset_rows, subset_hessians, task_hessians
 
 
 @dataclass
@@ -98,11 +98,17 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     batch = _batch_size(data, subsets, subset_batch, memory_mb)
     progress = progress or Progress()
     progress.start("surrogate fits", len(subsets))
+    d = data.features.shape[1]
+    # Per-task Hessians at w = 0, shared by every subset, when they fit the memory budget.
+    hessians = None
+    if len(data.train_rows) * d * d * data.features.element_size() <= memory_mb * 2**20 // 2:
+        hessians = task_hessians(data.features, data.base_output, data.labels, data.binary, data.train_rows)
     for start in range(0, len(subsets), batch):
         chunk = subsets[start:start + batch]
         fit = pad_subset_rows(chunk, data.train_rows, device, dtype)
         i = fit.index
-        w, _ = fit_batch(data.features[i], data.base_output[i], data.labels[i], data.binary[i], fit.weight, l2)
+        H0 = subset_hessians(hessians, chunk) if hessians is not None else None
+        w, _ = fit_batch(data.features[i], data.base_output[i], data.labels[i], data.binary[i], fit.weight, l2, H0)
         ev = pad_subset_rows(chunk, data.val_rows, device, dtype, weighted=False)
         j = ev.index
         z = data.base_output[j] + torch.einsum("brd,bd->br", data.features[j], w)

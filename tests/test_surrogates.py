@@ -59,3 +59,25 @@ def test_padding_rows_do_not_count(rng):
     assert padded.index.shape == (2, 30)
     assert float(padded.weight[0, 10:].abs().sum()) == 0.0
     torch.testing.assert_close(padded.weight.sum(1), torch.ones(2, dtype=torch.float64))
+
+
+def test_per_task_hessians_assemble_the_subset_hessian(rng):
+    from affinity.surrogates import _loss_derivatives, subset_hessians, task_hessians
+
+    n_pairs, d = 300, 7
+    T = lambda a: torch.as_tensor(a)
+    G, f = T(rng.standard_normal((n_pairs, d))), T(rng.standard_normal(n_pairs))
+    tasks = rng.integers(0, 5, n_pairs)
+    binary = T(tasks < 3)
+    y = T(np.where(tasks < 3, (rng.random(n_pairs) < 0.5).astype(float), rng.standard_normal(n_pairs)))
+    task_rows = [np.flatnonzero(tasks == t) for t in range(5)]
+    subsets = [(0, 3), (1, 2, 4)]
+    padded = pad_subset_rows(subsets, task_rows, torch.device("cpu"), torch.float64)
+    i = padded.index
+    _, _, d2 = _loss_derivatives(f[i], y[i], binary[i])
+    direct = torch.einsum("brd,br,bre->bde", G[i], padded.weight * d2, G[i])
+    assembled = subset_hessians(task_hessians(G, f, y, binary, task_rows), subsets)
+    torch.testing.assert_close(assembled, direct)
+    w1, _ = fit_batch(G[i], f[i], y[i], binary[i], padded.weight, 0.05, assembled)
+    w2, _ = fit_batch(G[i], f[i], y[i], binary[i], padded.weight, 0.05, None, refresh_after=0)  # full Newton
+    torch.testing.assert_close(w1, w2, rtol=1e-7, atol=1e-9)
