@@ -80,4 +80,4 @@ def test_per_task_hessians_assemble_the_subset_hessian(rng):
     torch.testing.assert_close(assembled, direct)
     w1, _ = fit_batch(G[i], f[i], y[i], binary[i], padded.weight, 0.05, assembled)
     w2, _ = fit_batch(G[i], f[i], y[i], binary[i], padded.weight, 0.05, None, refresh_after=0)  # full Newton
-    torch.testing.assert_close(w1, w2, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)  # both stop at a 1e-13 Newton decrement
