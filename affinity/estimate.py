@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from affinity.gradients import GradientFeatures
-from affinity.losses import pointwise_correct
 from affinity.progress import Progress
-from affinity.surrogates import _loss_derivatives, fit_batch, pad_subset_rows, subset_hessians, task_hessians
+from affinity.surrogates import TaskBlock, evaluate_subsets, fit_subsets, loss_derivatives, task_hessians
 
 
 @dataclass
@@ -42,90 +41,61 @@ class SubsetTable:
 
 @dataclass
 class PairData:
-    """Pair-level arrays for the estimator, on one device and dtype."""
+    """Per task, its training and validation pairs as TaskBlocks on one device and dtype."""
 
-    features: torch.Tensor
-    base_output: torch.Tensor
-    labels: torch.Tensor
-    binary: torch.Tensor
-    train_rows: list[np.ndarray]  # per task: indices of its training pairs
-    val_rows: list[np.ndarray]  # per task: indices of its validation pairs
+    train: list[TaskBlock]
+    val: list[TaskBlock]
 
     @classmethod
     def build(cls, grads: GradientFeatures, Y: np.ndarray, train: np.ndarray, binary_tasks: np.ndarray,
               device: torch.device, dtype: torch.dtype) -> "PairData":
         rows, tasks = grads.rows, grads.tasks
         is_train = train[rows, tasks]
-        n_tasks = Y.shape[1]
-        order = np.arange(len(rows))
-        train_rows = [order[(tasks == t) & is_train] for t in range(n_tasks)]
-        val_rows = [order[(tasks == t) & ~is_train] for t in range(n_tasks)]
-        return cls(
-            features=torch.as_tensor(grads.features, device=device).to(dtype),
-            base_output=torch.as_tensor(grads.base_output, device=device).to(dtype),
-            labels=torch.as_tensor(Y[rows, tasks], device=device).to(dtype),
-            binary=torch.as_tensor(binary_tasks[tasks], device=device),
-            train_rows=train_rows, val_rows=val_rows,
-        )
+        G = torch.as_tensor(grads.features, device=device).to(dtype)
+        f = torch.as_tensor(grads.base_output, device=device).to(dtype)
+        y = torch.as_tensor(Y[rows, tasks], device=device).to(dtype)
+        out: dict[bool, list[TaskBlock]] = {True: [], False: []}
+        for t in range(Y.shape[1]):
+            for split in (True, False):
+                idx = torch.as_tensor(np.flatnonzero((tasks == t) & (is_train == split)), device=device)
+                out[split].append(TaskBlock(G[idx], f[idx], y[idx], bool(binary_tasks[t])))
+        return cls(train=out[True], val=out[False])
 
     def base_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation loss and accuracy of the base model (w = 0) per task."""
-        n = len(self.val_rows)
-        loss, acc = np.zeros(n), np.full(n, np.nan)
-        for t, r in enumerate(self.val_rows):
-            idx = torch.as_tensor(r, device=self.features.device)
-            z, y, b = self.base_output[idx], self.labels[idx], self.binary[idx]
-            loss[t] = float(_loss_derivatives(z, y, b)[0].mean())
-            if bool(b.all()):
-                acc[t] = float(pointwise_correct(z, y).mean())
+        loss, acc = np.zeros(len(self.val)), np.full(len(self.val), np.nan)
+        for t, b in enumerate(self.val):
+            loss[t] = float(loss_derivatives(b.f, b.y, b.binary)[0].mean())
+            if b.binary:
+                acc[t] = float(((b.f > 0).to(b.y.dtype) == b.y).to(b.f.dtype).mean())
         return loss, acc
 
 
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:
-    widest = max(sum(len(data.train_rows[t]) for t in s) for s in subsets)
-    d = data.features.shape[1]
-    per_subset = widest * d * data.features.element_size() * 3 + d * d * data.features.element_size() * 3
-    return int(max(1, min(limit, (memory_mb * 2**20) // max(per_subset, 1))))
+    """Subsets per batch so that factors (d² each) and per-row products (3 per row) fit the budget."""
+    d = data.train[0].G.shape[1]
+    item = data.train[0].G.element_size()
+    widest = max(sum(len(data.train[t].f) for t in s) for s in subsets)
+    per_subset = (2 * d * d + 3 * widest) * item
+    return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 
 
-def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, subset_batch: int = 64,
+def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, subset_batch: int = 4096,
                    memory_mb: int = 512, progress: Progress | None = None) -> SubsetTable:
     """Fit the linearized model on every subset (batched) and score each of its tasks."""
     size = max(len(s) for s in subsets)
     val_loss = np.full((len(subsets), size), np.nan)
     val_acc = np.full((len(subsets), size), np.nan)
-    device, dtype = data.features.device, data.features.dtype
     batch = _batch_size(data, subsets, subset_batch, memory_mb)
+    hessians = task_hessians(data.train)
     progress = progress or Progress()
     progress.start("surrogate fits", len(subsets))
-    d = data.features.shape[1]
-    # Per-task Hessians at w = 0, shared by every subset, when they fit the memory budget.
-    hessians = None
-    if len(data.train_rows) * d * d * data.features.element_size() <= memory_mb * 2**20 // 2:
-        hessians = task_hessians(data.features, data.base_output, data.labels, data.binary, data.train_rows)
     for start in range(0, len(subsets), batch):
         chunk = subsets[start:start + batch]
-        fit = pad_subset_rows(chunk, data.train_rows, device, dtype)
-        i = fit.index
-        H0 = subset_hessians(hessians, chunk) if hessians is not None else None
-        w, _ = fit_batch(data.features[i], data.base_output[i], data.labels[i], data.binary[i], fit.weight, l2, H0)
-        ev = pad_subset_rows(chunk, data.val_rows, device, dtype, weighted=False)
-        j = ev.index
-        z = data.base_output[j] + torch.einsum("brd,bd->br", data.features[j], w)
-        loss = _loss_derivatives(z, data.labels[j], data.binary[j])[0] * ev.weight
-        correct = pointwise_correct(z, data.labels[j]) * ev.weight
-        binary_row = (data.binary[j] | (ev.weight == 0)).to(dtype)
-        B = len(chunk)
-        sums = torch.zeros(B, size, dtype=dtype, device=device).scatter_add_(1, ev.position, loss)
-        hits = torch.zeros(B, size, dtype=dtype, device=device).scatter_add_(1, ev.position, correct)
-        counts = torch.zeros(B, size, dtype=dtype, device=device).scatter_add_(1, ev.position, ev.weight)
-        allbin = torch.ones(B, size, dtype=dtype, device=device).scatter_reduce_(1, ev.position, binary_row, "amin")
-        counts = counts.clamp_min(1)
-        l_np = (sums / counts).cpu().numpy()
-        a_np = torch.where(allbin > 0, hits / counts, torch.full_like(hits, float("nan"))).cpu().numpy()
-        for b, s in enumerate(chunk):
-            val_loss[start + b, :len(s)] = l_np[b, :len(s)]
-            val_acc[start + b, :len(s)] = a_np[b, :len(s)]
+        W, _ = fit_subsets(data.train, chunk, l2, hessians)
+        loss, acc = evaluate_subsets(data.val, chunk, W)
+        val_loss[start:start + len(chunk), :loss.shape[1]] = loss
+        val_acc[start:start + len(chunk), :acc.shape[1]] = acc
         progress.advance(len(chunk))
         progress.check_cancelled()
     progress.finish()

@@ -148,7 +148,7 @@ class EstimationSpec(_Section):
     block_params: int = Field(
         65536, ge=1, description="Parameters per projection block (bounds memory of the projection matrix)."
     )
-    subset_batch: int = Field(64, ge=1, description="Subsets fitted at once by the batched Newton solver.")
+    subset_batch: int = Field(4096, ge=1, description="At most this many subsets fitted at once (memory_mb decides too).")
     memory_mb: int = Field(
         512, ge=16, description="Memory budget (MB) of one gradient chunk and of one batch of surrogate fits."
     )

@@ -9,13 +9,14 @@ with ℓ the logistic loss on logits (binary tasks) or the squared error (regres
 L2-penalized logistic (ridge) regression with the base output as a fixed offset, weighting the
 tasks equally as base training does.
 
-Solver: F_S is strictly convex. Subsets are fitted in batches by a damped quasi-Newton method
-whose step matrix is the Hessian at the start, H_S(0) = Σ_{t∈S} (1/|S|) H_t + λI, assembled
-from per-task matrices H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all
-subsets (a subset costs |S| additions of d × d matrices and one Cholesky factorization instead
-of a pass over its rows per iteration). Each iteration then costs O(rows · d); the fitted
-w stays where the curvature barely changes, so convergence is fast, and after ``refresh_after``
-iterations the exact Hessian is used (full Newton) for the subsets still not converged.
+Solver. F_S is strictly convex. All subsets of a batch are fitted together, organised by task:
+a task's rows are multiplied once by the weights of every subset that contains it (one GEMM per
+task, no per-subset copies of the rows), so a pass over the data costs exactly the useful work
+and memory grows with subsets × rows, not × d. Steps are damped quasi-Newton steps with the
+Hessian at the start, H_S(0) = Σ_{t∈S} H_t/|S| + λI, assembled from per-task matrices
+H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all subsets and inverted once per
+subset (in float32: it is only the step metric); the line search reuses the products, so an iteration is two passes. Subsets not
+converged after ``refresh_after`` iterations switch to exact Newton steps.
 """
 
 from __future__ import annotations
@@ -26,127 +27,154 @@ import numpy as np
 import torch
 
 
-@dataclass
-class PaddedSubsets:
-    """Per-subset row indices padded to one length; weight 0 marks padding."""
-
-    index: torch.Tensor  # (B, R) long
-    weight: torch.Tensor  # (B, R) float
-    position: torch.Tensor  # (B, R) long, position of the row's task within its subset
-
-
-def pad_subset_rows(subsets: list[np.ndarray], task_rows: list[np.ndarray], device: torch.device,
-                    dtype: torch.dtype, weighted: bool = True) -> PaddedSubsets:
-    """Gather the pair indices of every task of each subset; weights 1/(|S|·n_t) if ``weighted``."""
-    per_subset = []
-    for s in subsets:
-        idx = [task_rows[t] for t in s]
-        w = [np.full(len(r), 1.0 / (len(s) * max(len(r), 1))) for r in idx]
-        pos = [np.full(len(r), k) for k, r in enumerate(idx)]
-        per_subset.append((np.concatenate(idx), np.concatenate(w), np.concatenate(pos)))
-    width = max(len(i) for i, _, _ in per_subset)
-    index = np.zeros((len(subsets), width), dtype=np.int64)
-    weight = np.zeros((len(subsets), width))
-    position = np.zeros((len(subsets), width), dtype=np.int64)
-    for b, (i, w, p) in enumerate(per_subset):
-        index[b, :len(i)], weight[b, :len(i)], position[b, :len(i)] = i, (w if weighted else 1.0), p
-    return PaddedSubsets(torch.as_tensor(index, device=device), torch.as_tensor(weight, device=device, dtype=dtype),
-                         torch.as_tensor(position, device=device))
-
-
-def _loss_derivatives(z: torch.Tensor, y: torch.Tensor, binary: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def loss_derivatives(z: torch.Tensor, y: torch.Tensor, binary: bool | torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Loss, first and second derivative with respect to the output z."""
+    if isinstance(binary, bool):
+        if binary:
+            s = torch.sigmoid(z)
+            return torch.nn.functional.softplus(z) - y * z, s - y, s * (1.0 - s)
+        return (z - y) ** 2, 2.0 * (z - y), torch.full_like(z, 2.0)
     s = torch.sigmoid(z)
-    logistic = torch.nn.functional.softplus(z) - y * z
-    loss = torch.where(binary, logistic, (z - y) ** 2)
+    loss = torch.where(binary, torch.nn.functional.softplus(z) - y * z, (z - y) ** 2)
     d1 = torch.where(binary, s - y, 2.0 * (z - y))
     d2 = torch.where(binary, s * (1.0 - s), torch.full_like(z, 2.0))
     return loss, d1, d2
 
 
-def surrogate_objective(w: torch.Tensor, G: torch.Tensor, f: torch.Tensor, y: torch.Tensor, binary: torch.Tensor,
-                        weight: torch.Tensor, l2: float) -> torch.Tensor:
-    """F_S(w) for a batch: ``G`` (B, R, d), ``f``/``y``/``binary``/``weight`` (B, R), ``w`` (B, d)."""
-    z = f + torch.einsum("brd,bd->br", G, w)
-    loss, _, _ = _loss_derivatives(z, y, binary)
-    return (weight * loss).sum(1) + 0.5 * l2 * (w * w).sum(1)
+@dataclass
+class TaskBlock:
+    """One task's pairs: projected gradients (n, d), base outputs and labels (n,)."""
+
+    G: torch.Tensor
+    f: torch.Tensor
+    y: torch.Tensor
+    binary: bool
+
+    def outputs(self, W: torch.Tensor) -> torch.Tensor:
+        """Linearized outputs f + G wᵀ for several weight vectors W (B, d): (n, B)."""
+        return self.f[:, None] + self.G @ W.T
 
 
-def task_hessians(features: torch.Tensor, base_output: torch.Tensor, labels: torch.Tensor, binary: torch.Tensor,
-                  task_rows: list[np.ndarray]) -> torch.Tensor:
+def task_hessians(blocks: list[TaskBlock]) -> torch.Tensor:
     """H_t = mean over task t's rows of ℓ''(f_r) g̃_r g̃_rᵀ, the per-task Hessian at w = 0: (tasks, d, d)."""
-    d = features.shape[1]
-    out = torch.zeros(len(task_rows), d, d, dtype=features.dtype, device=features.device)
-    for t, rows in enumerate(task_rows):
-        if len(rows) == 0:
-            continue
-        idx = torch.as_tensor(rows, device=features.device)
-        G = features[idx]
-        _, _, d2 = _loss_derivatives(base_output[idx], labels[idx], binary[idx])
-        out[t] = (G * (d2 / len(rows))[:, None]).T @ G
+    d = blocks[0].G.shape[1]
+    out = torch.zeros(len(blocks), d, d, dtype=blocks[0].G.dtype, device=blocks[0].G.device)
+    for t, b in enumerate(blocks):
+        if len(b.f):
+            _, _, d2 = loss_derivatives(b.f, b.y, b.binary)
+            out[t] = (b.G * (d2 / len(b.f))[:, None]).T @ b.G
     return out
 
 
-def subset_hessians(hessians: torch.Tensor, subsets: list[tuple[int, ...]]) -> torch.Tensor:
-    """H_S(0) without the penalty: Σ_{t∈S} H_t / |S| for each subset: (B, d, d)."""
-    out = torch.empty(len(subsets), *hessians.shape[1:], dtype=hessians.dtype, device=hessians.device)
+def membership(subsets: list[tuple[int, ...]], n_tasks: int, device: torch.device, dtype: torch.dtype
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per task, the indices of the subsets containing it; and the (subsets × tasks) weights 1/|S|."""
+    members: list[list[int]] = [[] for _ in range(n_tasks)]
+    weight = torch.zeros(len(subsets), n_tasks, dtype=dtype, device=device)
     for b, s in enumerate(subsets):
-        out[b] = hessians[list(s)].sum(0) / len(s)
-    return out
+        for t in s:
+            members[t].append(b)
+        weight[b, list(s)] = 1.0 / len(s)
+    return [torch.as_tensor(m, dtype=torch.long, device=device) for m in members], weight
 
 
-def fit_batch(G: torch.Tensor, f: torch.Tensor, y: torch.Tensor, binary: torch.Tensor, weight: torch.Tensor,
-              l2: float, H0: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-13,
-              refresh_after: int = 20) -> tuple[torch.Tensor, int]:
-    """Minimize F_S for every subset of the batch; returns (w, iterations).
+def subset_objective(W: torch.Tensor, blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float) -> torch.Tensor:
+    """F_S(w_S) for every subset (rows of W)."""
+    members, weight = membership(subsets, len(blocks), W.device, W.dtype)
+    obj = 0.5 * l2 * (W * W).sum(1)
+    for t, (b, m) in enumerate(zip(blocks, members)):
+        if len(m) and len(b.f):
+            loss = loss_derivatives(b.outputs(W[m]), b.y[:, None], b.binary)[0]
+            obj = obj.index_add(0, m, weight[m, t] * loss.mean(0))
+    return obj
 
-    ``H0`` (B, d, d) is the unpenalized Hessian at w = 0 (computed from ``G`` when not given).
-    Steps use it as a fixed metric; after ``refresh_after`` iterations the exact Hessian is used.
-    """
-    B, _, d = G.shape
-    w = torch.zeros(B, d, dtype=G.dtype, device=G.device)
-    eye = torch.eye(d, dtype=G.dtype, device=G.device)
-    if H0 is None:
-        _, _, d2 = _loss_derivatives(f, y, binary)
-        H0 = torch.einsum("brd,br,bre->bde", G, weight * d2, G)
-    L0, _ = torch.linalg.cholesky_ex(H0 + l2 * eye)
-    obj = surrogate_objective(w, G, f, y, binary, weight, l2)
+
+def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float,
+                hessians: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-13,
+                refresh_after: int = 20) -> tuple[torch.Tensor, int]:
+    """Minimize F_S for every subset; returns W (subsets, d) and the number of iterations."""
+    G0 = blocks[0].G
+    d, device, dtype = G0.shape[1], G0.device, G0.dtype
+    B = len(subsets)
+    members, weight = membership(subsets, len(blocks), device, dtype)
+    active_tasks = [t for t, (b, m) in enumerate(zip(blocks, members)) if len(m) and len(b.f)]
+    if hessians is None:
+        hessians = task_hessians(blocks)
+    eye = torch.eye(d, dtype=dtype, device=device)
+    H0 = (weight @ hessians.reshape(len(blocks), -1)).reshape(B, d, d) + l2 * eye
+    # The step metric only has to be positive definite, not exact: invert it once in float32
+    # (a batched matrix-vector product per iteration); objective and gradient stay in ``dtype``.
+    L0, _ = torch.linalg.cholesky_ex(H0.float())
+    H0_inv = torch.cholesky_inverse(L0)
+    H0_inv = (0.5 * (H0_inv + H0_inv.transpose(1, 2))).to(dtype)
+    W = torch.zeros(B, d, dtype=dtype, device=device)
+    Z = {t: blocks[t].f[:, None].expand(-1, len(members[t])).clone() for t in active_tasks}
+
+    def objective_and_grad(W: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        obj = 0.5 * l2 * (W * W).sum(1)
+        grad = l2 * W
+        H = (torch.zeros(B, d, d, dtype=dtype, device=device) + l2 * eye) if exact else None
+        for t in active_tasks:
+            b, m = blocks[t], members[t]
+            c = weight[m, t] / len(b.f)
+            loss, d1, d2 = loss_derivatives(Z[t], b.y[:, None], b.binary)
+            obj = obj.index_add(0, m, c * loss.sum(0))
+            grad = grad.index_add(0, m, (b.G.T @ (d1 * c)).T)
+            if H is not None:
+                H = H.index_add(0, m, torch.einsum("nd,nb,ne->bde", b.G, d2 * c, b.G))
+        return obj, grad, H
+
+    obj, grad, _ = objective_and_grad(W, exact=False)
     it = 0
     for it in range(1, max_iter + 1):
-        z = f + torch.einsum("brd,bd->br", G, w)
-        _, d1, d2 = _loss_derivatives(z, y, binary)
-        g = torch.einsum("brd,br->bd", G, weight * d1) + l2 * w
         if it > refresh_after:
-            H = torch.einsum("brd,br,bre->bde", G, weight * d2, G) + l2 * eye
+            _, _, H = objective_and_grad(W, exact=True)
             L, _ = torch.linalg.cholesky_ex(H)
+            step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         else:
-            L = L0
-        step = torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
-        decrement = (g * step).sum(1)  # Newton decrement², ≥ 0
+            step = torch.bmm(H0_inv, grad.unsqueeze(-1)).squeeze(-1)
+        decrement = (grad * step).sum(1)  # ≥ 0: the metric is positive definite
         if float(decrement.max()) <= tol * max(1.0, float(obj.abs().max())):
             break
-        # Backtracking (Armijo) per subset.
-        alpha = torch.ones(B, dtype=G.dtype, device=G.device)
-        active = torch.ones(B, dtype=torch.bool, device=G.device)
-        new_w, new_obj = w, obj
-        for _ in range(30):
-            cand = w - alpha[:, None] * step
-            cand_obj = surrogate_objective(cand, G, f, y, binary, weight, l2)
-            ok = cand_obj <= obj - 1e-4 * alpha * decrement
-            take = active & ok
-            new_w = torch.where(take[:, None], cand, new_w)
-            new_obj = torch.where(take, cand_obj, new_obj)
-            active = active & ~ok
-            if not bool(active.any()):
+        U = {t: blocks[t].G @ step[members[t]].T for t in active_tasks}
+        alpha = torch.ones(B, dtype=dtype, device=device)
+        pending = torch.ones(B, dtype=torch.bool, device=device)
+        for _ in range(40):  # Armijo backtracking, per subset, without new passes over the rows
+            cand = 0.5 * l2 * ((W - alpha[:, None] * step) ** 2).sum(1)
+            for t in active_tasks:
+                b, m = blocks[t], members[t]
+                zc = Z[t] - alpha[m] * U[t]
+                cand = cand.index_add(0, m, weight[m, t] / len(b.f) * loss_derivatives(zc, b.y[:, None], b.binary)[0].sum(0))
+            ok = cand <= obj - 1e-4 * alpha * decrement
+            pending = pending & ~ok
+            if not bool(pending.any()):
                 break
-            alpha = torch.where(active, alpha * 0.5, alpha)
-        w, obj = new_w, new_obj
-    return w, it
+            alpha = torch.where(pending, alpha * 0.5, alpha)
+        alpha = torch.where(pending, torch.zeros_like(alpha), alpha)  # no decrease found: stay
+        W = W - alpha[:, None] * step
+        for t in active_tasks:
+            Z[t] = Z[t] - alpha[members[t]] * U[t]
+        obj, grad, _ = objective_and_grad(W, exact=False)
+    return W, it
 
 
-def fit_subsets(features: torch.Tensor, base_output: torch.Tensor, labels: torch.Tensor, binary: torch.Tensor,
-                padded: PaddedSubsets, l2: float) -> torch.Tensor:
-    """Fit w for each subset of ``padded`` (pair-level arrays of one dtype/device); returns (B, d)."""
-    idx = padded.index
-    w, _ = fit_batch(features[idx], base_output[idx], labels[idx], binary[idx], padded.weight, l2)
-    return w
+def evaluate_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], W: torch.Tensor
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy (NaN for regression) of every task of every subset on ``blocks``' rows."""
+    size = max(len(s) for s in subsets)
+    loss_out = np.full((len(subsets), size), np.nan)
+    acc_out = np.full((len(subsets), size), np.nan)
+    position = [{t: k for k, t in enumerate(s)} for s in subsets]
+    members, _ = membership(subsets, len(blocks), W.device, W.dtype)
+    for t, (b, m) in enumerate(zip(blocks, members)):
+        if not len(m) or not len(b.f):
+            continue
+        Z = b.outputs(W[m])
+        loss = loss_derivatives(Z, b.y[:, None], b.binary)[0].mean(0).cpu().numpy()
+        acc = (((Z > 0).to(b.y.dtype) == b.y[:, None]).to(Z.dtype).mean(0).cpu().numpy() if b.binary else None)
+        for j, s_idx in enumerate(m.tolist()):
+            k = position[s_idx][t]
+            loss_out[s_idx, k] = loss[j]
+            if acc is not None:
+                acc_out[s_idx, k] = acc[j]
+    return loss_out, acc_out
