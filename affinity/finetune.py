@@ -1,0 +1,168 @@
+"""Really fine-tuning the base model on many task subsets at once (the exact estimator's engine).
+
+Each subset gets its own copy of θ*, trained exactly as ``training.train_model(tasks=S)`` would:
+the same minibatches of S's training rows (the same seeded permutation per epoch), the same
+per-task masked loss averaged over tasks, Adam with the same settings, and early stopping on
+the mean validation loss of S's tasks, keeping the best state. The copies are stacked
+(``torch.func.stack_module_state``) and stepped together with ``vmap``; a copy that has run out of
+rows for the epoch, or has stopped, is masked out of the update.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from affinity.losses import masked_task_means, pointwise_loss
+from affinity.manifest import TrainingSpec
+from affinity.progress import Progress
+from affinity.training import TensorData, evaluate_losses, train_model
+
+
+def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0.999), eps=1e-8) -> None:
+    """torch.optim.Adam (L2 weight decay added to the gradient) applied where ``active`` (copies,)."""
+    state["step"] += active.to(state["step"].dtype)
+    t = state["step"]
+    b1, b2 = betas
+    for name, p in params.items():
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        on = active.view(shape)
+        g = grads[name] + spec.weight_decay * p if spec.weight_decay else grads[name]
+        m = torch.where(on, b1 * state["m"][name] + (1 - b1) * g, state["m"][name])
+        v = torch.where(on, b2 * state["v"][name] + (1 - b2) * g * g, state["v"][name])
+        state["m"][name], state["v"][name] = m, v
+        tt = t.clamp_min(1).view(shape)
+        denom = (v.sqrt() / torch.sqrt(1 - b2 ** tt)) + eps
+        update = (spec.lr / (1 - b1 ** tt)) * m / denom
+        params[name] = torch.where(on, p - update, p)
+
+
+def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
+                     batch_subsets: int = 16, progress: Progress | None = None) -> np.ndarray:
+    """Validation loss of every task of every subset after really fine-tuning θ* on the subset.
+
+    Returns ``(len(subsets), max size)`` with NaN padding. Models with buffers (per-task
+    normalization statistics) are fine-tuned one subset at a time with ``train_model``.
+    """
+    size = max(len(s) for s in subsets)
+    out = np.full((len(subsets), size), np.nan)
+    progress = progress or Progress()
+    progress.start("exact fine-tuning", len(subsets))
+    base_state = copy.deepcopy(model.state_dict())
+    if any(True for _ in model.buffers()):
+        for i, s in enumerate(subsets):
+            model.load_state_dict(base_state)
+            res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device), stage="exact")
+            out[i, :len(s)] = res.task_val_loss[list(s)]
+            progress.advance()
+            progress.check_cancelled()
+        model.load_state_dict(base_state)
+        progress.finish()
+        return out
+    for start in range(0, len(subsets), batch_subsets):
+        chunk = subsets[start:start + batch_subsets]
+        losses = _finetune_chunk(model, data, chunk, spec)
+        for b, s in enumerate(chunk):
+            out[start + b, :len(s)] = losses[b, list(s)]
+        progress.advance(len(chunk))
+        progress.check_cancelled()
+    model.load_state_dict(base_state)
+    progress.finish()
+    return out
+
+
+def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:
+    device = data.X.device
+    n_copies, n_tasks = len(subsets), data.Y.shape[1]
+    sel = torch.zeros(n_copies, n_tasks, dtype=torch.bool, device=device)
+    for b, s in enumerate(subsets):
+        sel[b, list(s)] = True
+    model.train()
+    params, _ = stack_module_state([model] * n_copies)
+    params = {k: v.detach().clone() for k, v in params.items()}
+    state = {"step": torch.zeros(n_copies, device=device),
+             "m": {k: torch.zeros_like(v) for k, v in params.items()},
+             "v": {k: torch.zeros_like(v) for k, v in params.items()}}
+    rows = [torch.nonzero((data.train & sel[b]).any(dim=1)).squeeze(1) for b in range(n_copies)]
+    gens = [torch.Generator(device="cpu").manual_seed(spec.seed) for _ in range(n_copies)]
+    base = model
+
+    def copy_loss(p, x, y, mask):
+        out = functional_call(base, p, (x,))
+        losses, counts = masked_task_means(pointwise_loss(out, y, data.binary), mask)
+        present = (counts > 0).to(losses.dtype)
+        return (losses * present).sum() / present.sum().clamp_min(1)
+
+    copy_grads = vmap(grad(copy_loss), randomness="different")
+
+    def val_scores(p) -> torch.Tensor:
+        per_task = torch.zeros(n_copies, n_tasks, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            base.eval()
+            val_rows = torch.nonzero((data.val & sel.any(0)).any(dim=1)).squeeze(1)
+            for s0 in range(0, len(val_rows), 4096):
+                r = val_rows[s0:s0 + 4096]
+                out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
+                loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * data.val[r]
+                per_task += loss.sum(1).to(torch.float64)
+            base.train()
+        per_task /= data.val.sum(0).clamp_min(1).to(torch.float64)
+        return per_task
+
+    per_task = val_scores(params)
+    best = (per_task * sel).sum(1) / sel.sum(1)
+    best_params = {k: v.clone() for k, v in params.items()}
+    best_task = per_task.clone()
+    since = torch.zeros(n_copies, dtype=torch.long, device=device)
+    running = torch.ones(n_copies, dtype=torch.bool, device=device)
+    bs = spec.batch_size
+    for _epoch in range(1, spec.epochs + 1):
+        orders = [rows[b][torch.randperm(len(rows[b]), generator=gens[b]).to(device)] for b in range(n_copies)]
+        steps = max(math.ceil(len(o) / bs) for o in orders)
+        for k in range(steps):
+            idx = torch.zeros(n_copies, bs, dtype=torch.long, device=device)
+            valid = torch.zeros(n_copies, bs, dtype=torch.bool, device=device)
+            for b, o in enumerate(orders):
+                part = o[k * bs:(k + 1) * bs]
+                idx[b, :len(part)] = part
+                valid[b, :len(part)] = True
+            active = running & valid.any(1)
+            if not bool(active.any()):
+                continue
+            mask = data.train[idx] & sel[:, None, :] & valid[:, :, None]
+            grads = copy_grads(params, data.X[idx], data.Y[idx], mask)
+            _adam_update(params, grads, state, active, spec)
+        per_task = val_scores(params)
+        score = (per_task * sel).sum(1) / sel.sum(1)
+        improved = running & (score < best - 1e-6 * best.abs())
+        for k in params:
+            shape = (-1,) + (1,) * (params[k].dim() - 1)
+            best_params[k] = torch.where(improved.view(shape), params[k], best_params[k])
+        best_task = torch.where(improved[:, None], per_task, best_task)
+        best = torch.where(improved, score, best)
+        since = torch.where(improved, torch.zeros_like(since), since + 1)
+        running = running & (since < spec.patience) & torch.isfinite(score)
+        if not bool(running.any()):
+            break
+    model.eval()
+    return best_task.cpu().numpy()
+
+
+def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:
+    """Reference: ``train_model`` on each subset in turn (what the batched version must equal)."""
+    base_state = copy.deepcopy(model.state_dict())
+    out = np.full((len(subsets), max(len(s) for s in subsets)), np.nan)
+    for i, s in enumerate(subsets):
+        model.load_state_dict(base_state)
+        res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device))
+        out[i, :len(s)] = res.task_val_loss[list(s)]
+    model.load_state_dict(base_state)
+    return out
+
+
+__all__ = ["finetune_subsets", "sequential_finetune", "evaluate_losses"]
