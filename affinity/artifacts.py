@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from affinity.gradients import GradientFeatures
 from affinity.plots import heatmap
 
 if TYPE_CHECKING:
     from affinity.pipeline import JobResult
 
-ARTIFACTS = ("affinity.json", "subsets.json", "groups.json", "heatmap.png", "model.pt", "gradients.npz",
+ARTIFACTS = ("affinity.json", "subsets.json", "groups.json", "heatmap.png", "model.pt", "gradients.npz",  # grad_tag only
+            
              "summary.json")
 
 
@@ -58,7 +58,7 @@ def groups_record(result: "JobResult") -> dict[str, Any]:
     return record
 
 
-def write_artifacts(out: Path, result: "JobResult", grads: GradientFeatures) -> dict[str, Path]:
+def write_artifacts(out: Path, result: "JobResult") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     est, data, names = result.estimate, result.data, result.data.task_names
     manifest = result.manifest.model_dump(mode="json")
@@ -91,9 +91,12 @@ def write_artifacts(out: Path, result: "JobResult", grads: GradientFeatures) -> 
         "feature_names": data.feature_names, "feature_mean": data.feature_mean, "feature_std": data.feature_std,
     }, buf)
     atomic_write_bytes(out / "model.pt", buf.getvalue())
-    buf = io.BytesIO()
-    np.savez(buf, features=grads.features, base_output=grads.base_output, rows=grads.rows, tasks=grads.tasks)
-    atomic_write_bytes(out / "gradients.npz", buf.getvalue())
+    grads = result.gradients
+    if grads is not None:
+        buf = io.BytesIO()
+        np.savez(buf, features=grads.features, base_output=grads.base_output, rows=grads.rows, tasks=grads.tasks)
+        atomic_write_bytes(out / "gradients.npz",  # grad_tag only
+             buf.getvalue())
     tr = result.training
     atomic_write_json(out / "summary.json", {
         "dataset": data.summary(), "device": result.device,
@@ -102,4 +105,4 @@ def write_artifacts(out: Path, result: "JobResult", grads: GradientFeatures) -> 
                           "best_val_loss": tr.best_val_loss},
         "groups": groups["groups"], "truth_ari": groups["truth"]["ari"] if groups["truth"] else None,
     })
-    return {name: out / name for name in ARTIFACTS}
+    return {name: out / name for name in ARTIFACTS if (out / name).exists()}

@@ -126,7 +126,13 @@ class TrainingSpec(_Section):
 class EstimationSpec(_Section):
     """Grad-TAG: projected per-sample gradients and linearized fine-tuning on sampled subsets."""
 
-    method: Literal["grad_tag"] = "grad_tag"
+    method: Literal["grad_tag", "exact", "tag_lookahead", "gradient_cosine"] = Field(
+        "grad_tag",
+        description=(
+            "grad_tag: linearized fine-tuning on projected gradients; exact: really fine-tune on every subset "
+            "(ground truth, expensive); tag_lookahead: Fifty et al. 2021; gradient_cosine: cosine of mean gradients."
+        ),
+    )
     projection_dim: int = Field(200, ge=1, le=100_000, description="d, the projected gradient dimension.")
     projection: Literal["rademacher", "gaussian"] = "rademacher"
     params: Literal["all", "encoder", "last"] = Field(
@@ -152,6 +158,8 @@ class EstimationSpec(_Section):
     memory_mb: int = Field(
         512, ge=16, description="Memory budget (MB) of one gradient chunk and of one batch of surrogate fits."
     )
+    exact_batch: int = Field(16, ge=1, description="exact: subsets fine-tuned together in one vectorized step.")
+    lookahead_every: int = Field(5, ge=1, description="tag_lookahead: record every N-th training step.")
     seed: int = Field(0, ge=0)
 
 

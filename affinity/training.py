@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,12 +78,14 @@ def train_model(
     method: MTLMethod | None = None,
     progress: Progress | None = None,
     stage: str = "base training",
+    on_batch: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``tasks`` (all by default) and load the best-validation state.
 
     Loss of a batch: for each selected task with training rows in the batch, the mean loss over
     those rows; the multitask method combines them (equal weighting: their mean). Early stopping
-    on the mean over selected tasks of the validation loss, with ``spec.patience``.
+    on the mean over selected tasks of the validation loss, with ``spec.patience``. ``on_batch``
+    sees (model, x, y, training mask) before each update (e.g. to record TAG lookaheads).
     """
     device = data.X.device
     n_tasks = data.Y.shape[1]
@@ -110,6 +113,8 @@ def train_model(
         order = rows[torch.randperm(len(rows), generator=gen).to(device)]
         for start in range(0, len(order), spec.batch_size):
             r = order[start:start + spec.batch_size]
+            if on_batch is not None:
+                on_batch(model, data.X[r], data.Y[r], train_mask[r])
             out = model(data.X[r])
             losses, counts = masked_task_means(pointwise_loss(out, data.Y[r], data.binary), train_mask[r])
             present = counts > 0

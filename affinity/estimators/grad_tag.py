@@ -1,0 +1,63 @@
+"""Grad-TAG: projected gradients at θ* and linearized fine-tuning on every subset."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from affinity.affinities import pairwise_affinity
+from affinity.data.table import SplitTable
+from affinity.devices import solve_dtype
+from affinity.estimate import PairData, grad_tag_table
+from affinity.estimators.base import AffinityEstimate, EstimationContext
+from affinity.gradients import GradientFeatures, labelled_pairs, projected_gradients, select_parameters
+from affinity.manifest import EstimationSpec
+from affinity.progress import Progress
+from affinity.projection import BlockProjector
+
+
+def make_projector(model: nn.Module, spec: EstimationSpec, device: torch.device) -> tuple[list[str], BlockProjector]:
+    names = select_parameters(model, spec.params, spec.last_layers)
+    params = dict(model.named_parameters())
+    p = sum(params[n].numel() for n in names)
+    return names, BlockProjector(p, spec.projection_dim, spec.projection, spec.seed, spec.block_params, device,
+                                 cache_bytes=spec.memory_mb * 2**20 // 2)
+
+
+def gradient_features(model: nn.Module, data: SplitTable, spec: EstimationSpec, device: torch.device,
+                      progress: Progress | None = None) -> GradientFeatures:
+    """Projected per-sample gradients and base outputs of every labelled pair."""
+    names, projector = make_projector(model, spec, device)
+    rows, tasks = labelled_pairs(data.train | data.val)
+    X = torch.as_tensor(data.X, device=device)
+    return projected_gradients(model, X, rows, tasks, names, projector, spec.chunk_rows, spec.memory_mb, progress)
+
+
+def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: EstimationSpec, device: torch.device,
+                           subsets: list[tuple[int, ...]], progress: Progress | None = None) -> AffinityEstimate:
+    """Linearized fine-tuning on every subset and the affinity matrix."""
+    t0 = time.perf_counter()
+    pairs = PairData.build(grads, np.nan_to_num(data.Y), data.train, data.is_binary, device, solve_dtype(device))
+    base_loss, base_acc = pairs.base_scores()
+    table = grad_tag_table(pairs, subsets, spec.l2, spec.subset_batch, spec.memory_mb, progress)
+    matrix, counts, self_gain = pairwise_affinity(table.subsets, table.val_loss, base_loss, data.n_tasks)
+    return AffinityEstimate(
+        method="grad_tag", task_names=data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
+        base_val_loss=base_loss, base_val_acc=base_acc, table=table, seconds=time.perf_counter() - t0,
+        info={"projection_dim": spec.projection_dim, "projection": spec.projection, "params": spec.params,
+              "n_params": grads.n_params, "l2": spec.l2, "subset_size": len(subsets[0]),
+              "num_subsets": len(subsets)},
+    )
+
+
+def estimate(ctx: EstimationContext) -> tuple[AffinityEstimate, GradientFeatures]:
+    t0 = time.perf_counter()
+    spec = ctx.manifest.estimation
+    grads = gradient_features(ctx.model, ctx.data, spec, ctx.device, ctx.progress)
+    est = estimate_from_features(grads, ctx.data, spec, ctx.device, ctx.subsets, ctx.progress)
+    est.info["gradient_seconds"] = est.seconds and (time.perf_counter() - t0 - est.seconds)
+    est.seconds = time.perf_counter() - t0
+    return est, grads
