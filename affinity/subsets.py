@@ -13,7 +13,7 @@ def sample_subsets(n_tasks: int, size: int, count: int, seed: int, balanced: boo
                    exclude: set[tuple[int, ...]] | None = None) -> list[tuple[int, ...]]:
     """``count`` distinct subsets of ``size`` tasks (sorted tuples).
 
-    ``balanced`` (default) builds each subset greedily from the least-covered task, adding the
+    ``balanced`` (default) builds each subset greedily from the least-covered pair, adding the
     task with the fewest co-occurrences with the members so far (random tie-breaks), so that
     every pair is covered about equally often; otherwise subsets are uniform at random.
     ``exclude`` names subsets not to return (e.g. the ones a model was fitted on).
@@ -33,11 +33,12 @@ def sample_subsets(n_tasks: int, size: int, count: int, seed: int, balanced: boo
     while len(out) < count:
         attempts += 1
         if balanced and attempts <= 20 * count:
-            jitter = rng.random(n_tasks) * 1e-3
-            first = int(np.argmin(single + jitter))
-            members = [first]
-            score = pair[first].copy()
-            for _ in range(size - 1):
+            jitter = pair + rng.random((n_tasks, n_tasks)) * 1e-3
+            np.fill_diagonal(jitter, np.inf)
+            a, b = np.unravel_index(int(np.argmin(jitter)), jitter.shape)
+            members = [int(a), int(b)]
+            score = pair[a] + pair[b]
+            for _ in range(size - 2):
                 cand = score + 1e-3 * single + rng.random(n_tasks) * 1e-6
                 cand[members] = np.inf
                 nxt = int(np.argmin(cand))

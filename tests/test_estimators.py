@@ -1,0 +1,96 @@
+"""Competing estimators against hand computations and the sequential reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from affinity.finetune import finetune_subsets, sequential_finetune
+from affinity.manifest import parse_manifest
+from affinity.pipeline import context, prepare
+from affinity.progress import Progress
+from affinity.estimators import ESTIMATORS
+from affinity.estimators.gradient_cosine import task_gradients
+from affinity.estimators.tag_lookahead import LookaheadRecorder
+from affinity.losses import masked_task_means, pointwise_loss
+
+SMALL = {"dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 40}},
+         "model": {"hidden": [8, 1], "activation": "tanh"},
+         "training": {"epochs": 15, "batch_size": 64},
+         "estimation": {"subset_size": 3, "num_subsets": 10}}
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    m = parse_manifest(SMALL)
+    return m, prepare(m, Progress())
+
+
+def test_batched_exact_equals_sequential_fine_tuning(prepared):
+    m, prep = prepared
+    subsets = prep.subsets[:5]
+    batched = finetune_subsets(prep.model, prep.tensors, subsets, m.training, batch_subsets=3)
+    sequential = sequential_finetune(prep.model, prep.tensors, subsets, m.training)
+    np.testing.assert_allclose(batched, sequential, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_estimate_has_the_grad_tag_outputs(prepared):
+    m, prep = prepared
+    est = ESTIMATORS["exact"](context(prep, m, Progress()))
+    assert est.method == "exact"
+    assert est.table.val_loss.shape == (10, 3) and np.isfinite(est.table.val_loss).all()
+    assert est.matrix.shape == (6, 6) and np.allclose(est.matrix, est.matrix.T)
+    assert (est.counts[~np.eye(6, dtype=bool)] >= 1).all()
+
+
+def test_gradient_cosine_against_autograd(prepared):
+    m, prep = prepared
+    G = task_gradients(context(prep, m, Progress()))
+    model, data = prep.model, prep.tensors
+    rows = torch.nonzero(data.train.any(1)).squeeze(1)
+    for t in (0, 4):
+        model.zero_grad()
+        losses, _ = masked_task_means(pointwise_loss(model(data.X[rows]), data.Y[rows], data.binary), data.train[rows])
+        losses[t].backward()
+        ref = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(G[t], ref, rtol=1e-4, atol=1e-6)
+    est = ESTIMATORS["gradient_cosine"](context(prep, m, Progress()))
+    Gn = G / G.norm(dim=1, keepdim=True)
+    assert est.matrix[0, 4] == pytest.approx(float(Gn[0] @ Gn[4]), rel=1e-5)
+    assert np.diag(est.matrix).tolist() == [0.0] * 6
+
+
+def test_lookahead_by_hand(prepared):
+    m, prep = prepared
+    model, data = prep.model, prep.tensors
+    x, y, mask = data.X[:64], data.Y[:64], data.train[:64]
+    rec = LookaheadRecorder(6, lr=0.05, every=1, binary=data.binary)
+    rec(model, x, y, mask)
+
+    def losses(mdl):
+        return masked_task_means(pointwise_loss(mdl(x), y, data.binary), mask)[0]
+
+    import copy
+
+    base = losses(model).detach()
+    for j in range(6):
+        if mask[:, j].sum() == 0:
+            continue
+        ahead = copy.deepcopy(model)
+        ahead.zero_grad()
+        losses(ahead)[j].backward()
+        with torch.no_grad():
+            for p in ahead.parameters():
+                p -= 0.05 * p.grad
+        after = losses(ahead).detach()
+        for i in range(6):
+            if mask[:, i].sum() > 0:
+                assert rec.sums[i, j] == pytest.approx(float(1 - after[i] / base[i]), rel=1e-4, abs=1e-7)
+
+
+def test_tag_lookahead_estimator_records_during_training():
+    m = parse_manifest({**SMALL, "estimation": {**SMALL["estimation"], "method": "tag_lookahead", "lookahead_every": 3}})
+    prep = prepare(m, Progress())
+    est = ESTIMATORS["tag_lookahead"](context(prep, m, Progress()))
+    assert est.info["recorded_steps"] >= 1
+    assert np.allclose(est.matrix, est.matrix.T) and np.isfinite(est.matrix).all()
+    assert est.table is None
