@@ -90,7 +90,7 @@ class Prepared:
     seconds: dict[str, float]
 
 
-def prepare(manifest: Manifest, progress: Progress) -> Prepared:
+def prepare(manifest: Manifest, progress: Progress, record_lookahead: bool = False) -> Prepared:
     """Load and check the data, sample the subsets, train θ* (recording lookaheads if asked)."""
     device = resolve_device(manifest.training.device)
     seconds: dict[str, float] = {}
@@ -103,7 +103,7 @@ def prepare(manifest: Manifest, progress: Progress) -> Prepared:
     progress.finish()
     seconds["data"] = time.perf_counter() - t
     recorder = None
-    if manifest.estimation.method == "tag_lookahead":
+    if record_lookahead or manifest.estimation.method == "tag_lookahead":
         recorder = LookaheadRecorder(data.n_tasks, manifest.training.lr, manifest.estimation.lookahead_every,
                                      tensors.binary)
     t = time.perf_counter()
