@@ -82,6 +82,68 @@ def run(
 
 
 @app.command()
+def validate(
+    manifest: Annotated[Optional[str], typer.Argument(help="Manifest or built-in job name; default: planted.")] = None,
+    subsets: Annotated[int, typer.Option("--subsets", "-n", min=1, help="Held-out subsets to compare on.")] = 40,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/validation"),
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Grad-TAG against really fine-tuning θ* on held-out subsets: error, rank agreement, compute."""
+    from affinity.progress import RichProgress
+    from affinity.validation import validate as run_validation
+
+    try:
+        m = resolve_manifest(manifest)
+        with RichProgress() as progress:
+            report = run_validation(m, subsets, out, progress)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        fail(str(exc))
+    table = Table(title="Grad-TAG vs exact fine-tuning (held-out subsets)", show_header=False)
+    for key in ("subsets", "median_rel_error", "mean_rel_error", "spearman", "pair_spearman",
+                "gradtag_seconds", "exact_seconds", "time_ratio"):
+        v = report[key]
+        table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    lin = report["linearization"]
+    if lin:
+        gap = sum(r["output_gap"] for r in lin) / len(lin)
+        change = sum(r["output_change_network"] for r in lin) / len(lin)
+        table.add_row("linearization", f"network vs linear output gap {gap:.4f} (output change {change:.4f})")
+    table.add_row("written", str(out / "validation.json") + ", " + str(out / "validation.png"))
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    manifest: Annotated[Optional[str], typer.Argument(help="Manifest or built-in job name; default: planted.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/evaluation"),
+    random_seeds: Annotated[int, typer.Option(min=0, help="Random groupings to average.")] = 5,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Train one model per group for every estimator's grouping and the baselines; sum the losses."""
+    from affinity.outcome import evaluate as run_evaluation
+    from affinity.progress import RichProgress
+
+    try:
+        m = resolve_manifest(manifest)
+        with RichProgress() as progress:
+            report = run_evaluation(m, out, progress, random_seeds=random_seeds)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        fail(str(exc))
+    table = Table(title=f"Grouping outcome (k = {report['k']}): sum of per-task validation losses")
+    table.add_column("grouping")
+    table.add_column("sum val loss", justify="right")
+    for name, v in report["summary"].items():
+        if v is not None:
+            table.add_row(name, f"{v:.4f}")
+    console.print(table)
+    console.print(f"written: {out / 'evaluation.json'}, {out / 'evaluation.png'}")
+
+
+@app.command()
 def schema() -> None:
     """Print the manifest's JSON Schema."""
     sys.stdout.write(json.dumps(manifest_schema(), indent=2) + "\n")
