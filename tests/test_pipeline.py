@@ -1,0 +1,65 @@
+"""The main job end to end on the built-in planted data, as README's command runs it."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from affinity.cli import app
+from affinity.defaults import builtin_manifest
+from affinity.pipeline import run_job
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    result = CliRunner().invoke(app, ["run", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_groups_recover_the_planted_truth(planted_run):
+    out, _ = planted_run
+    groups = json.loads((out / "groups.json").read_text())
+    assert groups["truth"]["ari"] >= 0.9
+    assert sorted(sum(groups["groups"], [])) == sorted(sum(groups["truth"]["groups"], []))
+    assert groups["k"] == len(groups["groups"])
+
+
+def test_artifacts(planted_run):
+    out, printed = planted_run
+    aff = json.loads((out / "affinity.json").read_text())
+    n = len(aff["tasks"])
+    M = np.array(aff["matrix"])
+    assert M.shape == (n, n) and np.allclose(M, M.T) and np.allclose(np.diag(M), 0)
+    assert aff["method"] == "grad_tag" and aff["manifest"]["dataset"]["source"] == "planted"
+    assert (np.array(aff["counts"])[~np.eye(n, dtype=bool)] >= 1).all()
+    subsets = json.loads((out / "subsets.json").read_text())["subsets"]
+    assert len(subsets) == aff["estimator"]["num_subsets"]
+    assert set(subsets[0]["val_loss"]) == set(subsets[0]["tasks"])
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    with np.load(out / "gradients.npz") as g:
+        assert g["features"].shape[1] == aff["estimator"]["projection_dim"]
+    import torch
+
+    ckpt = torch.load(out / "model.pt", weights_only=False)
+    assert ckpt["task_names"] == aff["tasks"]
+    assert "ARI" in printed and "groups" in printed
+
+
+def test_same_seed_same_result():
+    m = builtin_manifest("planted")
+    m.dataset.params.update({"tasks": 8, "groups": 2, "rows_per_task": 60})
+    m.estimation.num_subsets = 40
+    a, b = run_job(m), run_job(m)
+    np.testing.assert_array_equal(a.estimate.matrix, b.estimate.matrix)
+    assert a.grouping.groups == b.grouping.groups
+
+
+def test_csv_example_runs(repo_root, tmp_path):
+    result = CliRunner().invoke(app, ["run", str(repo_root / "examples" / "my_table.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    groups = json.loads((tmp_path / "groups.json").read_text())
+    assert groups["k"] == 2 and groups["truth"] is None
+    assert sorted(sum(groups["groups"], [])) == ["churn", "complaint", "spend", "upgrade"]
