@@ -1,0 +1,83 @@
+"""The entry point: group n tasks into k groups from an affinity matrix T."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from .baselines import agglomerative_labels, spectral_labels
+from .choose_k import select_k
+from .grouping import Grouping
+from .lowrank import solve_lowrank
+from .rounding import round_kmeans
+from .sdp import solve_sdp
+from .validation import check_affinity, check_k, check_method
+
+AUTO_SDP_MAX_N = 150
+
+
+def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: int = 0,
+            n_init: int = 10, solver: str = "scs", sdp_options: dict[str, Any] | None = None,
+            lowrank_options: dict[str, Any] | None = None) -> Grouping:
+    """Partition n tasks into k non-empty groups maximizing the average within-group affinity.
+
+    Solves the SDP relaxation  max ⟨T, X⟩ s.t. X ⪰ 0, X ≥ 0, X·1 = 1, tr X = k  and rounds X by
+    k-means (best of ``n_init`` seeds by ⟨T, X_P⟩). T: n×n affinities (larger = tasks help each
+    other); an asymmetric T is replaced by (T + Tᵀ)/2 with a UserWarning. Negative entries are
+    fine: adding c to every entry changes ⟨T, X⟩ by c·Σ_ij X_ij = c·n under X·1 = 1, a constant,
+    so solvers work on a shifted, scaled copy and the partition does not change. The diagonal of T
+    is kept as given (it adds Σ_i T_ii X_ii, i.e. T_ii/|G| per task).
+
+    k: an int in 1..n; "auto" (candidates 2..min(n−1, max(2, n//2)); all of them if there are at
+    most 40, else a geometric grid of 40); or (k_min, k_max) inclusive (same grid rule). With
+    several candidates k is chosen by solver.choose_k's criterion (recorded in k_selection).
+
+    method: "sdp" (exact, cvxpy; solver "scs" or "clarabel"), "lowrank" (non-negative
+    Burer–Monteiro in torch, see solver.lowrank), "auto" (sdp if n ≤ 150 else lowrank),
+    "spectral" or "agglomerative" (baselines on T, no relaxation).
+    Raises ValueError on invalid input, solver.SolverError if the SDP solver is not optimal.
+    """
+    A = check_affinity(T)
+    method = check_method(method)
+    ks = check_k(k, A.shape[0])
+    if method == "auto":
+        method = "sdp" if A.shape[0] <= AUTO_SDP_MAX_N else "lowrank"
+
+    def solve(kk: int) -> Grouping:
+        return _solve_one(A, kk, method, seed, n_init, solver, sdp_options or {},
+                          lowrank_options or {})
+
+    if isinstance(ks, int):
+        return solve(ks)
+    start = time.perf_counter()
+    best, record = select_k(A, ks, solve)
+    return dataclasses.replace(best, k_selection=record, seconds=time.perf_counter() - start)
+
+
+def _solve_one(T: np.ndarray, k: int, method: str, seed: int, n_init: int, solver: str,
+               sdp_options: dict[str, Any], lowrank_options: dict[str, Any]) -> Grouping:
+    """One fixed k with one concrete method."""
+    start = time.perf_counter()
+    n = T.shape[0]
+    relaxation, certificate = None, None
+    if k == 1 or k == n:  # a single feasible partition; X_P is the SDP optimum too
+        labels = np.zeros(n, dtype=int) if k == 1 else np.arange(n)
+        if method in ("sdp", "lowrank"):
+            relaxation = float(T.sum() / n) if k == 1 else float(np.trace(T))
+            certificate = {"note": f"k={k}: the only feasible X is the partition matrix"}
+    elif method == "sdp":
+        X, certificate = solve_sdp(T, k, solver=solver, **sdp_options)
+        relaxation = certificate["relaxation_objective"]
+        labels = round_kmeans(X, T, k, n_init=n_init, seed=seed)
+    elif method == "lowrank":
+        U, certificate = solve_lowrank(T, k, seed=seed, **lowrank_options)
+        relaxation = certificate["relaxation_objective"]
+        labels = round_kmeans(U, T, k, n_init=n_init, seed=seed)
+    elif method == "spectral":
+        labels = spectral_labels(T, k, seed=seed)
+    else:
+        labels = agglomerative_labels(T, k)
+    return Grouping.from_labels(T, labels, method=method, relaxation_objective=relaxation,
+                                seconds=time.perf_counter() - start, certificate=certificate)
