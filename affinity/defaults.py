@@ -13,6 +13,7 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
     "planted": {
         "dataset": {"source": "planted", "params": dict(PLANTED_DEFAULTS)},
         "model": {"hidden": [16, 1], "activation": "tanh"},
+        "training": {"patience": 30},
         "grouping": {"k": "auto"},
     },
     "digits": {
