@@ -102,6 +102,20 @@ def initial_factor(labels: np.ndarray, k: int, r: int, seed: int, dtype: torch.d
 
 
 
+def initial_multipliers(T_s: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """Row-sum multipliers y that make the start U₀ = Z diag(|G|^{-1/2}) stationary on its
+    support (with z = 0): for i ∈ G (m = |G|, S_i = Σ_{j∈G} T_ij), ∂L/∂U_iG = 0 reads
+    −2S_i + m·y_i + Y_G = 0 with Y_G = Σ_{j∈G} y_j, so Y_G = Σ_{i,j∈G} T_ij / m and
+    y_i = (2S_i − Y_G)/m."""
+    lab = torch.as_tensor(labels, dtype=torch.long, device=T_s.device)
+    k = int(lab.max()) + 1
+    Z = torch.nn.functional.one_hot(lab, k).to(T_s.dtype)
+    m = Z.sum(dim=0)
+    S = ((T_s @ Z) * Z).sum(dim=1)  # S_i = Σ_{j ∈ G(i)} T_ij
+    Y = (Z.T @ S) / m
+    return (2 * S - Y[lab]) / m[lab]
+
+
 class _Lagrangian:
     """The augmented Lagrangian of the module docstring (U ≥ 0 is left to L-BFGS-B's bounds)."""
 
@@ -161,7 +175,7 @@ def _augmented_lagrangian(lag: _Lagrangian, u: np.ndarray, tol: float, max_outer
 
 
 def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
-                  init_labels: np.ndarray | None = None, tol: float = 1e-7,
+                  init_labels: np.ndarray | None = None, tol: float = 1e-5,
                   max_outer: int = 30, inner_iters: int = 50,
                   time_limit: float | None = None,
                   device: str | torch.device | None = None,
@@ -187,6 +201,7 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
         init_labels = spectral_init_labels(T_s, k, seed)
     U0 = initial_factor(np.asarray(init_labels), k, r, seed, dtype, dev)
     lag = _Lagrangian(T_s, k, r)
+    lag.y = initial_multipliers(T_s, np.asarray(init_labels))
     u, converged, outer = _augmented_lagrangian(lag, U0.cpu().numpy().astype(np.float64).ravel(),
                                                 tol, max_outer, inner_iters, deadline)
     U = lag.unpack(u)
