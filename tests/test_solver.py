@@ -1,0 +1,144 @@
+"""Tests of solver.cluster: recovery, agreement with SCS, input checks, SolverError, k choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import solver
+from solver import SolverError, cluster
+from solver.lowrank import solve_lowrank
+from solver.sdp import solve_sdp
+
+
+def planted(n: int, k: int, sigma: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """0.8 within groups, 0.2 across, + sigma·N(0,1), symmetrized; groups of near-equal size."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) * k // n)
+    T = np.where(labels[:, None] == labels[None, :], 0.8, 0.2) + sigma * rng.standard_normal((n, n))
+    return (T + T.T) / 2, labels
+
+
+@pytest.mark.parametrize("method", ["sdp", "lowrank"])
+@pytest.mark.parametrize("n,k", [(40, 4), (90, 6)])
+def test_planted_recovered_exactly(method: str, n: int, k: int) -> None:
+    T, truth = planted(n, k, sigma=0.2, seed=n)
+    g = cluster(T, k, method=method)
+    assert adjusted_rand_score(truth, g.labels) == 1.0
+    assert g.method == method
+    assert g.relaxation_objective >= g.objective - 1e-3 * abs(g.objective)
+    json.dumps(g.to_dict())
+
+
+@pytest.mark.parametrize("n", [60, 200])
+def test_lowrank_matches_scs_on_planted(n: int) -> None:
+    T, _ = planted(n, n // 10, sigma=0.1, seed=1)
+    _, scs = solve_sdp(T, n // 10)
+    _, low = solve_lowrank(T, n // 10)
+    rel = abs(low["relaxation_objective"] - scs["relaxation_objective"])
+    assert rel / abs(scs["relaxation_objective"]) < 1e-3
+    assert low["max_row_sum_violation"] < 1e-4 and low["trace_violation"] < 1e-4
+    assert low["feasible_objective"] == pytest.approx(low["relaxation_objective"], rel=1e-4)
+
+
+@pytest.mark.xfail(reason="known gap: the non-negative factorization UUᵀ (U ≥ 0) only reaches "
+                          "completely positive X; on unstructured T it stops ~1.5% below SCS",
+                   strict=False)
+def test_lowrank_matches_scs_on_random() -> None:
+    rng = np.random.default_rng(1)
+    T = rng.random((60, 60))
+    T = (T + T.T) / 2
+    _, scs = solve_sdp(T, 6)
+    _, low = solve_lowrank(T, 6)
+    assert abs(low["relaxation_objective"] / scs["relaxation_objective"] - 1) < 1e-3
+
+
+def test_grouping_fields() -> None:
+    T, _ = planted(30, 3, 0.1)
+    g = cluster(T, 3, method="auto")
+    assert g.method == "sdp" and g.k == 3 and g.k_selection is None
+    assert g.labels.shape == (30,) and set(g.labels.tolist()) == {0, 1, 2}
+    assert [grp[0] for grp in g.groups] == sorted(grp[0] for grp in g.groups)
+    assert all(grp == sorted(grp) for grp in g.groups)
+    assert sorted(i for grp in g.groups for i in grp) == list(range(30))
+    assert g.objective == pytest.approx(solver.partition_objective(T, g.labels))
+    d = json.loads(json.dumps(g.to_dict()))
+    assert d["labels"] == g.labels.tolist() and d["certificate"]["status"] == "optimal"
+
+
+GOOD = planted(10, 2, 0.1)[0]
+
+
+@pytest.mark.parametrize("T,k,method,match", [
+    (np.ones(5), 2, "sdp", "2-D"),
+    (np.ones((3, 4)), 2, "sdp", "square"),
+    (np.ones((1, 1)), 1, "sdp", "at least n=2"),
+    (np.where(np.eye(4) > 0, np.nan, 1.0), 2, "sdp", "finite"),
+    ([["a", "b"], ["c", "d"]], 1, "sdp", "numeric"),
+    (GOOD, 0, "sdp", "k must be between 1 and n=10"),
+    (GOOD, 11, "sdp", "k must be between 1 and n=10"),
+    (GOOD, 2.5, "sdp", "k must be an integer"),
+    (GOOD, "many", "sdp", "'auto'"),
+    (GOOD, (5, 3), "sdp", "k_min <= k_max"),
+    (GOOD, (1, 2, 3), "sdp", "pair"),
+    (GOOD, (0, 3), "sdp", "k_min must be between"),
+    (GOOD, 2, "kmeans", "method must be one of"),
+])
+def test_invalid_inputs(T, k, method, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        cluster(T, k, method=method)
+
+
+def test_asymmetric_warns_and_symmetrizes() -> None:
+    T, truth = planted(30, 3, 0.1)
+    A = T + np.triu(np.full_like(T, 0.05), 1)
+    with pytest.warns(UserWarning, match="not symmetric"):
+        g = cluster(A, 3, method="sdp")
+    assert adjusted_rand_score(truth, g.labels) == 1.0
+
+
+@pytest.mark.parametrize("method", solver.METHODS)
+def test_negative_entries_same_partition(method: str) -> None:
+    T, _ = planted(40, 4, 0.3, seed=3)
+    a = cluster(T, 4, method=method)
+    b = cluster(T - 5.0, 4, method=method)
+    assert np.array_equal(a.labels, b.labels)
+    assert b.objective == pytest.approx(a.objective - 5.0 * 40, rel=1e-6)
+
+
+def test_solver_error_on_iteration_limit() -> None:
+    T, _ = planted(30, 3, 0.5)
+    with pytest.raises(SolverError, match="status"):
+        cluster(T, 3, method="sdp", sdp_options={"max_iters": 5})
+
+
+def test_solver_error_on_bad_status(monkeypatch) -> None:
+    import cvxpy as cp
+
+    def fake_solve(self, *args, **kwargs):
+        self._status = cp.OPTIMAL_INACCURATE
+
+    monkeypatch.setattr(cp.Problem, "solve", fake_solve)
+    monkeypatch.setattr(cp.Problem, "status", property(lambda self: self._status))
+    with pytest.raises(SolverError, match="optimal_inaccurate"):
+        solve_sdp(planted(10, 2, 0.1)[0], 2)
+
+
+@pytest.mark.parametrize("n,k,method", [(60, 4, "sdp"), (60, 6, "lowrank")])
+def test_k_selection_recovers_planted_k(n: int, k: int, method: str) -> None:
+    T, truth = planted(n, k, sigma=0.2, seed=k)
+    g = cluster(T, (2, 8), method=method)
+    assert g.k == k and g.k_selection["chosen"] == k
+    assert [c["k"] for c in g.k_selection["candidates"]] == list(range(2, 9))
+    assert g.k_selection["criterion"]["name"]
+    assert adjusted_rand_score(truth, g.labels) == 1.0
+    json.dumps(g.to_dict())
+
+
+def test_auto_k_grid() -> None:
+    from solver.validation import check_k
+    assert check_k("auto", 10) == [2, 3, 4, 5]
+    grid = check_k("auto", 1000)
+    assert len(grid) <= 40 and grid[0] == 2 and grid[-1] == 500 and grid == sorted(set(grid))
