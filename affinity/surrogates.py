@@ -14,7 +14,7 @@ a task's rows are multiplied once by the weights of every subset that contains i
 task, no per-subset copies of the rows), so a pass over the data costs exactly the useful work
 and memory grows with subsets × rows, not × d. Steps are damped quasi-Newton steps with the
 Hessian at the start, H_S(0) = Σ_{t∈S} H_t/|S| + λI, assembled from per-task matrices
-H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all subsets and inverted once per
+H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all subsets and factorized once per
 subset (in float32: it is only the step metric); the line search reuses the products, so an iteration is two passes. Subsets not
 converged after ``refresh_after`` iterations switch to exact Newton steps.
 """
@@ -102,11 +102,10 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
         hessians = task_hessians(blocks)
     eye = torch.eye(d, dtype=dtype, device=device)
     H0 = (weight @ hessians.reshape(len(blocks), -1)).reshape(B, d, d) + l2 * eye
-    # The step metric only has to be positive definite, not exact: invert it once in float32
-    # (a batched matrix-vector product per iteration); objective and gradient stay in ``dtype``.
+    # The step metric only has to be positive definite, not exact: factor it once in float32
+    # (triangular solves per iteration); objective and gradient stay in ``dtype``. (Batched
+    # cholesky_inverse is pathologically slow on CPU: do not invert.)
     L0, _ = torch.linalg.cholesky_ex(H0.float())
-    H0_inv = torch.cholesky_inverse(L0)
-    H0_inv = (0.5 * (H0_inv + H0_inv.transpose(1, 2))).to(dtype)
     W = torch.zeros(B, d, dtype=dtype, device=device)
     Z = {t: blocks[t].f[:, None].expand(-1, len(members[t])).clone() for t in active_tasks}
 
@@ -132,7 +131,7 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
             L, _ = torch.linalg.cholesky_ex(H)
             step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         else:
-            step = torch.bmm(H0_inv, grad.unsqueeze(-1)).squeeze(-1)
+            step = torch.cholesky_solve(grad.float().unsqueeze(-1), L0).squeeze(-1).to(dtype)
         decrement = (grad * step).sum(1)  # ≥ 0: the metric is positive definite
         if float(decrement.max()) <= tol * max(1.0, float(obj.abs().max())):
             break
