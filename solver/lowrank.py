@@ -174,9 +174,93 @@ def _augmented_lagrangian(lag: _Lagrangian, u: np.ndarray, tol: float, max_outer
     return u, False, outer
 
 
+
+def _best_start(T: np.ndarray, T_s: torch.Tensor, k: int, seed: int) -> np.ndarray:
+    """The better (by ⟨T, X_P⟩) of two partitions: k-means on the randomized spectral embedding,
+    and scikit-learn's spectral clustering of T. A poor start leaves the non-convex factorized
+    problem in a worse local optimum (measured at n = 800: 0.8% below SCS from the first alone)."""
+    from .baselines import spectral_labels
+    from .grouping import partition_objective
+
+    a = spectral_init_labels(T_s, k, seed)
+    b = spectral_labels(T, k, seed)
+    return a if partition_objective(T, a) >= partition_objective(T, b) else b
+
+
+def _project(U: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact projection onto {U ≥ 0, ‖U‖²_F = k}: clip negatives, rescale."""
+    U = U.clamp_min(0.0)
+    norm = torch.linalg.vector_norm(U)
+    if float(norm) == 0.0:
+        U = torch.ones_like(U)
+        norm = torch.linalg.vector_norm(U)
+    return U * (math.sqrt(k) / norm)
+
+
+def _projected_gradient_al(T_s: torch.Tensor, U: torch.Tensor, k: int, tol: float, max_outer: int,
+                           inner_iters: int, deadline: float | None) -> tuple[torch.Tensor, bool, int, int]:
+    """Augmented Lagrangian for the row sums, ‖U‖²_F = k and U ≥ 0 kept by projection.
+
+    L(U, λ) = −⟨T_s, UUᵀ⟩ + λᵀc + (ρ/2)‖c‖², c = UUᵀ1 − 1, with
+    ∇_U L = −2 T_s U + (λ + ρc)(Uᵀ1)ᵀ + 1 (Uᵀ(λ + ρc))ᵀ. Inner steps: projected gradient with
+    Barzilai–Borwein step sizes and a sufficient-decrease backtracking safeguard; one product
+    T_s U (O(n² r)) per accepted step. ρ doubles when the violation does not fall by 4×.
+    """
+    n = U.shape[0]
+    one = torch.ones(n, dtype=U.dtype, device=U.device)
+    lam = torch.zeros(n, dtype=U.dtype, device=U.device)
+    rho = max(1.0, float(T_s.abs().sum(1).max()) / max(1, n // k))
+
+    def value(U, TU):
+        c = U @ (U.T @ one) - one
+        return float(-(TU * U).sum() + lam @ c + 0.5 * rho * (c @ c)), c
+
+    def gradient(U, TU, c):
+        m = lam + rho * c
+        return -2.0 * TU + torch.outer(m, U.T @ one) + torch.outer(one, U.T @ m)
+
+    TU = T_s @ U
+    val, c = value(U, TU)
+    g = gradient(U, TU, c)
+    step = 1.0 / (2.0 * float(T_s.abs().sum(1).max()) + rho * n)
+    prev_viol, moved, outer, iterations, converged = float(c.abs().max()), 1.0, 0, 0, False
+    for outer in range(1, max_outer + 1):
+        for _ in range(inner_iters):
+            iterations += 1
+            for _bt in range(30):
+                U_new = _project(U - step * g, k)
+                TU_new = T_s @ U_new
+                val_new, c_new = value(U_new, TU_new)
+                d = U_new - U
+                if val_new <= val + float((g * d).sum()) + float((d * d).sum()) / (2 * step) + 1e-12 * abs(val):
+                    break
+                step *= 0.5
+            g_new = gradient(U_new, TU_new, c_new)
+            s_vec, y_vec = U_new - U, g_new - g
+            sy = float((s_vec * y_vec).sum())
+            step = float((s_vec * s_vec).sum()) / sy if sy > 1e-30 else step * 2.0
+            step = min(max(step, 1e-12), 1e6)
+            moved = float(torch.linalg.vector_norm(s_vec)) / max(float(torch.linalg.vector_norm(U)), 1e-30)
+            U, TU, val, c, g = U_new, TU_new, val_new, c_new, g_new
+            if moved < tol * 1e-2:
+                break
+        viol = float(c.abs().max())
+        lam = lam + rho * c
+        if viol < tol and moved < tol:
+            converged = True
+            break
+        if viol > 0.25 * prev_viol:
+            rho *= 2.0
+        prev_viol = viol
+        val, c = value(U, TU)
+        g = gradient(U, TU, c)
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return U, converged, outer, iterations
+
 def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
                   init_labels: np.ndarray | None = None, tol: float = 1e-5,
-                  max_outer: int = 30, inner_iters: int = 50,
+                  max_outer: int = 200, inner_iters: int = 40,
                   time_limit: float | None = None,
                   device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, dict[str, Any]]:
@@ -198,19 +282,15 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
     T_np, mu, s = standardize(T)
     T_s = torch.as_tensor(T_np, dtype=dtype, device=dev)
     if init_labels is None:
-        init_labels = spectral_init_labels(T_s, k, seed)
+        init_labels = _best_start(T, T_s, k, seed)
     U0 = initial_factor(np.asarray(init_labels), k, r, seed, dtype, dev)
-    lag = _Lagrangian(T_s, k, r)
-    lag.y = initial_multipliers(T_s, np.asarray(init_labels))
-    u, converged, outer = _augmented_lagrangian(lag, U0.cpu().numpy().astype(np.float64).ravel(),
-                                                tol, max_outer, inner_iters, deadline)
-    U = lag.unpack(u)
+    U, converged, outer, iterations = _projected_gradient_al(T_s, U0, k, tol, max_outer, inner_iters, deadline)
     rowsum = U @ U.sum(dim=0)
     quad = float(((T_s @ U) * U).sum())
     info: dict[str, Any] = {
         "rank": r,
         "outer_iterations": outer,
-        "evaluations": lag.evaluations,
+        "iterations": iterations,
         "converged": converged,
         "device": str(dev),
         "relaxation_objective": s * quad + mu * float(rowsum.sum()),
