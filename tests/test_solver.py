@@ -43,16 +43,19 @@ def test_lowrank_matches_scs_on_planted(n: int) -> None:
     assert low["feasible_objective"] == pytest.approx(low["relaxation_objective"], rel=1e-4)
 
 
-@pytest.mark.xfail(reason="known gap: the non-negative factorization UUᵀ (U ≥ 0) only reaches "
-                          "completely positive X; on unstructured T it stops ~1.5% below SCS",
-                   strict=False)
-def test_lowrank_matches_scs_on_random() -> None:
+def test_lowrank_on_unstructured_input_is_a_feasible_lower_bound() -> None:
+    """On uniform random T the factorized problem (U ≥ 0: completely positive X only) stops below
+    SCS (measured 2.3% at n = 60, see benchmarks/README.md); it must never claim more than the SDP
+    optimum, and its certified feasible objective is a lower bound."""
     rng = np.random.default_rng(1)
     T = rng.random((60, 60))
     T = (T + T.T) / 2
     _, scs = solve_sdp(T, 6)
     _, low = solve_lowrank(T, 6)
-    assert abs(low["relaxation_objective"] / scs["relaxation_objective"] - 1) < 1e-3
+    assert low["max_row_sum_violation"] < 1e-4
+    assert low["relaxation_objective"] <= scs["relaxation_objective"] * (1 + 1e-4)
+    assert low["feasible_objective"] <= scs["relaxation_objective"] * (1 + 1e-4)
+    assert low["relaxation_objective"] >= 0.95 * scs["relaxation_objective"]
 
 
 def test_grouping_fields() -> None:
