@@ -1,26 +1,19 @@
 """Benchmark of solver.cluster on planted block matrices: sdp (SCS) vs lowrank vs spectral.
 
 T = 0.8 within groups of n/k tasks, 0.2 across, plus sigma·N(0,1) noise, symmetrized; k = n/10.
-Usage: python benchmarks/solver.py [--sizes 50 100 200 400 800 2000] [--sigma 0.1] [--seed 0]
+Usage: python benchmarks/grouping_solver.py [--sizes 50 100 200 400 800 2000] [--sigma 0.1] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 
-import sys
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
 
-# this file is named solver.py: drop its folder from the path so that the package is imported
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _HERE]
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
-
-from solver import cluster  # noqa: E402
+from solver import cluster
 
 SCS_MAX_N = 800  # SCS at n=1600 took 285 s and 6.5 GB
 
