@@ -6,6 +6,7 @@ Usage: python benchmarks/grouping_solver.py [--sizes 50 100 200 400 800 2000] [-
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
