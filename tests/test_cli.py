@@ -75,3 +75,26 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "does not exist" in proc.stderr
+
+
+SMALL_JOB = {"dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 60}},
+             "model": {"hidden": [8, 1], "activation": "tanh"},
+             "training": {"epochs": 40, "patience": 30},
+             "estimation": {"subset_size": 3, "num_subsets": 10}}
+
+
+def test_validate_and_evaluate_commands(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps(SMALL_JOB))
+    result = run_cli("validate", str(tmp_path / "m.json"), "--subsets", "5", "--out", str(tmp_path / "v"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "v" / "validation.json").read_text())
+    for key in ("median_rel_error", "mean_rel_error", "spearman", "pair_spearman", "gradtag_seconds",
+                "exact_seconds", "time_ratio", "linearization"):
+        assert key in report
+    assert report["subsets"] == 5 and (tmp_path / "v" / "validation.png").exists()
+    result = run_cli("evaluate", str(tmp_path / "m.json"), "--random-seeds", "2", "--out", str(tmp_path / "e"))
+    assert result.exit_code == 0, result.output
+    ev = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert set(ev["summary"]) >= {"grad_tag", "exact", "tag_lookahead", "gradient_cosine", "one_model_for_all",
+                                  "one_model_per_task", "random_mean"}
+    assert (tmp_path / "e" / "evaluation.png").exists()
