@@ -12,11 +12,6 @@ def pointwise_loss(z: torch.Tensor, y: torch.Tensor, binary: torch.Tensor) -> to
     return torch.where(binary, bce, (z - y) ** 2)
 
 
-def pointwise_correct(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1 where a binary prediction (logit > 0) matches the label."""
-    return ((z > 0).to(y.dtype) == y).to(z.dtype)
-
-
 def masked_task_means(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task mean of ``values`` (rows × tasks) over the rows where ``mask`` is set.
 
