@@ -21,7 +21,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
-from affinity.training import TensorData, evaluate_losses, train_model
+from affinity.training import TensorData, train_model
 
 
 def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0.999), eps=1e-8) -> None:
@@ -165,4 +165,4 @@ def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[
     return out
 
 
-__all__ = ["finetune_subsets", "sequential_finetune", "evaluate_losses"]
+__all__ = ["finetune_subsets", "sequential_finetune"]
