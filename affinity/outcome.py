@@ -99,10 +99,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
 
 
 def bar_chart(summary: dict[str, float | None], path: Path, n_tasks: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from affinity.plots import plt, save_figure
 
     items = [(k, v) for k, v in summary.items() if v is not None and k != "random_std"]
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -119,7 +116,4 @@ def bar_chart(summary: dict[str, float | None], path: Path, n_tasks: int) -> Non
     lo = min(values)
     ax.set_ylim(lo * 0.95, max(values) * 1.02)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -1,4 +1,4 @@
-"""Figures: the affinity heatmap with tasks ordered by group."""
+"""Figures: the affinity heatmap with tasks ordered by group, and atomic PNG writing for all figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write a figure as PNG atomically (temp file + rename) and release it."""
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def heatmap(matrix: np.ndarray, names: list[str], groups: list[list[int]], path: Path, title: str) -> None:
@@ -35,7 +43,4 @@ def heatmap(matrix: np.ndarray, names: list[str], groups: list[list[int]], path:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="affinity (base − estimated validation loss)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -81,10 +81,7 @@ def linearization_check(prep: Prepared, manifest: Manifest, grads, subsets: list
 
 
 def scatter_plot(estimate: np.ndarray, truth: np.ndarray, subsets: list[tuple[int, ...]], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from affinity.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 6))
     n = len(names)
@@ -105,10 +102,7 @@ def scatter_plot(estimate: np.ndarray, truth: np.ndarray, subsets: list[tuple[in
     if n <= 20:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, progress: Progress | None = None,
