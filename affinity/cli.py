@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +24,17 @@ err_console = Console(stderr=True)
 def fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Bad input and failed stages end in one line on stderr and exit code 2 (``--debug``: traceback)."""
+    try:
+        yield
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        fail(str(exc))
 
 
 def resolve_manifest(manifest: Optional[str]):
@@ -70,14 +83,10 @@ def run(
     from affinity.pipeline import run_job
     from affinity.progress import RichProgress
 
-    try:
+    with user_errors(debug):
         m = resolve_manifest(manifest)
         with RichProgress() as progress:
             result = run_job(m, out, progress)
-    except (ValueError, RuntimeError, OSError) as exc:
-        if debug:
-            raise
-        fail(str(exc))
     print_summary(result, out)
 
 
@@ -92,14 +101,10 @@ def validate(
     from affinity.progress import RichProgress
     from affinity.validation import validate as run_validation
 
-    try:
+    with user_errors(debug):
         m = resolve_manifest(manifest)
         with RichProgress() as progress:
             report = run_validation(m, subsets, out, progress)
-    except (ValueError, RuntimeError, OSError) as exc:
-        if debug:
-            raise
-        fail(str(exc))
     table = Table(title="Grad-TAG vs exact fine-tuning (held-out subsets)", show_header=False)
     for key in ("subsets", "median_rel_error", "mean_rel_error", "spearman", "pair_spearman",
                 "gradtag_seconds", "exact_seconds", "time_ratio"):
@@ -125,14 +130,10 @@ def evaluate(
     from affinity.outcome import evaluate as run_evaluation
     from affinity.progress import RichProgress
 
-    try:
+    with user_errors(debug):
         m = resolve_manifest(manifest)
         with RichProgress() as progress:
             report = run_evaluation(m, out, progress, random_seeds=random_seeds)
-    except (ValueError, RuntimeError, OSError) as exc:
-        if debug:
-            raise
-        fail(str(exc))
     table = Table(title=f"Grouping outcome (k = {report['k']}): sum of per-task validation losses")
     table.add_column("grouping")
     table.add_column("sum val loss", justify="right")
