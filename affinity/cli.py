@@ -160,5 +160,13 @@ def example(name: Annotated[str, typer.Argument(help="planted or digits")] = "pl
     sys.stdout.write(json.dumps(m.model_dump(mode="json"), indent=2) + "\n")
 
 
+def _register_service_commands() -> None:
+    from api.commands import register
+
+    register(app)
+
+
+_register_service_commands()
+
 if __name__ == "__main__":
     app()

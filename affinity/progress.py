@@ -38,6 +38,7 @@ class Progress:
         self._t0 = time.perf_counter()
 
     def start(self, stage: str, total: float) -> None:
+        self.check_cancelled()  # between stages
         self._stage, self._total, self._done, self._t0 = stage, float(total), 0.0, time.perf_counter()
         self._emit()
 

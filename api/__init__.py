@@ -1,0 +1,1 @@
+"""The task-affinity service: REST API, job store, workers."""

@@ -1,0 +1,121 @@
+"""Service commands of the CLI: ``serve``, ``worker``, ``keys``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+
+
+def _store():
+    from api.db import engine_for
+    from api.settings import get_settings
+    from api.store import JobStore
+
+    settings = get_settings()
+    return settings, JobStore(engine_for(settings.db_url))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=0, help="Embedded worker processes (0: run workers elsewhere).")] = 1,
+) -> None:
+    """Run the API (and, by default, one embedded worker process)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.keys import count_keys, create_key
+
+    _logging()
+    settings, store = _store()
+    if count_keys(store.sessions) == 0:
+        key = create_key(store.sessions, "default")
+        typer.echo(f"No API key existed; created key '{key.name}' (shown once, keep it):\n  {key.token}", err=True)
+    cmd = [sys.executable, "-m", "affinity.cli", "worker", "--parent-pid", str(os.getpid())]
+    procs = [subprocess.Popen(cmd) for _ in range(workers)]
+
+    def stop_workers() -> None:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    app = create_app(settings)
+    app.router.on_shutdown.append(stop_workers)  # runs before uvicorn re-raises SIGTERM/SIGINT
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        stop_workers()
+
+
+def worker(
+    parent_pid: Annotated[int | None, typer.Option(help="Stop when this process is gone (set by serve).")] = None,
+) -> None:
+    """Run a worker: claim queued jobs from the database and run them, until SIGTERM/SIGINT."""
+    from api.worker import Worker
+
+    _logging()
+    settings, store = _store()
+    w = Worker(settings, store, parent_pid=parent_pid)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: w.stop.set())
+    w.run_forever()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", "-n", help="A label for the key.")],
+    owner: Annotated[str | None, typer.Option(help="Owner of the data (default: the name); keys of one owner "
+                                                   "see the same jobs.")] = None,
+) -> None:
+    """Create an API key and print it (it is stored hashed and cannot be shown again)."""
+    from api.keys import create_key
+
+    _, store = _store()
+    key = create_key(store.sessions, name, owner)
+    typer.echo(key.token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (id, name, owner, prefix, revoked)."""
+    from api.keys import list_keys
+
+    _, store = _store()
+    for k in list_keys(store.sessions):
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        typer.echo(f"{k.id}  {k.name}  owner={k.owner}  {k.prefix}…  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id from `keys list`.")]) -> None:
+    """Revoke a key: requests with it get 401."""
+    from api.keys import revoke_key
+
+    _, store = _store()
+    if not revoke_key(store.sessions, key_id):
+        typer.echo(f"error: no active key {key_id}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"revoked {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.add_typer(keys_app, name="keys")

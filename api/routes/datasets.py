@@ -1,0 +1,69 @@
+"""Uploaded datasets: POST (multipart), list, get, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+
+from api.deps import Config, Owner, Store
+from api.problems import ApiError, responses
+from api.schemas import DatasetList, DatasetOut
+from api.store import new_id
+from api.tables import Dataset
+from api.uploads import SUFFIX, BadUpload, UploadTooLarge, inspect_file, remove, save_stream
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=responses(401))
+
+
+@router.post("", status_code=201, response_model=DatasetOut, responses=responses(400, 413, 415, 422))
+def upload_dataset(request: Request, file: Annotated[UploadFile, File(description="A CSV, Parquet or NPZ table.")],
+                   owner: Owner, store: Store, settings: Config) -> DatasetOut:
+    """Upload a wide table: one row per example, feature columns, one label column per task."""
+    limit = settings.upload_limit_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise ApiError(413, f"upload of {int(declared)} bytes exceeds this server's limit of {limit} bytes")
+    ds_id = new_id("ds")
+    folder = settings.datasets / ds_id
+    raw = folder / "upload"
+    try:
+        size = save_stream(file.file, raw, limit)
+        info = inspect_file(raw)
+    except UploadTooLarge:
+        remove(folder)
+        raise ApiError(413, f"upload exceeds this server's limit of {limit} bytes") from None
+    except BadUpload as exc:
+        remove(folder)
+        raise ApiError(exc.status, str(exc)) from None
+    path = folder / f"data{SUFFIX[info.format]}"
+    raw.replace(path)
+    name = Path(file.filename or "upload").name[:500]
+    ds = store.add_dataset(Dataset(id=ds_id, owner=owner, filename=name, format=info.format, path=str(path),
+                                   size_bytes=size, rows=info.rows, columns=info.columns))
+    return DatasetOut.of(ds)
+
+
+@router.get("", response_model=DatasetList, responses=responses(422))
+def list_datasets(owner: Owner, store: Store, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                  offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> DatasetList:
+    rows, total = store.list_datasets(owner, limit, offset)
+    return DatasetList(items=[DatasetOut.of(d) for d in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=responses(404))
+def get_dataset(dataset_id: str, owner: Owner, store: Store) -> DatasetOut:
+    ds = store.get_dataset(owner, dataset_id)
+    if ds is None:
+        raise ApiError(404, f"no dataset {dataset_id}")
+    return DatasetOut.of(ds)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=responses(404))
+def delete_dataset(dataset_id: str, owner: Owner, store: Store, settings: Config) -> Response:
+    ds = store.delete_dataset(owner, dataset_id)
+    if ds is None:
+        raise ApiError(404, f"no dataset {dataset_id}")
+    remove(Path(ds.path).parent)
+    return Response(status_code=204)

@@ -1,0 +1,49 @@
+"""Service settings, from the environment or a ``.env`` file (prefix ``TASK_AFFINITY_``; ``DATABASE_URL`` too)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASK_AFFINITY_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".task-affinity"), description="State folder: the SQLite database, uploads, artifacts.")
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("TASK_AFFINITY_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; default SQLite (WAL) in the state folder; postgresql+psycopg://... for PostgreSQL.",
+    )
+    data_root: Path | None = Field(None, description="Folder whose files manifests may name by path (none: no paths).")
+    artifact_dir: Path | None = Field(None, description="Where job artifacts go (default: HOME/artifacts).")
+    dataset_dir: Path | None = Field(None, description="Where uploaded datasets go (default: HOME/datasets).")
+    upload_limit_mb: float = Field(200.0, gt=0, description="Largest accepted upload.")
+    max_tasks: int = Field(5000, ge=1, description="Most tasks per job.")
+    max_subsets: int = Field(20000, ge=1, description="Most sampled subsets per job.")
+    lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
+    max_attempts: int = Field(3, ge=1, description="Attempts before a job whose worker keeps dying is failed.")
+    poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for queued jobs.")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'task_affinity.db').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_dir or self.home / "artifacts").resolve()
+
+    @property
+    def datasets(self) -> Path:
+        return (self.dataset_dir or self.home / "datasets").resolve()
+
+    @property
+    def upload_limit_bytes(self) -> int:
+        return int(self.upload_limit_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
