@@ -47,14 +47,15 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     """Validation loss of every task of every subset after really fine-tuning θ* on the subset.
 
     Returns ``(len(subsets), max size)`` with NaN padding. Models with buffers (per-task
-    normalization statistics) are fine-tuned one subset at a time with ``train_model``.
+    normalization statistics), and any ``spec.mtl_method`` other than equal weighting, are
+    fine-tuned one subset at a time with ``train_model``.
     """
     size = max(len(s) for s in subsets)
     out = np.full((len(subsets), size), np.nan)
     progress = progress or Progress()
     progress.start("exact fine-tuning", len(subsets))
     base_state = copy.deepcopy(model.state_dict())
-    if any(True for _ in model.buffers()):
+    if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
         for i, s in enumerate(subsets):
             model.load_state_dict(base_state)
             res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device), stage="exact")

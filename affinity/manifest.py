@@ -18,6 +18,10 @@ MANIFEST_VERSION = 1
 
 BUILTIN_DATASETS = ("planted", "digits")
 
+# training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
+MTL_METHODS = ("equal", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj",
+               "graddrop", "connection_strength")
+
 
 class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the field and the fix."""
@@ -108,6 +112,19 @@ class ModelSpec(_Section):
     )
 
 
+class ConnectionStrengthSpec(_Section):
+    """Settings of training.mtl_method = connection_strength (method notes §2)."""
+
+    schedule_epochs: int | None = Field(
+        None, ge=1,
+        description=(
+            "E of the switching schedule: at epoch e a batch takes a phase-2 step (keep priority) with "
+            "probability e/E, else phase 1 (learn priority: one step per task). Default: training.epochs. "
+            "Lower it when early stopping ends training well before training.epochs."
+        ),
+    )
+
+
 class TrainingSpec(_Section):
     """Base-model training on all tasks at once."""
 
@@ -116,8 +133,17 @@ class TrainingSpec(_Section):
     lr: float = Field(3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     patience: int = Field(15, ge=1, description="Early stopping: epochs without a better mean validation loss.")
-    mtl_method: Literal["equal"] = Field(
-        "equal", description="Multitask optimizer; equal = mean of the per-task losses."
+    mtl_method: Literal[MTL_METHODS] = Field(  # type: ignore[valid-type]
+        "equal",
+        description=(
+            "Multitask optimizer. equal: mean of the per-task losses; upgrad, mgda, pcgrad, cagrad (c = 0.5), "
+            "nash_mtl, imtl_g, aligned_mtl, dualproj, graddrop: torchjd aggregators of the shared "
+            "parameters' Jacobian; connection_strength: task priority by connection strength "
+            "(needs model.task_norm = true; settings in training.connection_strength)."
+        ),
+    )
+    connection_strength: ConnectionStrengthSpec = Field(
+        default_factory=ConnectionStrengthSpec, description="Settings of mtl_method = connection_strength."
     )
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
@@ -199,6 +225,17 @@ class Manifest(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     estimation: EstimationSpec = Field(default_factory=EstimationSpec)
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
+
+    @field_validator("training")
+    @classmethod
+    def _connection_strength_needs_task_norm(cls, training: TrainingSpec, info: Any) -> TrainingSpec:
+        model = info.data.get("model")
+        if training.mtl_method == "connection_strength" and model is not None and not model.task_norm:
+            raise ValueError(
+                "mtl_method='connection_strength' needs per-task normalization after each shared layer; "
+                "set model.task_norm to true, or choose another training.mtl_method"
+            )
+        return training
 
     @model_validator(mode="before")
     @classmethod

@@ -7,7 +7,11 @@ The interface the rest of the engine relies on (any ``nn.Module`` that has it wo
 - optionally ``forward_tasks(x, tasks) -> (batch,)``: the output of task ``tasks[b]`` for row b
   (defaults to gathering from ``forward``);
 - optionally ``layers() -> list[list[str]]``: parameter names per layer from input to output,
-  the output heads last (used to take gradients of the last N layers only).
+  the output heads last (used to take gradients of the last N layers only);
+- optionally ``task_parameters() -> list[str]``: the task-specific parameters, axis 0 indexing the
+  task (default: the last layer); the multitask optimizers aggregate the others (shared);
+- optionally ``task_norm_layers()``: each shared layer with its per-task normalization
+  (needed by ``training.mtl_method = connection_strength``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,15 @@ class TaskNorm(nn.Module):
 
     Input ``(batch, units)`` (the same activations for every task, after the first shared layer)
     or ``(batch, tasks, units)``; output ``(batch, tasks, units)``. Each task has its own scale
-    γ_t, shift β_t and running mean/variance, so the statistics of one task never mix with
-    another's (after the first layer the activations themselves differ per task).
+    γ_t, shift β_t and running mean/variance.
+
+    Statistics are kept apart per task: in training mode with a ``mask`` (rows × tasks, the rows
+    labelled for each task), task t is normalized with the mean and variance of *its own* labelled
+    rows of the batch, and only tasks with at least two such rows update their running statistics;
+    a task with fewer uses its running statistics and leaves them unchanged. ``tasks`` restricts the
+    computation to some tasks' paths (``(batch, len(tasks), units)``): the other tasks' statistics
+    are neither used nor changed. Without a mask (the engine's gradient paths, which run in eval
+    mode), every row counts for every task, as in plain batch normalization.
     """
 
     def __init__(self, n_tasks: int, units: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -37,7 +48,34 @@ class TaskNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(n_tasks, units))
         self.register_buffer("running_var", torch.ones(n_tasks, units))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
+                tasks: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None and tasks is None:
+            return self._forward_all_rows(h)
+        idx = tasks if tasks is not None else torch.arange(self.weight.shape[0], device=h.device)
+        k = idx.shape[0]
+        if h.dim() == 2:
+            h = h.unsqueeze(1).expand(-1, k, -1)
+        run_mean, run_var = self.running_mean[idx], self.running_var[idx]
+        if self.training and h.shape[0] > 1:
+            m = (mask[:, idx] if mask is not None else torch.ones(h.shape[0], k, dtype=torch.bool,
+                                                                 device=h.device)).to(h.dtype)
+            n = m.sum(dim=0)  # (k,) labelled rows per task
+            enough = (n >= 2)[:, None]
+            c = n.clamp_min(1)[:, None]
+            batch_mean = torch.einsum("bk,bku->ku", m, h) / c
+            batch_var = torch.einsum("bk,bku->ku", m, (h - batch_mean) ** 2) / c
+            mean = torch.where(enough, batch_mean, run_mean)
+            var = torch.where(enough, batch_var, run_var)
+            with torch.no_grad():
+                unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
+                self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum), run_mean)
+                self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
+        else:
+            mean, var = run_mean, run_var
+        return (h - mean) / torch.sqrt(var + self.eps) * self.weight[idx] + self.bias[idx]
+
+    def _forward_all_rows(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() == 2:
             h = h.unsqueeze(1).expand(-1, self.weight.shape[0], -1)
         if self.training and h.shape[0] > 1:
@@ -73,21 +111,31 @@ class MultiTaskMLP(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(n_tasks))
         nn.init.normal_(self.head_weight, std=widths[-1] ** -0.5)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared representation: ``(batch, units)``, or ``(batch, tasks, units)`` with task norms."""
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+               tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Shared representation: ``(batch, units)``, or ``(batch, tasks, units)`` with task norms.
+
+        ``mask`` (rows × tasks) and ``tasks`` (indices) reach the task norms: see :class:`TaskNorm`.
+        """
         h = x
         for i, layer in enumerate(self.shared):
             h = layer(h)
             if self.norms is not None:
-                h = self.norms[i](h)
+                h = self.norms[i](h) if mask is None and tasks is None else self.norms[i](h, mask, tasks)
             h = self.drop(self.act(h))
         return h
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encode(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs ``(batch, n_tasks)``, or ``(batch, len(tasks))`` for the given task indices.
+
+        ``mask``: rows × tasks, the rows labelled for each task (training-mode task-norm statistics).
+        """
+        h = self.encode(x, mask, tasks)
+        w, b = (self.head_weight, self.head_bias) if tasks is None else (self.head_weight[tasks], self.head_bias[tasks])
         if h.dim() == 3:
-            return (h * self.head_weight).sum(-1) + self.head_bias
-        return h @ self.head_weight.T + self.head_bias
+            return (h * w).sum(-1) + b
+        return h @ w.T + b
 
     def forward_tasks(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         if self.norms is None:
@@ -99,6 +147,19 @@ class MultiTaskMLP(nn.Module):
             for layer, norm in zip(self.shared, self.norms):
                 h = self.drop(self.act(norm.forward_rows(layer(h), tasks)))
         return (h * self.head_weight[tasks]).sum(-1) + self.head_bias[tasks]
+
+    def task_parameters(self) -> list[str]:
+        """Names of the task-specific parameters; axis 0 of each indexes the task."""
+        names = ["head_weight", "head_bias"]
+        if self.norms is not None:
+            names += [f"norms.{i}.{p}" for i in range(len(self.norms)) for p in ("weight", "bias")]
+        return names
+
+    def task_norm_layers(self) -> list[tuple[str, nn.Linear, TaskNorm]]:
+        """Each shared layer with the per-task normalization that follows it (empty without task norms)."""
+        if self.norms is None:
+            return []
+        return [(f"shared.{i}", layer, norm) for i, (layer, norm) in enumerate(zip(self.shared, self.norms))]
 
     def layers(self) -> list[list[str]]:
         groups = []
@@ -121,6 +182,23 @@ def task_outputs(model: nn.Module, x: torch.Tensor, tasks: torch.Tensor) -> torc
     if hasattr(model, "forward_tasks"):
         return model.forward_tasks(x, tasks)
     return model(x).gather(1, tasks[:, None]).squeeze(1)
+
+
+def task_parameter_names(model: nn.Module) -> list[str]:
+    """Task-specific parameters (axis 0 = task): the model's own list, else the last layer (heads)."""
+    if hasattr(model, "task_parameters"):
+        return model.task_parameters()
+    return model_layers(model)[-1]
+
+
+def task_forward(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None,
+                 tasks: torch.Tensor | None = None) -> torch.Tensor:
+    """Training-mode outputs ``(batch, n_tasks)`` (or of ``tasks`` only), passing the label mask
+    to models that take one (per-task normalization statistics over each task's own rows)."""
+    if isinstance(model, MultiTaskMLP):
+        return model(x, mask=mask, tasks=tasks)
+    out = model(x)
+    return out if tasks is None else out[:, tasks]
 
 
 def model_layers(model: nn.Module) -> list[list[str]]:

@@ -10,6 +10,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +18,9 @@ from torch import nn
 
 from affinity.data.table import SplitTable
 from affinity.devices import resolve_device
-from affinity.losses import masked_task_means, pointwise_loss
+from affinity.losses import pointwise_loss
 from affinity.manifest import TrainingSpec
-from affinity.optim import MTLMethod, make_method
+from affinity.optim import MTLMethod, TaskBatch, make_method
 from affinity.progress import Progress
 
 
@@ -52,6 +53,7 @@ class TrainResult:
     best_val_loss: float
     task_val_loss: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
+    priority: dict[str, Any] | None = None  # connection_strength: the learned task priority (by task index)
 
 
 @torch.no_grad()
@@ -83,7 +85,9 @@ def train_model(
     """Train ``model`` in place on ``tasks`` (all by default) and load the best-validation state.
 
     Loss of a batch: for each selected task with training rows in the batch, the mean loss over
-    those rows; the multitask method combines them (equal weighting: their mean). Early stopping
+    those rows; the multitask method (``spec.mtl_method`` unless ``method`` is given) combines them
+    (equal weighting: their mean) and updates the model. A method with a ``priority(model, tasks)``
+    (connection strength) reports the learned task priority of the best state in ``priority``. Early stopping
     on the mean over selected tasks of the validation loss, with ``spec.patience``. ``on_batch``
     sees (model, x, y, training mask) before each update (e.g. to record TAG lookaheads).
     """
@@ -94,7 +98,8 @@ def train_model(
     train_mask = data.train & sel
     val_mask = data.val & sel
     rows = torch.nonzero(train_mask.any(dim=1)).squeeze(1)
-    method = method or make_method(spec.mtl_method)
+    method = method or make_method(spec.mtl_method, spec)
+    selected = torch.nonzero(sel).squeeze(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(spec.seed)
     progress = progress or Progress()
@@ -115,10 +120,10 @@ def train_model(
             r = order[start:start + spec.batch_size]
             if on_batch is not None:
                 on_batch(model, data.X[r], data.Y[r], train_mask[r])
-            out = model(data.X[r])
-            losses, counts = masked_task_means(pointwise_loss(out, data.Y[r], data.binary), train_mask[r])
-            present = counts > 0
-            method.step(model, losses[present], optimizer, epoch, spec.epochs)
+            mask = train_mask[r]
+            present = torch.nonzero(mask.any(dim=0)).squeeze(1)
+            batch = TaskBatch(model, data.X[r], data.Y[r], mask, data.binary, present, selected)
+            method.step(batch, optimizer, epoch, spec.epochs)
         score, task_scores = val_score()
         history.append({"epoch": epoch, "val_loss": score})
         if score < best - 1e-6 * abs(best):
@@ -133,9 +138,11 @@ def train_model(
     progress.finish()
     model.load_state_dict(best_state)
     model.eval()
+    report = getattr(method, "priority", None)
     return TrainResult(
         state=best_state, best_epoch=best_epoch, epochs_run=epoch, best_val_loss=best,
         task_val_loss=per_task.cpu().numpy(), history=history,
+        priority=report(model, selected) if callable(report) else None,
     )
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from affinity.optim.base import TaskBatch
 
 
 class EqualWeighting:
     name = "equal"
 
-    def step(self, model: nn.Module, task_losses: torch.Tensor, optimizer: torch.optim.Optimizer,
-             epoch: int, epochs: int) -> None:
+    def step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        task_losses.mean().backward()
+        batch.losses().mean().backward()
         optimizer.step()
