@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 ARTIFACTS = ("affinity.json", "subsets.json", "groups.json", "heatmap.png", "model.pt", "gradients.npz",  # grad_tag only
             
+             "priority.json",  # connection_strength only
              "summary.json")
 
 
@@ -97,6 +98,8 @@ def write_artifacts(out: Path, result: "JobResult") -> dict[str, Path]:
         np.savez(buf, features=grads.features, base_output=grads.base_output, rows=grads.rows, tasks=grads.tasks)
         atomic_write_bytes(out / "gradients.npz",  # grad_tag only
              buf.getvalue())
+    if result.priority is not None:
+        atomic_write_json(out / "priority.json", result.priority)
     tr = result.training
     atomic_write_json(out / "summary.json", {
         "dataset": data.summary(), "device": result.device,

@@ -61,6 +61,12 @@ def print_summary(result, out: Optional[Path]) -> None:
     truth = truth_report(data.task_names, g.labels, data.truth_groups)
     if truth:
         info.add_row("vs planted groups", f"ARI {truth['ari']:.3f}")
+    priority = getattr(result, "priority", None)
+    if priority:  # connection_strength: share of each layer's units led by a task (top 5 tasks)
+        info.add_row("task priority", " | ".join(
+            f"{layer['layer']}: " + ", ".join(
+                f"{t} {s:.0%}" for t, s in sorted(layer["share"].items(), key=lambda kv: -kv[1])[:5])
+            for layer in priority["layers"]))
     info.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if out is not None:
         info.add_row("artifacts", str(out))

@@ -23,6 +23,7 @@ from affinity.estimators.tag_lookahead import LookaheadRecorder
 from affinity.gradients import GradientFeatures
 from affinity.manifest import EstimationSpec, GroupingSpec, Manifest
 from affinity.models import build_model
+from affinity.optim.priority import priority_record
 from affinity.progress import Progress
 from affinity.subsets import check_coverage, pair_counts, sample_subsets
 from affinity.training import TensorData, TrainResult, train_model
@@ -39,6 +40,13 @@ class JobResult:
     seconds: dict[str, float]
     device: str
     gradients: GradientFeatures | None = None
+
+    @property
+    def priority(self) -> dict[str, Any] | None:
+        """connection_strength: the base model's learned task priority, with task names."""
+        if self.training.priority is None:
+            return None
+        return priority_record(self.training.priority, self.data.task_names)
 
 
 def train_base(data: SplitTable, manifest: Manifest, tensors: TensorData, progress: Progress | None = None,

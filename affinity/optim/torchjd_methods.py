@@ -14,6 +14,7 @@ tasks), not one backward per task.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -88,5 +89,8 @@ class TorchJDMethod:
         return self._aggregator
 
     def step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
-        aggregate_step(batch.model, batch.losses(), self.aggregator(batch.tasks), optimizer)
+        with warnings.catch_warnings():
+            # Nash-MTL's cvxpy problem is not DPP; cvxpy warns on every solve, nothing to act on.
+            warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
+            aggregate_step(batch.model, batch.losses(), self.aggregator(batch.tasks), optimizer)
 
