@@ -45,7 +45,10 @@ def serve(
         key = create_key(store.sessions, "default")
         typer.echo(f"No API key existed; created key '{key.name}' (shown once, keep it):\n  {key.token}", err=True)
     cmd = [sys.executable, "-m", "affinity.cli", "worker", "--parent-pid", str(os.getpid())]
-    procs = [subprocess.Popen(cmd) for _ in range(workers)]
+    env = dict(os.environ)
+    if workers and not settings.torch_threads:  # the API process needs little CPU; split the cores among workers
+        env["TASK_AFFINITY_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
 
     def stop_workers() -> None:
         for p in procs:

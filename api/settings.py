@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a job whose worker keeps dying is failed.")
     poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for queued jobs.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads per worker (default: torch's choice; `serve` splits the cores among "
+                                "its workers). Oversubscribed cores make small models tens of times slower.")
 
     @property
     def db_url(self) -> str:

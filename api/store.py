@@ -117,8 +117,9 @@ class JobStore:
                                 .limit(1).with_for_update(skip_locked=True)).first()
                 if job is None:
                     return None
-                s.execute(update(Job).where(Job.id == job.id).values(**values))
-                return Claim(job.id, job.manifest, job.attempts + 1)
+                attempts = s.execute(update(Job).where(Job.id == job.id).values(**values)
+                                     .returning(Job.attempts)).scalar_one()
+                return Claim(job.id, job.manifest, attempts)
             oldest = (select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
                       .limit(1).scalar_subquery())
             row = s.execute(update(Job).where(Job.id == oldest, Job.status == "queued").values(**values)

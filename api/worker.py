@@ -106,6 +106,10 @@ class Worker:
 
     def run_forever(self) -> None:
         stop = self.stop
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
