@@ -122,3 +122,6 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(worker)
     app.add_typer(keys_app, name="keys")
+    from api.remote_commands import register as register_remote
+
+    register_remote(app)
