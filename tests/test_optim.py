@@ -17,6 +17,10 @@ from affinity.optim.connection_strength import ConnectionStrength, project_confl
 from affinity.optim.priority import connection_strength, task_priority, top_priority
 from affinity.optim.torchjd_methods import AGGREGATORS
 
+# Nash-MTL's cvxpy problem is not DPP; cvxpy warns on every solve (the method filters it, the
+# direct torchjd call in the comparison test does not).
+pytestmark = pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
+
 
 def _batch(model, n_tasks=4, rows=48, features=6, seed=0, conflict=True):
     """A batch where task 1's labels are task 0's flipped (conflicting gradients)."""
