@@ -28,7 +28,7 @@ class ManifestError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class TaskSpec(_Section):
@@ -38,6 +38,13 @@ class TaskSpec(_Section):
     type: Literal["binary", "regression"] = Field(
         "binary", description="binary: labels 0/1, BCE on logits; regression: real labels, MSE."
     )
+
+
+def _names_allowed(schema: dict[str, Any]) -> None:
+    # A task may be given as a bare column name: say so in the JSON Schema (validation converts it).
+    for option in schema.get("anyOf", []):
+        if option.get("type") == "array":
+            option["items"] = {"anyOf": [option["items"], {"type": "string", "minLength": 1}]}
 
 
 class DatasetSpec(_Section):
@@ -62,6 +69,7 @@ class DatasetSpec(_Section):
             "Task label columns, as names (binary) or {name, type}. Required for CSV/Parquet; "
             "for NPZ, default: one binary task per column of Y named task_0, task_1, ..."
         ),
+        json_schema_extra=lambda schema: _names_allowed(schema),
     )
     params: dict[str, Any] = Field(
         default_factory=dict,

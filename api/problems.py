@@ -68,9 +68,12 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.url.path}; see /docs for the API"
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        return problem_response(request, exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,7 +92,82 @@ def install(app: FastAPI) -> None:
         return problem_response(request, 500, f"internal error ({type(exc).__name__}); it was logged")
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette's 405 names only one route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not declare is an error (a typo should not be silently ignored)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {p.alias for p in _all_query_params(dependant)}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(422, f"unknown query parameter(s) {unknown}; this endpoint accepts {sorted(known) or 'none'}",
+                       [{"field": u, "message": f"{u}: not a parameter of this endpoint; remove it", "value": None}
+                        for u in unknown])
+
+
+def _all_query_params(dependant: Any) -> list[Any]:
+    params = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        params += _all_query_params(sub)
+    return params
+
+
+def problem_openapi(app: FastAPI) -> None:
+    """Document every error response as problem+json (FastAPI's default 422 says application/json)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = doc.setdefault("components", {}).setdefault("schemas", {})
+        comps["FieldProblem"] = FieldProblem.model_json_schema()
+        problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        problem_schema.pop("$defs", None)
+        comps["Problem"] = problem_schema
+        for name in ("HTTPValidationError", "ValidationError"):
+            comps.pop(name, None)
+        _manifest_body(doc, comps)
+        ref = {"schema": {"$ref": "#/components/schemas/Problem"}}
+        for path in doc.get("paths", {}).values():
+            for op in path.values():
+                for code, resp in op.get("responses", {}).items():
+                    if code[0] in "45":
+                        resp["content"] = {PROBLEM_JSON: ref}
+                        resp.setdefault("description", HTTPStatus(int(code)).phrase)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _manifest_body(doc: dict[str, Any], comps: dict[str, Any]) -> None:
+    """POST /v1/jobs takes a manifest: document its full JSON Schema (the route validates it itself)."""
+    from affinity.manifest import Manifest
+
+    schema = Manifest.model_json_schema(ref_template="#/components/schemas/{model}")
+    comps.update(schema.pop("$defs", {}))
+    comps["Manifest"] = schema
+    op = doc.get("paths", {}).get("/v1/jobs", {}).get("post")
+    if op is not None:
+        content = op["requestBody"]["content"]["application/json"]
+        content["schema"] = {"$ref": "#/components/schemas/Manifest"}
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem responses a route can give."""
-    return {c: {"model": Problem, "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    return {c: {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
                 "description": HTTPStatus(c).phrase} for c in codes}
