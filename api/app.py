@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from api import problems
 from api.db import engine_for
@@ -25,7 +25,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(engine_for(settings.db_url))
     problems.install(app)
     for module in (health, datasets, jobs, results, dashboard):
-        app.include_router(module.router, dependencies=[Depends(problems.reject_unknown_query)],
-                           responses=problems.responses(422))
-    problems.problem_openapi(app)
+        app.include_router(module.router)
     return app

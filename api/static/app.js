@@ -1,0 +1,528 @@
+// The task-affinity dashboard: plain JavaScript against the /v1 API, no dependencies.
+// Views (by URL hash): #/ jobs, #/jobs/<id> one job, #/submit the form. The API key is kept in
+// sessionStorage and sent as a bearer token with every request.
+"use strict";
+
+const KEY_STORAGE = "task-affinity-key";
+const POLL_MS = 1500;
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+
+const $ = (id) => document.getElementById(id);
+let pollTimer = null;
+let keepFlash = false; // a message for the view being opened (e.g. "Submitted job ...")
+let viewToken = 0; // bumps on every navigation: stale async work checks it and stops
+
+// ---------------------------------------------------------------------------------------------- API
+class ApiProblem extends Error {
+  constructor(status, detail, errors) {
+    super(detail);
+    this.status = status;
+    this.detail = detail;
+    this.errors = errors || [];
+  }
+}
+
+function apiKey() { return sessionStorage.getItem(KEY_STORAGE); }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const key = apiKey();
+  if (key) headers["Authorization"] = "Bearer " + key;
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (err) {
+    throw new ApiProblem(0, "cannot reach the server: " + err.message);
+  }
+  if (!response.ok) {
+    let detail = response.statusText, errors = [];
+    try {
+      const body = await response.json();
+      if (body && body.detail) detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      if (body && Array.isArray(body.errors)) errors = body.errors;
+    } catch (_) { /* not JSON */ }
+    const problem = new ApiProblem(response.status, detail, errors);
+    if (response.status === 401) { forgetKey(detail); }
+    throw problem;
+  }
+  return response;
+}
+
+async function apiJson(path, options) { return (await api(path, options)).json(); }
+
+// ------------------------------------------------------------------------------------------ helpers
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function pct(x) { return Math.round((x || 0) * 100) + "%"; }
+
+function duration(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "";
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, sec = s % 60;
+  return (h ? h + ":" + String(m).padStart(2, "0") : m) + ":" + String(sec).padStart(2, "0");
+}
+
+function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
+function fmt(v) {
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (v === null || v === undefined) return "–";
+  if (Array.isArray(v)) return v.map(fmt).join(", ");
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function flash(text, bad = false) {
+  const f = $("flash");
+  f.textContent = text;
+  f.className = bad ? "flash bad" : "flash";
+  f.hidden = !text;
+}
+
+function stopPolling() { if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; } }
+
+function schedule(fn, token) {
+  stopPolling();
+  pollTimer = setTimeout(() => { if (token === viewToken) fn(); }, POLL_MS);
+}
+
+function statusBadge(status) { return el("span", { class: "badge " + status, "data-status": status }, status); }
+
+function progressText(job) {
+  if (job.status === "running") {
+    const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? " · ETA " + duration(job.eta_seconds) : "";
+    return (job.stage || "starting") + " · " + pct(job.progress) + eta;
+  }
+  if (job.status === "queued") return "queued" + (job.cancel_requested ? " (cancelling)" : "");
+  if (job.status === "succeeded") return "done in " + duration(job.summary && job.summary.seconds
+    ? Object.values(job.summary.seconds).reduce((a, b) => a + (typeof b === "number" ? b : 0), 0) : 0);
+  return job.status;
+}
+
+// Download with the bearer header (a plain link could not send it).
+async function download(path, filename) {
+  try {
+    const blob = await (await api(path)).blob();
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: filename });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    flash("download failed: " + err.message, true);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- views
+function show(view) {
+  for (const id of ["view-login", "view-jobs", "view-job", "view-submit"]) $(id).hidden = id !== view;
+  $("nav").hidden = view === "view-login";
+}
+
+function forgetKey(reason) {
+  sessionStorage.removeItem(KEY_STORAGE);
+  stopPolling();
+  viewToken++;
+  show("view-login");
+  const e = $("login-error");
+  e.textContent = reason || "";
+  e.hidden = !reason;
+}
+
+function route() {
+  viewToken++;
+  stopPolling();
+  if (!apiKey()) { forgetKey(""); return; }
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const job = hash.match(/^\/jobs\/([^/]+)$/);
+  if (job) return showJob(decodeURIComponent(job[1]));
+  if (hash === "/submit") return showSubmit();
+  return showJobs();
+}
+
+// -- jobs list
+async function showJobs() {
+  show("view-jobs");
+  const token = viewToken;
+  const refresh = async () => {
+    if (token !== viewToken) return;
+    const status = $("status-filter").value;
+    try {
+      const q = new URLSearchParams({ limit: "50" });
+      if (status) q.set("status", status);
+      const page = await apiJson("/v1/jobs?" + q);
+      if (token !== viewToken) return;
+      renderJobs(page);
+    } catch (err) {
+      if (token === viewToken && err.status !== 401) flash(err.message, true);
+    }
+    if (token === viewToken) schedule(refresh, token);
+  };
+  $("status-filter").onchange = () => { stopPolling(); refresh(); };
+  await refresh();
+}
+
+function renderJobs(page) {
+  const body = $("jobs-body");
+  body.replaceChildren(...page.items.map((job) => {
+    const source = job.manifest && job.manifest.dataset ? job.manifest.dataset.source : "";
+    const active = !TERMINAL.includes(job.status);
+    return el("tr", { "data-testid": "job-row", "data-job-id": job.id, "data-status": job.status },
+      el("td", {}, el("a", { href: "#/jobs/" + encodeURIComponent(job.id), "data-testid": "job-link" }, el("code", {}, job.id))),
+      el("td", {}, statusBadge(job.status)),
+      el("td", {}, job.stage || ""),
+      el("td", { class: "progress" }, el("progress", { max: "1", value: String(job.progress || 0) }), " ", pct(job.progress)),
+      el("td", {}, job.status === "running" ? duration(job.eta_seconds) : ""),
+      el("td", {}, el("code", {}, source)),
+      el("td", { class: "small" }, when(job.created_at)),
+      el("td", {}, active && !job.cancel_requested
+        ? el("button", { type: "button", class: "secondary", onclick: () => cancelJob(job.id) }, "Cancel") : ""));
+  }));
+  $("jobs-empty").hidden = page.total > 0;
+  $("jobs-total").textContent = page.total > page.items.length ? `showing ${page.items.length} of ${page.total}` : "";
+}
+
+async function cancelJob(id) {
+  try {
+    await apiJson("/v1/jobs/" + encodeURIComponent(id) + "/cancel", { method: "POST" });
+    flash("Cancellation requested for " + id);
+  } catch (err) { flash(err.message, true); }
+}
+
+// -- one job
+async function showJob(id) {
+  show("view-job");
+  const token = viewToken;
+  $("job-id").textContent = id;
+  $("job-status").replaceChildren();
+  $("job-results").hidden = true;
+  $("job-progress-box").hidden = false;
+  $("job-error").hidden = true;
+  $("job-cancel").onclick = () => cancelJob(id);
+  let loaded = false;
+  const refresh = async () => {
+    if (token !== viewToken) return;
+    let job;
+    try {
+      job = await apiJson("/v1/jobs/" + encodeURIComponent(id));
+    } catch (err) {
+      if (token !== viewToken) return;
+      if (err.status === 404) { flash(err.message, true); return; }
+      if (err.status !== 401) flash(err.message, true);
+      schedule(refresh, token);
+      return;
+    }
+    if (token !== viewToken) return;
+    renderJobHead(job);
+    if (job.status === "succeeded" && !loaded) {
+      loaded = true;
+      await loadResults(job, token);
+    }
+    if (!TERMINAL.includes(job.status)) schedule(refresh, token);
+  };
+  await refresh();
+}
+
+function renderJobHead(job) {
+  const badge = $("job-status");
+  badge.className = "badge " + job.status;
+  badge.textContent = job.status;
+  badge.dataset.status = job.status;
+  $("job-cancel").hidden = TERMINAL.includes(job.status) || job.cancel_requested;
+  $("job-progress").value = job.status === "succeeded" ? 1 : job.progress || 0;
+  $("job-progress-text").textContent = progressText(job);
+  const err = $("job-error");
+  err.textContent = job.error ? "Error: " + job.error : "";
+  err.hidden = !job.error;
+  $("job-progress-box").hidden = job.status === "succeeded";
+  $("job-manifest").textContent = JSON.stringify(job.manifest, null, 2);
+}
+
+async function loadResults(job, token) {
+  const base = "/v1/jobs/" + encodeURIComponent(job.id);
+  let affinity, groups;
+  try {
+    [affinity, groups] = await Promise.all([apiJson(base + "/affinity"), apiJson(base + "/groups")]);
+  } catch (err) {
+    if (token === viewToken) flash("cannot load the results: " + err.message, true);
+    return;
+  }
+  if (token !== viewToken) return;
+  $("job-results").hidden = false;
+  renderGroups(groups);
+  drawHeatmap(affinity, groups);
+  renderMetadata(job, affinity, groups);
+  renderDownloads(job, base);
+}
+
+function renderGroups(groups) {
+  $("groups-body").replaceChildren(...groups.groups.map((g, i) =>
+    el("tr", { "data-testid": "group-row", "data-group": String(i) },
+      el("td", {}, String(i)), el("td", {}, String(g.length)),
+      el("td", { "data-testid": "group-tasks" }, g.join(", ")))));
+}
+
+function renderMetadata(job, affinity, groups) {
+  const s = job.summary || {};
+  const est = affinity.estimator || {};
+  const rows = [
+    ["estimator", affinity.method],
+    ["tasks", s.tasks !== undefined ? s.tasks : affinity.tasks.length],
+    ["rows", s.rows], ["features", s.features],
+    ["subsets", est.num_subsets !== undefined ? `${est.num_subsets} of ${est.subset_size} tasks` : undefined],
+    ["projection", est.projection_dim !== undefined ? `${est.projection} d = ${est.projection_dim}` : undefined],
+    ["parameters", est.n_params], ["ridge l2", est.l2],
+    ["grouping", `${groups.method}, k = ${groups.k}`],
+    ["objective", groups.objective],
+    ["k selection", groups.k_selection ? fmt(groups.k_selection.chosen !== undefined ? groups.k_selection.chosen : groups.k_selection) : undefined],
+    ["vs planted groups", groups.truth && groups.truth.ari !== undefined ? "ARI " + fmt(groups.truth.ari) : undefined],
+    ["device", s.device],
+    ["seconds", s.seconds && typeof s.seconds === "object"
+      ? Object.entries(s.seconds).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") : s.seconds],
+    ["created", when(job.created_at)], ["finished", when(job.finished_at)], ["attempts", job.attempts],
+  ];
+  $("job-metadata").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, fmt(v))]));
+}
+
+function renderDownloads(job, base) {
+  const names = (job.summary && job.summary.artifacts) ||
+    ["affinity.json", "groups.json", "subsets.json", "heatmap.png", "summary.json"];
+  const items = [["affinity.csv", base + "/affinity?format=csv", job.id + "-affinity.csv"]]
+    .concat(names.map((n) => [n, base + "/artifacts/" + encodeURIComponent(n), n]));
+  $("downloads").replaceChildren(...items.map(([label, path, filename]) =>
+    el("li", {}, el("a", { href: path, "data-testid": "download-link", onclick: (e) => { e.preventDefault(); download(path, filename); } }, label))));
+}
+
+// -- heatmap: canvas, tasks ordered by group, lines between groups, hover tooltip
+function order(tasks, groups) {
+  const index = new Map(tasks.map((t, i) => [t, i]));
+  const seen = new Set(), ord = [], bounds = [];
+  for (const g of groups.groups) {
+    for (const t of g) if (index.has(t) && !seen.has(t)) { seen.add(t); ord.push(index.get(t)); }
+    bounds.push(ord.length);
+  }
+  tasks.forEach((t, i) => { if (!seen.has(t)) ord.push(i); });
+  return { ord, bounds: bounds.slice(0, -1) };
+}
+
+function color(v, m) {
+  // diverging: blue (negative) – white – red (positive)
+  const t = m > 0 ? Math.max(-1, Math.min(1, v / m)) : 0;
+  const [r, g, b] = t >= 0 ? [178, 24, 43] : [33, 102, 172];
+  const a = Math.abs(t);
+  return `rgb(${Math.round(255 + (r - 255) * a)},${Math.round(255 + (g - 255) * a)},${Math.round(255 + (b - 255) * a)})`;
+}
+
+function drawHeatmap(affinity, groups) {
+  const canvas = $("heatmap"), tip = $("heatmap-tooltip");
+  const tasks = affinity.tasks, M = affinity.matrix, counts = affinity.counts;
+  const n = tasks.length;
+  const { ord, bounds } = order(tasks, groups);
+  const groupOf = new Map();
+  groups.groups.forEach((g, i) => g.forEach((t) => groupOf.set(t, i)));
+  let m = 0;
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) if (i !== j && isFinite(M[i][j])) m = Math.max(m, Math.abs(M[i][j]));
+
+  const ctx = canvas.getContext("2d");
+  const labels = n <= 64;
+  ctx.font = "11px system-ui, sans-serif";
+  const margin = labels ? Math.ceil(Math.max(...tasks.map((t) => ctx.measureText(t).width))) + 8 : 4;
+  const avail = Math.max(200, Math.min(720, (canvas.parentElement.parentElement.clientWidth || 720) - margin - 24));
+  const cell = Math.max(1, Math.floor(avail / n));
+  const size = margin + cell * n + 2;
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = size * dpr; canvas.height = size * dpr;
+  canvas.style.width = size + "px"; canvas.style.height = size + "px";
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, size, size);
+
+  for (let a = 0; a < n; a++) {
+    for (let b = 0; b < n; b++) {
+      const i = ord[a], j = ord[b];
+      ctx.fillStyle = i === j ? "#e4e7ec" : color(M[i][j], m);
+      ctx.fillRect(margin + b * cell, margin + a * cell, cell, cell);
+    }
+  }
+  ctx.strokeStyle = "#1d2430"; ctx.lineWidth = 1.5;
+  for (const k of bounds) {
+    const p = margin + k * cell;
+    ctx.beginPath(); ctx.moveTo(p, margin); ctx.lineTo(p, margin + n * cell); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(margin, p); ctx.lineTo(margin + n * cell, p); ctx.stroke();
+  }
+  ctx.strokeRect(margin, margin, n * cell, n * cell);
+  if (labels) {
+    ctx.fillStyle = "#1d2430"; ctx.textBaseline = "middle";
+    ctx.textAlign = "right";
+    ord.forEach((i, a) => ctx.fillText(tasks[i], margin - 4, margin + (a + 0.5) * cell));
+    ctx.save(); ctx.rotate(-Math.PI / 2); ctx.textAlign = "left";
+    ord.forEach((i, b) => ctx.fillText(tasks[i], -(margin - 4), margin + (b + 0.5) * cell));
+    ctx.restore();
+  }
+
+  const legend = $("legend"), lctx = legend.getContext("2d");
+  for (let x = 0; x < legend.width; x++) {
+    lctx.fillStyle = color((2 * x / (legend.width - 1) - 1) * m, m);
+    lctx.fillRect(x, 0, 1, legend.height);
+  }
+  $("legend-min").textContent = fmt(-m);
+  $("legend-max").textContent = fmt(m);
+
+  const cellAt = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const scale = size / r.width;
+    const x = (ev.clientX - r.left) * scale - margin, y = (ev.clientY - r.top) * scale - margin;
+    const b = Math.floor(x / cell), a = Math.floor(y / cell);
+    return a >= 0 && b >= 0 && a < n && b < n ? [a, b, ev.clientX - r.left, ev.clientY - r.top] : null;
+  };
+  canvas.onmousemove = (ev) => {
+    const hit = cellAt(ev);
+    if (!hit) { tip.hidden = true; return; }
+    const [a, b, x, y] = hit;
+    const i = ord[a], j = ord[b];
+    const ti = tasks[i], tj = tasks[j];
+    let text;
+    if (i === j) {
+      const gain = affinity.self_gain ? ` · self gain ${fmt(affinity.self_gain[i])}` : "";
+      text = `${ti} (group ${groupOf.get(ti)})${gain}`;
+    } else {
+      const c = counts ? ` · ${counts[i][j]} subsets` : "";
+      text = `${ti} × ${tj}: ${fmt(M[i][j])}${c} · groups ${groupOf.get(ti)} / ${groupOf.get(tj)}`;
+    }
+    tip.textContent = text;
+    tip.dataset.row = ti; tip.dataset.col = tj; tip.dataset.value = String(M[i][j]);
+    tip.hidden = false;
+    const wrap = $("heatmap-wrap").clientWidth;
+    tip.style.left = Math.min(x + 14, Math.max(0, wrap - tip.offsetWidth)) + "px";
+    tip.style.top = (y + 14) + "px";
+  };
+  canvas.onmouseleave = () => { tip.hidden = true; };
+}
+
+// -- submit form
+let examples = null;
+
+async function showSubmit() {
+  show("view-submit");
+  const select = $("example-select");
+  if (!examples) {
+    try {
+      examples = await (await fetch("/static/examples.json")).json();
+    } catch (_) { examples = {}; }
+    select.replaceChildren(...Object.keys(examples).map((name) => el("option", { value: name },
+      name === "small" ? "small planted job (seconds)" : `built-in ${name} job`)));
+    select.onchange = () => { $("manifest-input").value = JSON.stringify(examples[select.value], null, 2); };
+  }
+  if (!$("manifest-input").value && examples.small) {
+    $("manifest-input").value = JSON.stringify(examples.small, null, 2);
+  }
+}
+
+function showProblem(detail, errors) {
+  $("form-detail").textContent = detail;
+  $("form-errors").replaceChildren(...(errors || []).map((e) =>
+    el("li", { "data-testid": "form-error", "data-field": e.field }, el("code", {}, e.field || "body"), " ",
+      e.message && e.field && e.message.startsWith(e.field + ":") ? e.message.slice(e.field.length + 1).trim() : e.message)));
+  $("form-problem").hidden = false;
+}
+
+async function submitManifest(ev) {
+  ev.preventDefault();
+  $("form-problem").hidden = true;
+  let manifest;
+  try {
+    manifest = JSON.parse($("manifest-input").value);
+  } catch (err) {
+    showProblem("The manifest is not valid JSON: " + err.message, []);
+    return;
+  }
+  const button = ev.submitter || ev.target.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const job = await apiJson("/v1/jobs", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(manifest),
+    });
+    keepFlash = true;
+    flash("Submitted job " + job.id);
+    location.hash = "#/";
+  } catch (err) {
+    if (err.status !== 401) showProblem(`${err.status || ""} ${err.detail}`.trim(), err.errors);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function uploadDataset(ev) {
+  ev.preventDefault();
+  const file = $("dataset-file").files[0];
+  const out = $("upload-result");
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  out.hidden = false;
+  out.className = "small";
+  out.textContent = "uploading…";
+  try {
+    const ds = await apiJson("/v1/datasets", { method: "POST", body: form });
+    out.replaceChildren(`Uploaded ${ds.filename}: ${ds.rows} rows, columns ${ds.columns.join(", ")}. Id `,
+      el("code", {}, ds.id), " ",
+      el("button", { type: "button", class: "secondary", onclick: () => useDataset(ds) }, "Use in manifest"));
+  } catch (err) {
+    out.className = "small error";
+    out.textContent = err.detail;
+  }
+}
+
+function useDataset(ds) {
+  let manifest;
+  try { manifest = JSON.parse($("manifest-input").value); } catch (_) { manifest = {}; }
+  manifest.dataset = Object.assign({}, manifest.dataset || {}, { source: ds.id });
+  if (manifest.dataset.params && ds.id) delete manifest.dataset.params;
+  $("manifest-input").value = JSON.stringify(manifest, null, 2);
+}
+
+// ------------------------------------------------------------------------------------------- start
+async function login(ev) {
+  ev.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  try {
+    await apiJson("/v1/jobs?limit=1");
+  } catch (err) {
+    if (err.status !== 401) { forgetKey(err.message); }
+    return; // a 401 already cleared the key and shows the reason
+  }
+  $("key-input").value = "";
+  $("login-error").hidden = true;
+  flash("");
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => { forgetKey(""); flash(""); });
+  $("submit-form").addEventListener("submit", submitManifest);
+  $("upload-form").addEventListener("submit", uploadDataset);
+  window.addEventListener("hashchange", () => { if (!keepFlash) flash(""); keepFlash = false; route(); });
+  route();
+});
