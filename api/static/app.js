@@ -83,7 +83,7 @@ function when(iso) {
 }
 
 function fmt(v) {
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
   if (v === null || v === undefined) return "–";
   if (Array.isArray(v)) return v.map(fmt).join(", ");
   if (typeof v === "object") return JSON.stringify(v);
@@ -353,6 +353,7 @@ function drawHeatmap(affinity, groups) {
   const dpr = window.devicePixelRatio || 1;
   canvas.width = size * dpr; canvas.height = size * dpr;
   canvas.style.width = size + "px"; canvas.style.height = size + "px";
+  Object.assign(canvas.dataset, { tasks: String(n), cell: String(cell), margin: String(margin) });
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, size, size);
 

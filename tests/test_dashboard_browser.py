@@ -1,0 +1,157 @@
+"""The dashboard end to end in headless Chromium (Debian's package, driven by Playwright): a real server
+process with one worker; enter the key, submit through the form, wait in the job list, open the job,
+see the heatmap and its tooltip, every group on the page; a screenshot is saved in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service_processes import free_port, printed_key, service_env, start_server, stop
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+JOB_SECONDS = 180  # the small example job takes seconds; a loaded 2-core machine gets slack
+
+
+def _required() -> bool:
+    return bool(os.environ.get("TASK_AFFINITY_REQUIRE_POSTGRES") or os.environ.get("CI"))
+
+
+def _missing(reason: str):
+    if _required():
+        pytest.fail(f"{reason} (required in CI: .ci/run installs Debian's chromium and sets TASK_AFFINITY_CHROMIUM)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = os.environ.get("TASK_AFFINITY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+        _missing(f"no Chromium executable at {path} (apt-get install chromium; set TASK_AFFINITY_CHROMIUM)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("the playwright package is not installed (pip install -e '.[dev]')")
+    return path
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = start_server(service_env(tmp_path / "home", f"sqlite:///{tmp_path / 'store.db'}"), port, log, workers=1)
+    try:
+        yield f"http://127.0.0.1:{port}", printed_key(log)
+    finally:
+        stop(proc)
+
+
+def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    page_errors: list[str] = []
+    foreign: list[str] = []
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        page = None
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.on("request", lambda req: None if req.url.startswith((base, "data:", "blob:"))
+                    else foreign.append(req.url))
+            page.set_default_timeout(30_000)
+
+            # the key: a wrong one is refused with the server's detail, the right one is kept for the session
+            page.goto(base + "/")
+            page.get_by_test_id("key-input").fill("ta_not_a_real_key_000000000000")
+            page.get_by_test_id("key-submit").click()
+            expect(page.get_by_test_id("login-error")).to_contain_text("unknown or revoked API key")
+            page.get_by_test_id("key-input").fill(key)
+            page.get_by_test_id("key-submit").click()
+            expect(page.get_by_test_id("jobs-table")).to_be_visible()
+            assert page.evaluate("sessionStorage.getItem('task-affinity-key')") == key
+
+            # a bad manifest: 422 with the field named on the form
+            page.get_by_test_id("nav-submit").click()
+            manifest_box = page.get_by_test_id("manifest-input")
+            expect(manifest_box).not_to_have_value("")
+            manifest_box.fill(json.dumps({"dataset": {"source": "planted"}, "estimation": {"num_subsets": -3}}))
+            page.get_by_test_id("manifest-submit").click()
+            expect(page.locator("[data-testid=form-error][data-field='estimation.num_subsets']")).to_be_visible()
+
+            # the prefilled small example, submitted through the form
+            page.get_by_test_id("example-select").select_option("small")
+            prefilled = json.loads(manifest_box.input_value())
+            assert prefilled["dataset"]["source"] == "planted"
+            page.get_by_test_id("manifest-submit").click()
+            expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
+            row = page.locator("[data-testid=job-row]").first
+            expect(row).to_be_visible()
+            job_id = row.get_attribute("data-job-id")
+            done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
+            expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+            page.screenshot(path=str(tmp_path / "dashboard-jobs.png"), full_page=True)
+
+            # the job page: heatmap, tooltip on hover, every group, metadata, downloads
+            done.get_by_test_id("job-link").click()
+            expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
+            heatmap = page.get_by_test_id("heatmap")
+            expect(heatmap).to_be_visible()
+            expect(heatmap).to_have_attribute("data-cell", re.compile(r"^\d+$"))
+            groups = httpx.get(f"{base}/v1/jobs/{job_id}/groups", headers=auth).json()["groups"]
+            affinity = httpx.get(f"{base}/v1/jobs/{job_id}/affinity", headers=auth).json()
+
+            n, cell, margin = (int(heatmap.get_attribute(f"data-{a}")) for a in ("tasks", "cell", "margin"))
+            assert n == len(affinity["tasks"])
+            tooltip = page.get_by_test_id("heatmap-tooltip")
+            expect(tooltip).to_be_hidden()
+            heatmap.hover(position={"x": margin + (n - 0.5) * cell, "y": margin + 0.5 * cell})  # top-right cell
+            expect(tooltip).to_be_visible()
+            first, last = groups[0][0], groups[-1][-1]  # tasks are drawn in group order
+            expect(tooltip).to_contain_text(f"{first} × {last}")
+            i, j = affinity["tasks"].index(first), affinity["tasks"].index(last)
+            assert float(tooltip.get_attribute("data-value")) == pytest.approx(affinity["matrix"][i][j])
+
+            shown = [set(t.split(", ")) for t in page.get_by_test_id("group-tasks").all_inner_texts()]
+            assert shown == [set(g) for g in groups], "the page must show every group with its tasks"
+            for name in (t for g in groups for t in g):
+                expect(page.get_by_test_id("groups-table")).to_contain_text(name)
+            expect(page.get_by_test_id("job-metadata")).to_contain_text("grad_tag")
+            links = page.get_by_test_id("download-link").all_inner_texts()
+            assert {"affinity.csv", "affinity.json", "groups.json", "heatmap.png"} <= set(links)
+
+            # a download goes through fetch with the bearer key
+            with page.expect_download() as dl:
+                page.get_by_test_id("download-link").filter(has_text="groups.json").click()
+            saved = tmp_path / "downloaded-groups.json"
+            dl.value.save_as(saved)
+            assert json.loads(saved.read_text())["groups"] == groups
+
+            heatmap.hover(position={"x": margin + (n - 0.5) * cell, "y": margin + 0.5 * cell})
+            expect(tooltip).to_be_visible()
+            shot = tmp_path / "dashboard-job.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"dashboard screenshots: {shot} and {tmp_path / 'dashboard-jobs.png'}")
+            assert shot.stat().st_size > 10_000
+        except Exception:
+            if page is not None:
+                failed = tmp_path / "dashboard-failure.png"
+                page.screenshot(path=str(failed), full_page=True)
+                print(f"dashboard screenshot at the failure: {failed}")
+            raise
+        finally:
+            browser.close()
+
+    assert not page_errors, page_errors
+    assert not foreign, f"the dashboard fetched something not served by the app: {foreign}"
