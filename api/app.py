@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import problems
 from api.db import engine_for
+from api.keys import KeyCache
 from api.routes import dashboard, datasets, health, jobs, results
 from api.settings import Settings, get_settings
 from api.store import JobStore
@@ -23,7 +24,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = JobStore(engine_for(settings.db_url))
+    app.state.keys = KeyCache(app.state.store.sessions, settings.key_cache_seconds)
     problems.install(app)
     for module in (health, datasets, jobs, results, dashboard):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(problems.reject_unknown_query)],
+                           responses=problems.responses(422))
+    problems.problem_openapi(app)
     return app

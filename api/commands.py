@@ -32,6 +32,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=0, help="Embedded worker processes (0: run workers elsewhere).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Run the API (and, by default, one embedded worker process)."""
     import uvicorn
@@ -62,7 +63,7 @@ def serve(
     app = create_app(settings)
     app.router.on_shutdown.append(stop_workers)  # runs before uvicorn re-raises SIGTERM/SIGINT
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     finally:
         stop_workers()
 

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.keys import owner_of
 from api.problems import ApiError
 from api.settings import Settings
 from api.store import JobStore
@@ -29,7 +28,7 @@ def get_owner(request: Request,
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "missing API key; send 'Authorization: Bearer <key>' "
                             "(create one with `task-affinity keys create --name NAME`)", headers=challenge)
-    owner = owner_of(request.app.state.store.sessions, credentials.credentials)
+    owner = request.app.state.keys.owner(credentials.credentials)
     if owner is None:
         raise ApiError(401, "unknown or revoked API key", headers=challenge)
     return owner

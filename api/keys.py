@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -42,6 +43,30 @@ def owner_of(sessions: sessionmaker[Session], token: str) -> str | None:
         key = s.scalars(select(ApiKey).where(ApiKey.token_hash == hash_token(token),
                                              ApiKey.revoked_at.is_(None))).first()
         return key.owner if key else None
+
+
+class KeyCache:
+    """Checked tokens (by hash) and their owners for ``ttl`` seconds; unknown tokens are not cached."""
+
+    def __init__(self, sessions: sessionmaker[Session], ttl: float) -> None:
+        self.sessions, self.ttl = sessions, ttl
+        self._hits: dict[str, tuple[str, float]] = {}
+
+    def owner(self, token: str) -> str | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        hit = self._hits.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        owner = owner_of(self.sessions, token)
+        if owner is not None and self.ttl > 0:
+            if len(self._hits) > 10_000:
+                self._hits.clear()
+            self._hits[digest] = (owner, now + self.ttl)
+        return owner
+
+    def forget_all(self) -> None:
+        self._hits.clear()
 
 
 def count_keys(sessions: sessionmaker[Session]) -> int:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a job whose worker keeps dying is failed.")
     poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for queued jobs.")
+    worker_nice: int = Field(10, ge=0, le=19, description="Niceness of worker processes, so the API stays "
+                             "responsive on a machine whose cores the training saturates.")
+    key_cache_seconds: float = Field(5.0, ge=0, description="How long a process trusts a checked API key "
+                                     "(a revoked key is refused at once by the process that revoked it, "
+                                     "by the others within this time).")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's choice; `serve` splits the cores among "
                                 "its workers). Oversubscribed cores make small models tens of times slower.")

@@ -106,6 +106,8 @@ class Worker:
 
     def run_forever(self) -> None:
         stop = self.stop
+        if self.settings.worker_nice:
+            os.nice(self.settings.worker_nice)
         if self.settings.torch_threads:
             import torch
 

@@ -66,7 +66,8 @@ def service_settings(db_url, tmp_path):
     data_root = tmp_path / "data_root"
     data_root.mkdir()
     return Settings(home=tmp_path / "home", database_url=db_url, data_root=data_root, upload_limit_mb=1.0,
-                    max_tasks=64, max_subsets=2000, lease_seconds=5.0, poll_seconds=0.1)
+                    max_tasks=64, max_subsets=2000, lease_seconds=5.0, poll_seconds=0.1,
+                    key_cache_seconds=0.2)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,7 @@ def test_revoked_key_is_401(service):
     h = {"Authorization": f"Bearer {key.token}"}
     assert client.get("/v1/jobs", headers=h).status_code == 200
     assert revoke_key(store.sessions, key.id)
+    time.sleep(0.3)  # other processes trust a checked key for key_cache_seconds (0.2 s here)
     assert_problem(client.get("/v1/jobs", headers=h), 401)
 
 
