@@ -155,3 +155,30 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
 
     assert not page_errors, page_errors
     assert not foreign, f"the dashboard fetched something not served by the app: {foreign}"
+
+
+def test_dashboard_assets_are_served_by_the_app_and_not_in_the_api_schema(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    app = create_app(Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+            assert client.get(ref).status_code == 200, ref
+        assert not re.search(r'(?:src|href)="(?:https?:)?//', page.text), "no asset from another host"
+        examples = client.get("/static/examples.json").json()
+        assert examples["small"]["dataset"]["source"] == "planted" and "planted" in examples
+        from affinity.manifest import parse_manifest
+
+        for manifest in examples.values():
+            parse_manifest(manifest)  # every example the form offers is a valid manifest
+        assert client.get("/static/..%2F..%2Fapp.py").status_code == 404
+        assert client.get("/static/missing.js").headers["content-type"] == "application/problem+json"
+        paths = client.get("/openapi.json").json()["paths"]
+        assert "/" not in paths and not any(p.startswith("/static") for p in paths)
+    app.state.store.engine.dispose()
