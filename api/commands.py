@@ -19,8 +19,27 @@ def _store():
     from api.settings import get_settings
     from api.store import JobStore
 
-    settings = get_settings()
-    return settings, JobStore(engine_for(settings.db_url))
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"setting {'.'.join(map(str, err['loc'])).upper()}: {err['msg']} (check the TASK_AFFINITY_* environment)")
+    try:
+        return settings, JobStore(engine_for(settings.db_url))
+    except (ArgumentError, NoSuchModuleError) as exc:
+        _fail(f"DATABASE_URL {settings.db_url!r} is not a usable SQLAlchemy URL ({exc}); e.g. "
+              "postgresql+psycopg://user:pass@host/db")
+    except (DBAPIError, OSError) as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        _fail(f"cannot open the database {settings.db_url.split('@')[-1]!r}: {first}")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _logging() -> None:
