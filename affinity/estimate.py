@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from affinity.compute.base import Backend, LocalBackend
 from affinity.gradients import GradientFeatures
 from affinity.progress import Progress
 from affinity.surrogates import TaskBlock, evaluate_subsets, fit_subsets, loss_derivatives, task_hessians
@@ -61,6 +62,14 @@ class PairData:
                 out[split].append(TaskBlock(G[idx], f[idx], y[idx], bool(binary_tasks[t])))
         return cls(train=out[True], val=out[False])
 
+    @property
+    def device(self) -> torch.device:
+        return self.train[0].G.device
+
+    def to(self, device: torch.device | str) -> "PairData":
+        move = lambda b: TaskBlock(b.G.to(device), b.f.to(device), b.y.to(device), b.binary)  # noqa: E731
+        return PairData(train=[move(b) for b in self.train], val=[move(b) for b in self.val])
+
     def base_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation loss and accuracy of the base model (w = 0) per task."""
         loss, acc = np.zeros(len(self.val)), np.full(len(self.val), np.nan)
@@ -81,22 +90,45 @@ def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memo
 
 
 def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, subset_batch: int = 4096,
-                   memory_mb: int = 512, progress: Progress | None = None) -> SubsetTable:
-    """Fit the linearized model on every subset (batched) and score each of its tasks."""
+                   memory_mb: int = 512, progress: Progress | None = None,
+                   backend: Backend | None = None) -> SubsetTable:
+    """Fit the linearized model on every subset (in batches, on the backend) and score each of its tasks."""
     size = max(len(s) for s in subsets)
     val_loss = np.full((len(subsets), size), np.nan)
     val_acc = np.full((len(subsets), size), np.nan)
+    backend = backend or LocalBackend()
     batch = _batch_size(data, subsets, subset_batch, memory_mb)
+    if backend.parallelism() > 1:  # enough batches to keep every worker busy
+        batch = max(1, min(batch, -(-len(subsets) // (2 * backend.parallelism()))))
     hessians = task_hessians(data.train)
     progress = progress or Progress()
     progress.start("surrogate fits", len(subsets))
-    for start in range(0, len(subsets), batch):
-        chunk = subsets[start:start + batch]
-        W, _ = fit_subsets(data.train, chunk, l2, hessians)
-        loss, acc = evaluate_subsets(data.val, chunk, W)
+    chunks = [subsets[a:a + batch] for a in range(0, len(subsets), batch)]
+    if backend.name == "local":
+        shared = (data, hessians, l2, None)
+    else:  # CPU tensors travel; a node with a GPU moves them there
+        shared = (data.to("cpu"), [h.cpu() for h in hessians], l2, "auto")
+    results = backend.map(surrogate_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
+    start = 0
+    for chunk, (loss, acc) in zip(chunks, results):
         val_loss[start:start + len(chunk), :loss.shape[1]] = loss
         val_acc[start:start + len(chunk), :acc.shape[1]] = acc
-        progress.advance(len(chunk))
-        progress.check_cancelled()
+        start += len(chunk)
     progress.finish()
     return SubsetTable(subsets=list(subsets), val_loss=val_loss, val_acc=val_acc)
+
+
+def surrogate_shard(data: PairData, hessians: list[torch.Tensor], l2: float, device: str | None,
+                    chunk: list[tuple[int, ...]], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Estimated validation loss and accuracy of each task of each subset of ``chunk`` (a pure function).
+
+    ``device``: None to compute where ``data`` is; "auto" to move to this node's GPU when it has one.
+    """
+    if device == "auto" and torch.cuda.is_available():
+        data, hessians = data.to("cuda"), [h.to("cuda") for h in hessians]
+    W, _ = fit_subsets(data.train, chunk, l2, hessians)
+    loss, acc = evaluate_subsets(data.val, chunk, W)
+    if progress is not None:
+        progress.advance(len(chunk))
+        progress.check_cancelled()
+    return loss, acc

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from affinity.compute.base import Backend, LocalBackend
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
@@ -43,37 +44,64 @@ def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0
 
 
 def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
-                     batch_subsets: int = 16, progress: Progress | None = None) -> np.ndarray:
+                     batch_subsets: int = 16, progress: Progress | None = None,
+                     backend: Backend | None = None, stage: str = "exact fine-tuning") -> np.ndarray:
     """Validation loss of every task of every subset after really fine-tuning θ* on the subset.
 
-    Returns ``(len(subsets), max size)`` with NaN padding. Models with buffers (per-task
+    Returns ``(len(subsets), max size)`` with NaN padding. Batches of ``batch_subsets`` subsets
+    are shards (:func:`finetune_shard`) run on the backend. Models with buffers (per-task
     normalization statistics), and any ``spec.mtl_method`` other than equal weighting, are
-    fine-tuned one subset at a time with ``train_model``.
+    fine-tuned one subset at a time with ``train_model`` inside their shard.
     """
     size = max(len(s) for s in subsets)
     out = np.full((len(subsets), size), np.nan)
+    backend = backend or LocalBackend()
+    if backend.parallelism() > 1:
+        batch_subsets = max(1, min(batch_subsets, -(-len(subsets) // (2 * backend.parallelism()))))
     progress = progress or Progress()
-    progress.start("exact fine-tuning", len(subsets))
+    progress.start(stage, len(subsets))
+    chunks = [subsets[a:a + batch_subsets] for a in range(0, len(subsets), batch_subsets)]
+    if backend.name == "local":
+        shared = (model, data, spec, None)
+    else:
+        shared = (copy.deepcopy(model).cpu(), data.to("cpu"), spec, "auto")
+    results = backend.map(finetune_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
+    start = 0
+    for chunk, losses in zip(chunks, results):
+        out[start:start + len(chunk), :losses.shape[1]] = losses
+        start += len(chunk)
+    progress.finish()
+    return out
+
+
+def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None,
+                   chunk: list[tuple[int, ...]], progress: Progress | None = None) -> np.ndarray:
+    """Per subset of ``chunk``, its tasks' validation losses after fine-tuning ``model`` on it (NaN-padded).
+
+    ``model`` is left as it came. ``device`` "auto" moves model and data to this node's GPU when present.
+    """
+    if device == "auto" and torch.cuda.is_available():
+        model, data = model.to("cuda"), data.to("cuda")
+    size = max(len(s) for s in chunk)
+    out = np.full((len(chunk), size), np.nan)
     base_state = copy.deepcopy(model.state_dict())
     if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
-        for i, s in enumerate(subsets):
+        for i, s in enumerate(chunk):
             model.load_state_dict(base_state)
             res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device), stage="exact")
             out[i, :len(s)] = res.task_val_loss[list(s)]
-            progress.advance()
-            progress.check_cancelled()
+            if progress is not None:
+                progress.advance()
+                progress.check_cancelled()
         model.load_state_dict(base_state)
-        progress.finish()
         return out
-    for start in range(0, len(subsets), batch_subsets):
-        chunk = subsets[start:start + batch_subsets]
-        losses = _finetune_chunk(model, data, chunk, spec)
-        for b, s in enumerate(chunk):
-            out[start + b, :len(s)] = losses[b, list(s)]
+    losses = _finetune_chunk(model, data, chunk, spec)
+    for b, s in enumerate(chunk):
+        out[b, :len(s)] = losses[b, list(s)]
+    model.load_state_dict(base_state)
+    if progress is not None:
         progress.advance(len(chunk))
         progress.check_cancelled()
-    model.load_state_dict(base_state)
-    progress.finish()
     return out
 
 

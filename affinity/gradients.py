@@ -9,12 +9,14 @@ grad) whose size is bounded by the memory setting, so neither the N × p gradien
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from affinity.compute.base import Backend, LocalBackend
 from affinity.models import model_layers, task_outputs
 from affinity.progress import Progress
 from affinity.projection import BlockProjector
@@ -91,8 +93,16 @@ def projected_gradients(
     chunk_rows: int,
     memory_mb: int,
     progress: Progress | None = None,
+    backend: Backend | None = None,
+    shard_pairs: int = 16384,
+    memmap_path: Path | None = None,
 ) -> GradientFeatures:
-    """Projected per-sample gradients and base outputs for the given (row, task) pairs."""
+    """Projected per-sample gradients and base outputs for the given (row, task) pairs.
+
+    The pairs are cut into shards of ``shard_pairs`` and each shard is computed by
+    :func:`gradient_shard` on the backend (in this process, or as Ray tasks). The result is a
+    float32 (pairs × d) array, memory-mapped at ``memmap_path`` when given.
+    """
     model.eval()
     params = dict(model.named_parameters())
     p = sum(params[n].numel() for n in names)
@@ -100,11 +110,53 @@ def projected_gradients(
         raise ValueError(f"projector expects p={projector.p}, parameter set has {p}")
     # Per chunk: the gradients (chunk × p) plus vmap's intermediates; keep ~3 copies in budget.
     chunk = max(1, min(chunk_rows, (memory_mb * 2**20) // (3 * 4 * max(p, 1))))
-    device = X.device
-    feats = np.empty((len(rows), projector.d), dtype=np.float32)
+    backend = backend or LocalBackend()
+    if memmap_path is not None:
+        feats = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=np.float32, shape=(len(rows), projector.d))
+    else:
+        feats = np.empty((len(rows), projector.d), dtype=np.float32)
     base = np.empty(len(rows), dtype=np.float32)
     progress = progress or Progress()
     progress.start("projected gradients", len(rows))
+    bounds = [(a, min(a + shard_pairs, len(rows))) for a in range(0, len(rows), shard_pairs)]
+    shards = [(rows[a:b], tasks[a:b]) for a, b in bounds]
+    if backend.name == "local":
+        shared = (model, X, names, projector, chunk)
+    else:  # plain CPU objects travel; the projector is rebuilt from its seed on the node
+        shared = (_cpu_copy(model), X.detach().cpu().numpy(), names, projector.spec(), chunk)
+    results = backend.map(gradient_shard, shared, shards, progress, amounts=[b - a for a, b in bounds], gpu=True)
+    for (a, b), (f, o) in zip(bounds, results):
+        feats[a:b] = f
+        base[a:b] = o
+    progress.finish()
+    return GradientFeatures(features=feats, base_output=base, rows=rows, tasks=tasks, n_params=p)
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
+def gradient_shard(model: nn.Module, X: torch.Tensor | np.ndarray, names: list[str],
+                   projector: BlockProjector | dict, chunk: int, shard: tuple[np.ndarray, np.ndarray],
+                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Projected gradients (n × d, float32) and base outputs (n,) of one shard of (row, task) pairs.
+
+    A pure function of its inputs: on a Ray node ``X`` arrives as numpy and the projector as its
+    spec; the node's GPU is used when it has one.
+    """
+    rows, tasks = shard
+    if not isinstance(X, torch.Tensor):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        X = torch.as_tensor(X, device=device)
+        model = model.to(device)
+    device = X.device
+    if isinstance(projector, dict):
+        projector = BlockProjector.from_spec(projector, device, cache_bytes=256 * 2**20)
+    model.eval()
+    feats = np.empty((len(rows), projector.d), dtype=np.float32)
+    base = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(rows), chunk):
         r = torch.as_tensor(rows[start:start + chunk], device=device)
         t = torch.as_tensor(tasks[start:start + chunk], device=device)
@@ -113,7 +165,7 @@ def projected_gradients(
         feats[start:start + len(r)] = projector.project_segments(segments).float().cpu().numpy()
         with torch.no_grad():
             base[start:start + len(r)] = task_outputs(model, x, t).float().cpu().numpy()
-        progress.advance(len(r))
-        progress.check_cancelled()
-    progress.finish()
-    return GradientFeatures(features=feats, base_output=base, rows=rows, tasks=tasks, n_params=p)
+        if progress is not None:
+            progress.advance(len(r))
+            progress.check_cancelled()
+    return feats, base

@@ -224,6 +224,29 @@ class GroupingSpec(_Section):
         return k
 
 
+class ComputeSpec(_Section):
+    """Where the heavy stages run: this process, or tasks on a Ray cluster."""
+
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: in this process; ray: shards as Ray tasks (projected gradients over row "
+                             "shards, surrogate fits over batches of subsets, exact fine-tuning and group models)."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster address (e.g. ray://head:10001 or head:6379); default: RAY_ADDRESS, else a "
+                          "Ray instance local to this machine."
+    )
+    cpus_per_task: float = Field(1.0, gt=0, le=1024, description="CPUs each Ray task declares.")
+    gpus_per_task: float = Field(0.0, ge=0, le=64, description="GPUs each Ray task declares (0: CPU only).")
+    max_retries: int = Field(3, ge=0, le=100, description="Ray retries of a task whose worker died.")
+    shard_pairs: int = Field(
+        16384, ge=1, description="(row, task) pairs per projected-gradient shard."
+    )
+    memmap: bool = Field(
+        False, description="Keep the projected features in a memory-mapped file (in the output folder) instead "
+                           "of RAM."
+    )
+
+
 class Manifest(_Section):
     """A task-affinity job. ``version`` is the manifest format version."""
 
@@ -233,6 +256,7 @@ class Manifest(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     estimation: EstimationSpec = Field(default_factory=EstimationSpec)
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
 
     @field_validator("training")
     @classmethod

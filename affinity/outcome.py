@@ -33,7 +33,7 @@ def train_groups(prep: Prepared, manifest: Manifest, groups: list[list[int]], pr
     fresh = build_model(manifest.model, prep.data.X.shape[1], prep.data.n_tasks, manifest.training.seed)
     fresh = fresh.to(prep.device)
     losses = finetune_subsets(fresh, prep.tensors, [tuple(g) for g in groups], manifest.training,
-                              manifest.estimation.exact_batch, progress)
+                              manifest.estimation.exact_batch, progress, prep.backend, stage="group models")
     per_task = np.full(prep.data.n_tasks, np.nan)
     for g, row in zip(groups, losses):
         per_task[list(g)] = row[:len(g)]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from affinity.compute import Backend, make_backend
 from affinity.data import SplitTable, load_dataset
 from affinity.devices import resolve_device
 from affinity.estimators import ESTIMATORS, AffinityEstimate, EstimationContext
@@ -96,6 +97,7 @@ class Prepared:
     device: torch.device
     lookahead: LookaheadRecorder | None
     seconds: dict[str, float]
+    backend: Backend | None = None
 
 
 def prepare(manifest: Manifest, progress: Progress, record_lookahead: bool = False) -> Prepared:
@@ -117,12 +119,13 @@ def prepare(manifest: Manifest, progress: Progress, record_lookahead: bool = Fal
     t = time.perf_counter()
     model, training = train_base(data, manifest, tensors, progress, on_batch=recorder)
     seconds["base_training"] = time.perf_counter() - t
-    return Prepared(data, tensors, model, training, subsets, device, recorder, seconds)
+    return Prepared(data, tensors, model, training, subsets, device, recorder, seconds,
+                    make_backend(manifest.compute))
 
 
-def context(prep: Prepared, manifest: Manifest, progress: Progress) -> EstimationContext:
+def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:
     return EstimationContext(prep.data, prep.tensors, prep.model, manifest, prep.device, prep.subsets, progress,
-                             prep.lookahead)
+                             prep.lookahead, prep.backend, work_dir)
 
 
 def run_job(manifest: Manifest, out_dir: Path | None = None, progress: Progress | None = None) -> JobResult:
@@ -130,7 +133,7 @@ def run_job(manifest: Manifest, out_dir: Path | None = None, progress: Progress 
     progress = progress or Progress()
     prep = prepare(manifest, progress)
     seconds = dict(prep.seconds)
-    ctx = context(prep, manifest, progress)
+    ctx = context(prep, manifest, progress, Path(out_dir) if out_dir is not None else None)
     t = time.perf_counter()
     grads = None
     if manifest.estimation.method == "grad_tag":

@@ -25,6 +25,16 @@ class BlockProjector:
         self.n_blocks = math.ceil(p / block_rows)
         self._cache: dict[int, torch.Tensor] | None = {} if p * d * 4 <= cache_bytes else None
 
+    def spec(self) -> dict:
+        """What rebuilds this projector elsewhere (same P, no cache)."""
+        return {"p": self.p, "d": self.d, "kind": self.kind, "seed": self.seed, "block_rows": self.block_rows,
+                "dtype": self.dtype}
+
+    @classmethod
+    def from_spec(cls, spec: dict, device: torch.device | str, cache_bytes: int) -> "BlockProjector":
+        return cls(spec["p"], spec["d"], spec["kind"], spec["seed"], spec["block_rows"], device, spec["dtype"],
+                   cache_bytes)
+
     def _block(self, k: int) -> torch.Tensor:
         if self._cache is not None and k in self._cache:
             return self._cache[k]

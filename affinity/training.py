@@ -34,6 +34,10 @@ class TensorData:
     val: torch.Tensor
     binary: torch.Tensor
 
+    def to(self, device: torch.device | str) -> "TensorData":
+        return TensorData(self.X.to(device), self.Y.to(device), self.train.to(device), self.val.to(device),
+                          self.binary.to(device))
+
     @classmethod
     def from_split(cls, data: SplitTable, device: torch.device) -> "TensorData":
         return cls(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a process trusts a checked API key "
                                      "(a revoked key is refused at once by the process that revoked it, "
                                      "by the others within this time).")
+    compute_backend: Literal["manifest", "local", "ray"] = Field(
+        "manifest", description="Where workers run a job's heavy stages: as its manifest says (compute.backend), "
+                                "or always local / always on Ray.")
+    ray_address: str | None = Field(None, description="Ray cluster for compute.backend=ray (default: RAY_ADDRESS, "
+                                    "else a Ray instance on the worker's machine).")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's choice; `serve` splits the cores among "
                                 "its workers). Oversubscribed cores make small models tens of times slower.")

@@ -155,6 +155,10 @@ class Worker:
             try:
                 owner = self._owner(claim.id)
                 manifest = runnable_manifest(claim.manifest, owner, self.store, self.settings)
+                if self.settings.compute_backend != "manifest":
+                    manifest.compute.backend = self.settings.compute_backend
+                if manifest.compute.backend == "ray" and self.settings.ray_address and not manifest.compute.address:
+                    manifest.compute.address = self.settings.ray_address
                 result = run_job(manifest, out, progress)
             except LeaseLost as exc:
                 log.warning("%s", exc)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
 from affinity.estimate import SubsetTable
 from affinity.manifest import Manifest
@@ -44,3 +46,5 @@ class EstimationContext:
     subsets: list[tuple[int, ...]]
     progress: Progress
     lookahead: np.ndarray | None = None  # TAG lookahead affinities recorded during base training
+    backend: Backend | None = None  # where shards run (default: this process)
+    work_dir: Path | None = None  # where memory-mapped features go (compute.memmap)

@@ -22,7 +22,8 @@ def estimate(ctx: EstimationContext, subsets: list[tuple[int, ...]] | None = Non
     subsets = subsets if subsets is not None else ctx.subsets
     t0 = time.perf_counter()
     spec = ctx.manifest.estimation
-    losses = finetune_subsets(ctx.model, ctx.tensors, subsets, ctx.manifest.training, spec.exact_batch, ctx.progress)
+    losses = finetune_subsets(ctx.model, ctx.tensors, subsets, ctx.manifest.training, spec.exact_batch, ctx.progress,
+                              ctx.backend)
     base_loss, base_acc = base_scores(ctx)
     matrix, counts, self_gain = pairwise_affinity(subsets, losses, base_loss, ctx.data.n_tasks)
     seconds = time.perf_counter() - t0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +16,8 @@ from affinity.devices import solve_dtype
 from affinity.estimate import PairData, grad_tag_table
 from affinity.estimators.base import AffinityEstimate, EstimationContext
 from affinity.gradients import GradientFeatures, labelled_pairs, projected_gradients, select_parameters
-from affinity.manifest import EstimationSpec
+from affinity.compute.base import Backend
+from affinity.manifest import ComputeSpec, EstimationSpec
 from affinity.progress import Progress
 from affinity.projection import BlockProjector
 
@@ -28,21 +31,30 @@ def make_projector(model: nn.Module, spec: EstimationSpec, device: torch.device)
 
 
 def gradient_features(model: nn.Module, data: SplitTable, spec: EstimationSpec, device: torch.device,
-                      progress: Progress | None = None) -> GradientFeatures:
+                      progress: Progress | None = None, backend: Backend | None = None,
+                      compute: ComputeSpec | None = None, work_dir: Path | None = None) -> GradientFeatures:
     """Projected per-sample gradients and base outputs of every labelled pair."""
+    compute = compute or ComputeSpec()
     names, projector = make_projector(model, spec, device)
     rows, tasks = labelled_pairs(data.train | data.val)
     X = torch.as_tensor(data.X, device=device)
-    return projected_gradients(model, X, rows, tasks, names, projector, spec.chunk_rows, spec.memory_mb, progress)
+    memmap = None
+    if compute.memmap:
+        folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="task-affinity-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        memmap = folder / "features.npy"
+    return projected_gradients(model, X, rows, tasks, names, projector, spec.chunk_rows, spec.memory_mb, progress,
+                               backend, compute.shard_pairs, memmap)
 
 
 def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: EstimationSpec, device: torch.device,
-                           subsets: list[tuple[int, ...]], progress: Progress | None = None) -> AffinityEstimate:
+                           subsets: list[tuple[int, ...]], progress: Progress | None = None,
+                           backend: Backend | None = None) -> AffinityEstimate:
     """Linearized fine-tuning on every subset and the affinity matrix."""
     t0 = time.perf_counter()
     pairs = PairData.build(grads, np.nan_to_num(data.Y), data.train, data.is_binary, device, solve_dtype(device))
     base_loss, base_acc = pairs.base_scores()
-    table = grad_tag_table(pairs, subsets, spec.l2, spec.subset_batch, spec.memory_mb, progress)
+    table = grad_tag_table(pairs, subsets, spec.l2, spec.subset_batch, spec.memory_mb, progress, backend)
     matrix, counts, self_gain = pairwise_affinity(table.subsets, table.val_loss, base_loss, data.n_tasks)
     return AffinityEstimate(
         method="grad_tag", task_names=data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
@@ -56,9 +68,10 @@ def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: Esti
 def estimate(ctx: EstimationContext) -> tuple[AffinityEstimate, GradientFeatures]:
     t0 = time.perf_counter()
     spec = ctx.manifest.estimation
-    grads = gradient_features(ctx.model, ctx.data, spec, ctx.device, ctx.progress)
+    grads = gradient_features(ctx.model, ctx.data, spec, ctx.device, ctx.progress, ctx.backend,
+                              ctx.manifest.compute, ctx.work_dir)
     gradient_seconds = time.perf_counter() - t0
-    est = estimate_from_features(grads, ctx.data, spec, ctx.device, ctx.subsets, ctx.progress)
+    est = estimate_from_features(grads, ctx.data, spec, ctx.device, ctx.subsets, ctx.progress, ctx.backend)
     est.info["gradient_seconds"] = gradient_seconds
     est.info["fit_seconds"] = est.seconds
     est.seconds = time.perf_counter() - t0
