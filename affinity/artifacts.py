@@ -102,7 +102,7 @@ def write_artifacts(out: Path, result: "JobResult") -> dict[str, Path]:
         atomic_write_json(out / "priority.json", result.priority)
     tr = result.training
     atomic_write_json(out / "summary.json", {
-        "dataset": data.summary(), "device": result.device,
+        "dataset": data.summary(), "device": result.device, "backend": result.backend,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "base_training": {"best_epoch": tr.best_epoch, "epochs_run": tr.epochs_run,
                           "best_val_loss": tr.best_val_loss},

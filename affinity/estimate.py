@@ -107,7 +107,7 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     if backend.name == "local":
         shared = (data, hessians, l2, None)
     else:  # CPU tensors travel; a node with a GPU moves them there
-        shared = (data.to("cpu"), [h.cpu() for h in hessians], l2, "auto")
+        shared = (data.to("cpu"), hessians.cpu(), l2, "auto")
     results = backend.map(surrogate_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
     for chunk, (loss, acc) in zip(chunks, results):
@@ -118,14 +118,14 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     return SubsetTable(subsets=list(subsets), val_loss=val_loss, val_acc=val_acc)
 
 
-def surrogate_shard(data: PairData, hessians: list[torch.Tensor], l2: float, device: str | None,
+def surrogate_shard(data: PairData, hessians: torch.Tensor, l2: float, device: str | None,
                     chunk: list[tuple[int, ...]], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Estimated validation loss and accuracy of each task of each subset of ``chunk`` (a pure function).
 
     ``device``: None to compute where ``data`` is; "auto" to move to this node's GPU when it has one.
     """
     if device == "auto" and torch.cuda.is_available():
-        data, hessians = data.to("cuda"), [h.to("cuda") for h in hessians]
+        data, hessians = data.to("cuda"), hessians.to("cuda")
     W, _ = fit_subsets(data.train, chunk, l2, hessians)
     loss, acc = evaluate_subsets(data.val, chunk, W)
     if progress is not None:

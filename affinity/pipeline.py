@@ -41,6 +41,7 @@ class JobResult:
     seconds: dict[str, float]
     device: str
     gradients: GradientFeatures | None = None
+    backend: str = "local"
 
     @property
     def priority(self) -> dict[str, Any] | None:
@@ -147,7 +148,7 @@ def run_job(manifest: Manifest, out_dir: Path | None = None, progress: Progress 
     progress.finish()
     seconds["grouping"] = time.perf_counter() - t
     result = JobResult(manifest, prep.data, prep.model, prep.training, estimate, grouping, seconds,
-                       str(prep.device), grads)
+                       str(prep.device), grads, backend=prep.backend.name if prep.backend else "local")
     if out_dir is not None:
         from affinity.artifacts import write_artifacts
 

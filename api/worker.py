@@ -201,6 +201,7 @@ def job_summary(result: Any, out: Path) -> dict[str, Any]:
         "tasks": len(names), "rows": int(result.data.X.shape[0]), "features": int(result.data.X.shape[1]),
         "k": int(g.k), "groups": [[names[i] for i in members] for members in g.groups],
         "objective": float(g.objective), "estimator": result.estimate.method, "device": result.device,
+        "backend": result.backend,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "artifacts": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
     }

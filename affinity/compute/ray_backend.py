@@ -76,5 +76,8 @@ class RayBackend:
         except ray.exceptions.RayError as exc:
             for ref in pending:
                 ray.cancel(ref, force=True, recursive=True)
-            raise RuntimeError(f"a Ray task of stage {fn.__name__} failed: {str(exc).splitlines()[0]}") from None
+            cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
+            lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+            raise RuntimeError(f"a Ray task of stage {fn.__name__} failed: {type(cause).__name__}: "
+                               f"{lines[-1] if lines else cause!r}") from None
         return results
