@@ -26,8 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(engine_for(settings.db_url))
     app.state.keys = KeyCache(app.state.store.sessions, settings.key_cache_seconds)
     problems.install(app)
-    for module in (health, datasets, jobs, results, dashboard):
+    for module in (health, datasets, jobs, results):
         app.include_router(module.router, dependencies=[Depends(problems.reject_unknown_query)],
-                           responses=problems.responses(422))
+                           responses=problems.responses(400, 422))
+    app.include_router(dashboard.router)  # pages and assets: query strings are the browser's business
     problems.problem_openapi(app)
     return app
