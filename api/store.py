@@ -25,6 +25,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+class DatasetInUse(Exception):
+    """Queued or running jobs still read this dataset."""
+
+    def __init__(self, jobs: list[str]) -> None:
+        super().__init__(", ".join(jobs))
+        self.jobs = jobs
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
@@ -196,9 +204,14 @@ class JobStore:
             return list(rows), int(total)
 
     def delete_dataset(self, owner: str, dataset_id: str) -> Dataset | None:
+        """Delete a dataset; DatasetInUse if a queued or running job still needs it."""
         with self.sessions.begin() as s:
             ds = s.get(Dataset, dataset_id)
             if ds is None or ds.owner != owner:
                 return None
+            users = s.scalars(select(Job.id).where(Job.dataset_id == dataset_id,
+                                                   Job.status.in_(("queued", "running")))).all()
+            if users:
+                raise DatasetInUse(list(users))
             s.delete(ds)
             return ds

@@ -233,6 +233,7 @@ def test_upload_csv_parquet_npz_and_run_on_it(service):
                                                       "min_pair_count": 0}, "grouping": {"k": 1}}
     job = client.post("/v1/jobs", json=body, headers=alice)
     assert job.status_code == 201, job.text
+    assert_problem(client.delete(f"/v1/datasets/{ds['id']}", headers=alice), 409, job.json()["id"])  # queued job
     assert Worker(settings, store, worker_id="w1").run_once()
     done = client.get(f"/v1/jobs/{job.json()['id']}", headers=alice).json()
     assert done["status"] == "succeeded", done

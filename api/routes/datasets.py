@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from api.deps import Config, Owner, Store
 from api.problems import ApiError, responses
 from api.schemas import DatasetList, DatasetOut
-from api.store import new_id
+from api.store import DatasetInUse, new_id
 from api.tables import Dataset
 from api.uploads import SUFFIX, BadUpload, UploadTooLarge, inspect_file, remove, save_stream
 
@@ -60,9 +60,14 @@ def get_dataset(dataset_id: str, owner: Owner, store: Store) -> DatasetOut:
     return DatasetOut.of(ds)
 
 
-@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=responses(404))
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=responses(404, 409))
 def delete_dataset(dataset_id: str, owner: Owner, store: Store, settings: Config) -> Response:
-    ds = store.delete_dataset(owner, dataset_id)
+    """Delete an uploaded dataset (not while a queued or running job reads it)."""
+    try:
+        ds = store.delete_dataset(owner, dataset_id)
+    except DatasetInUse as exc:
+        raise ApiError(409, f"dataset {dataset_id} is used by queued or running jobs {exc.jobs[:10]}; cancel them "
+                            "or wait until they finish") from None
     if ds is None:
         raise ApiError(404, f"no dataset {dataset_id}")
     remove(Path(ds.path).parent)
