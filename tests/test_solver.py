@@ -145,3 +145,24 @@ def test_auto_k_grid() -> None:
     assert check_k("auto", 10) == [2, 3, 4, 5]
     grid = check_k("auto", 1000)
     assert len(grid) <= 40 and grid[0] == 2 and grid[-1] == 500 and grid == sorted(set(grid))
+
+
+def test_lowrank_escapes_a_merged_and_split_start() -> None:
+    """A start partition that merges two planted groups and splits a third is a saddle of the
+    factorized problem that gradient steps do not leave (n = 2000 stayed at its spectral start;
+    here at n = 400 they stop at a lower relaxation value); the escape step (positive-curvature
+    directions of the Lagrangian, then a restart from the rounded partition) must improve it and
+    reach the planted partition."""
+    n, k = 400, 40
+    T, truth = planted(n, k, sigma=0.1, seed=3)
+    bad = truth.copy()
+    bad[truth == 1] = 0  # merge groups 0 and 1
+    idx = np.flatnonzero(truth == 2)
+    bad[idx[: len(idx) // 2]] = 1  # split group 2 into labels 1 and 2
+    U, info = solve_lowrank(T, k, init_labels=bad)
+    assert info["escapes"] >= 1
+    assert info["converged"] and info["max_row_sum_violation"] < 1e-4
+    from solver.rounding import round_kmeans
+    assert adjusted_rand_score(truth, round_kmeans(U, T, k)) == 1.0
+    _, stuck = solve_lowrank(T, k, init_labels=bad, max_escapes=0)
+    assert info["relaxation_objective"] > stuck["relaxation_objective"] + 1e-3
