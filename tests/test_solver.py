@@ -166,3 +166,27 @@ def test_lowrank_escapes_a_merged_and_split_start() -> None:
     assert adjusted_rand_score(truth, round_kmeans(U, T, k)) == 1.0
     _, stuck = solve_lowrank(T, k, init_labels=bad, max_escapes=0)
     assert info["relaxation_objective"] > stuck["relaxation_objective"] + 1e-3
+
+
+def test_partition_multipliers_make_the_partition_a_kkt_point() -> None:
+    """With λ from partition_multipliers, the partition factor U_P is first-order stationary for
+    the factorized Lagrangian (gradient = −2μU on the support, ≥ 0 off it), and the AL started
+    there from a planted partition converges within one multiplier step."""
+    import torch
+    from solver.lowrank import initial_factor, partition_multipliers
+    from solver.validation import standardize
+    n, k = 200, 20
+    T, truth = planted(n, k, sigma=0.1, seed=5)
+    T_np, _, _ = standardize(T)
+    T_s = torch.as_tensor(T_np)
+    lam = partition_multipliers(T_s, truth, k)
+    U = initial_factor(truth, k, k, 0, torch.float64, torch.device("cpu"))
+    one = torch.ones(n, dtype=torch.float64)
+    grad = -2.0 * T_s @ U + torch.outer(lam, U.T @ one) + torch.outer(one, U.T @ lam)
+    mu = float(((T_s @ U) * U).sum() - lam @ (U @ (U.T @ one))) / k
+    support = U > 0
+    assert torch.allclose(grad[support], -2.0 * mu * U[support], atol=1e-8)
+    assert float(grad[~support].min()) >= -1e-8
+    _, info = solve_lowrank(T, k, init_labels=truth, max_escapes=0)
+    assert info["converged"] and info["outer_iterations"] == 1
+    assert info["max_row_sum_violation"] < 1e-4
