@@ -54,11 +54,12 @@ from .validation import standardize
 
 
 
-# From this n on, the AL's T_s·ΔU products run in float32 (accumulated in float64). Measured at
-# n = 2000 (planted): 18.3 s → 10.3 s, same steps and partition, certificate equal to 1e-8
-# relative. Not below: at n = 200 on uniform random T the non-convex trajectory changes (2 of 4
-# seeds lower, 2 higher; seed 1: 8.7% → 11.2% below SCS) and the product is a small share there.
-FLOAT32_PRODUCTS_MIN_N = 1000
+# Opt-in (product_dtype=torch.float32): the AL's T_s·ΔU products in float32, accumulated in
+# float64. Measured on the planted benchmark, n = 2000, seed 0: 18.3 s → 10.3 s, same steps and
+# partition, certificate equal to 1e-8 relative; but seed 1: the first AL did not settle (582
+# steps, ρ → 1e10, 51 s, no escape) where float64 took 40 steps (15.5 s in all), and on uniform
+# random T at n = 200 the non-convex trajectory changes (seed 1: 8.7% → 11.2% below SCS). Not the
+# default until that is understood.
 
 
 def default_device() -> torch.device:
@@ -220,7 +221,8 @@ def _projected_gradient_al(T_s: torch.Tensor, U: torch.Tensor, k: int, tol: floa
                 TU_new = product_new(U_new, U, TU)
                 val_new, c_new = value(U_new, TU_new)
                 d = U_new - U
-                if val_new <= val + float((g * d).sum()) + float((d * d).sum()) / (2 * step) + 1e-12 * abs(val):
+                bound = val + float((g * d).sum()) + float((d * d).sum()) / (2 * step) + 1e-12 * abs(val)
+                if val_new <= bound:
                     break
                 step *= 0.5
             g_new = gradient(U_new, TU_new, c_new)
@@ -310,7 +312,7 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
                   escape_min_gain: float = 1.0, escape_outer: int = 5,
                   device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float64,
-                  product_dtype: torch.dtype | str | None = "auto") -> tuple[np.ndarray, dict[str, Any]]:
+                  product_dtype: torch.dtype | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Solve the SDP as X = UUᵀ, U ≥ 0 (see module docstring); return (U as numpy n×r, info).
 
     rank: r (default min(n, 2k)); tol: target for the row-sum and trace violations and the
@@ -320,8 +322,8 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
     most this many, only if the best direction's vᵀSv − μ exceeds escape_min_gain (units of the
     standardized T), at most escape_outer multiplier steps, rounding after each. info["escapes"]
     counts the accepted ones.
-    product_dtype: dtype of the n×n products inside the AL ("auto": float32 for n ≥
-    FLOAT32_PRODUCTS_MIN_N, else none); each step adds T_s(U_new − U) in that dtype to the previous
+    product_dtype: dtype of the n×n products inside the AL (None: ``dtype``; float32 is an
+    experimental option, see the note above default_device); each step adds T_s(U_new − U) in that dtype to the previous
     product in ``dtype``, and the product is recomputed in ``dtype`` every multiplier step and for
     the certificate.
     info: "relaxation_objective" (⟨T, UUᵀ⟩ on the original T), "converged", counts, and the
@@ -336,8 +338,6 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
     dev = torch.device(device) if device is not None else default_device()
     T_np, mu, s = standardize(T)
     T_s = torch.as_tensor(T_np, dtype=dtype, device=dev)
-    if product_dtype == "auto":
-        product_dtype = torch.float32 if n >= FLOAT32_PRODUCTS_MIN_N else None
     T_lo = None if product_dtype is None or product_dtype == dtype else T_s.to(product_dtype)
     if init_labels is None:
         init_labels = _best_start(T, T_s, k, seed)

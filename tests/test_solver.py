@@ -193,7 +193,7 @@ def test_partition_multipliers_make_the_partition_a_kkt_point() -> None:
 
 
 def test_lowrank_float32_products_keep_the_certificate() -> None:
-    """float32 products accumulated in float64 (the default from n = 1000) give the same planted
+    """float32 products accumulated in float64 (product_dtype, opt-in) give the same planted
     solution and a feasibility certificate that agrees with the float64 run."""
     import torch
     n, k = 200, 20
