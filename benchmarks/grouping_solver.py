@@ -1,8 +1,10 @@
 """Benchmark of solver.cluster on planted block matrices: sdp (SCS) vs lowrank vs spectral.
 
 T = 0.8 within groups of n/k tasks, 0.2 across, plus sigma·N(0,1) noise, symmetrized; k = n/10.
+With --random: T uniform on [0, 1), symmetrized (no group structure; ARI is meaningless there),
+to measure how far lowrank's relaxation stays below the exact SDP's.
 Usage: python benchmarks/grouping_solver.py [--sizes 50 100 200 400 800 2000] [--sigma 0.1] [--seed 0]
-       [--methods sdp lowrank spectral]
+       [--methods sdp lowrank spectral] [--random]
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["sdp", "lowrank", "spectral"],
                         help="subset of sdp lowrank spectral (e.g. skip SCS's minutes at n=800)")
+    parser.add_argument("--random", action="store_true", help="uniform random T instead of planted blocks")
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}, sigma={args.sigma}")
@@ -45,6 +48,9 @@ def main() -> None:
     for n in args.sizes:
         k = max(2, n // 10)
         T, truth = planted(n, k, args.sigma, args.seed)
+        if args.random:
+            R = np.random.default_rng(args.seed).random((n, n))
+            T = (R + R.T) / 2
         ref = None
         for method in args.methods:
             if method == "sdp" and n > SCS_MAX_N:
