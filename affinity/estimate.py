@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from affinity.compute.base import Backend, LocalBackend
+from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.gradients import GradientFeatures
 from affinity.progress import Progress
 from affinity.surrogates import TaskBlock, evaluate_subsets, fit_subsets, loss_derivatives, task_hessians
@@ -97,9 +97,7 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     val_loss = np.full((len(subsets), size), np.nan)
     val_acc = np.full((len(subsets), size), np.nan)
     backend = backend or LocalBackend()
-    batch = _batch_size(data, subsets, subset_batch, memory_mb)
-    if backend.parallelism() > 1:  # enough batches to keep every worker busy
-        batch = max(1, min(batch, -(-len(subsets) // (2 * backend.parallelism()))))
+    batch = shard_batch(backend, len(subsets), _batch_size(data, subsets, subset_batch, memory_mb))
     hessians = task_hessians(data.train)
     progress = progress or Progress()
     progress.start("surrogate fits", len(subsets))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from affinity.compute.base import Backend, LocalBackend
+from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
@@ -56,8 +56,7 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     size = max(len(s) for s in subsets)
     out = np.full((len(subsets), size), np.nan)
     backend = backend or LocalBackend()
-    if backend.parallelism() > 1:
-        batch_subsets = max(1, min(batch_subsets, -(-len(subsets) // (2 * backend.parallelism()))))
+    batch_subsets = shard_batch(backend, len(subsets), batch_subsets)
     progress = progress or Progress()
     progress.start(stage, len(subsets))
     chunks = [subsets[a:a + batch_subsets] for a in range(0, len(subsets), batch_subsets)]

@@ -8,6 +8,7 @@ grad) whose size is bounded by the memory setting, so neither the N × p gradien
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,19 +124,13 @@ def projected_gradients(
     if backend.name == "local":
         shared = (model, X, names, projector, chunk)
     else:  # plain CPU objects travel; the projector is rebuilt from its seed on the node
-        shared = (_cpu_copy(model), X.detach().cpu().numpy(), names, projector.spec(), chunk)
+        shared = (copy.deepcopy(model).cpu(), X.detach().cpu().numpy(), names, projector.spec(), chunk)
     results = backend.map(gradient_shard, shared, shards, progress, amounts=[b - a for a, b in bounds], gpu=True)
     for (a, b), (f, o) in zip(bounds, results):
         feats[a:b] = f
         base[a:b] = o
     progress.finish()
     return GradientFeatures(features=feats, base_output=base, rows=rows, tasks=tasks, n_params=p)
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).cpu()
 
 
 def gradient_shard(model: nn.Module, X: torch.Tensor | np.ndarray, names: list[str],

@@ -37,9 +37,16 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+def _requeued(now: Any) -> dict[str, Any]:
+    """Column values of a running job put back in the queue (released, or its lease expired)."""
+    return dict(status="queued", worker_id=None, lease_until=None, updated_at=now, stage=None, progress=0.0,
+                stage_progress=0.0, eta_seconds=None)
+
+
 @dataclass(frozen=True)
 class Claim:
     id: str
+    owner: str
     manifest: dict[str, Any]
     attempts: int
 
@@ -127,12 +134,12 @@ class JobStore:
                     return None
                 attempts = s.execute(update(Job).where(Job.id == job.id).values(**values)
                                      .returning(Job.attempts)).scalar_one()
-                return Claim(job.id, job.manifest, attempts)
+                return Claim(job.id, job.owner, job.manifest, attempts)
             oldest = (select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
                       .limit(1).scalar_subquery())
             row = s.execute(update(Job).where(Job.id == oldest, Job.status == "queued").values(**values)
-                            .returning(Job.id, Job.manifest, Job.attempts)).first()
-            return Claim(row[0], row[1], row[2]) if row else None
+                            .returning(Job.id, Job.owner, Job.manifest, Job.attempts)).first()
+            return Claim(*row) if row else None
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float,
                   progress: dict[str, Any] | None = None) -> bool | None:
@@ -165,8 +172,7 @@ class JobStore:
         now = utcnow()
         with self.sessions.begin() as s:
             res = s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-                            .values(status="queued", worker_id=None, lease_until=None, updated_at=now, stage=None,
-                                    progress=0.0, stage_progress=0.0, eta_seconds=None))
+                            .values(**_requeued(now)))
             return res.rowcount == 1
 
     def requeue_expired(self, max_attempts: int) -> tuple[int, int]:
@@ -178,9 +184,8 @@ class JobStore:
                 status="failed", finished_at=now, updated_at=now, lease_until=None,
                 error=f"the worker running this job stopped responding {max_attempts} times (lease expired); "
                       "giving up — check the worker logs (out of memory?)")).rowcount
-            requeued = s.execute(update(Job).where(*expired, Job.attempts < max_attempts).values(
-                status="queued", worker_id=None, lease_until=None, updated_at=now, stage=None,
-                progress=0.0, stage_progress=0.0, eta_seconds=None)).rowcount
+            requeued = s.execute(update(Job).where(*expired, Job.attempts < max_attempts)
+                                 .values(**_requeued(now))).rowcount
             cancelled = s.execute(update(Job).where(Job.status == "queued", Job.cancel_requested.is_(True))
                                   .values(status="cancelled", finished_at=now, updated_at=now)).rowcount
         return requeued, failed + cancelled

@@ -153,8 +153,7 @@ class Worker:
 
             progress = Progress(on_progress, lease.check)
             try:
-                owner = self._owner(claim.id)
-                manifest = runnable_manifest(claim.manifest, owner, self.store, self.settings)
+                manifest = runnable_manifest(claim.manifest, claim.owner, self.store, self.settings)
                 if self.settings.compute_backend != "manifest":
                     manifest.compute.backend = self.settings.compute_backend
                 if manifest.compute.backend == "ray" and self.settings.ray_address and not manifest.compute.address:
@@ -183,16 +182,6 @@ class Worker:
             if lease.lost:
                 return
             self.store.finish(claim.id, self.worker_id, "succeeded", summary=job_summary(result, out))
-
-    def _owner(self, job_id: str) -> str:
-        from api.tables import Job
-
-        with self.store.sessions() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise ValueError(f"job {job_id} was deleted")
-            return job.owner
-
 
 def job_summary(result: Any, out: Path) -> dict[str, Any]:
     names = result.data.task_names

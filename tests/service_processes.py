@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,19 @@ def start_server(env: dict[str, str], port: int, log: Path, workers: int = 0) ->
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def served(folder: Path, workers: int = 1) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A `serve` process on SQLite in ``folder``: (base URL, the key it printed, its environment)."""
+    env = service_env(folder / "home", f"sqlite:///{folder / 'store.db'}")
+    port = free_port()
+    log = folder / "server.log"
+    proc = start_server(env, port, log, workers=workers)
+    try:
+        yield f"http://127.0.0.1:{port}", printed_key(log), env
+    finally:
+        stop(proc)
 
 
 def printed_key(log: Path) -> str:

@@ -17,7 +17,7 @@ import pytest
 from api.client import (ApiProblem, Client, ClientError, Conflict, ConnectionFailed, InvalidRequest, JobFailed,
                         JobTimeout, NotFound, Unauthorized)
 from conftest import TINY_JOB
-from service_processes import free_port, printed_key, service_env, start_server, stop
+from service_processes import free_port, served
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 240  # seconds: generous for a loaded 2-core machine; the jobs here take seconds
@@ -27,15 +27,8 @@ SLOW_JOB = copy.deepcopy(TINY_JOB) | {"training": {"epochs": 5000, "patience": 5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("client_server")
-    env = service_env(tmp / "home", f"sqlite:///{tmp / 'store.db'}")
-    port = free_port()
-    log = tmp / "server.log"
-    proc = start_server(env, port, log, workers=1)
-    try:
-        yield f"http://127.0.0.1:{port}", printed_key(log), env
-    finally:
-        stop(proc)
+    with served(tmp_path_factory.mktemp("client_server")) as running:
+        yield running
 
 
 @pytest.fixture

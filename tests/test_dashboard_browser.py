@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_processes import free_port, printed_key, service_env, start_server, stop
+from service_processes import served
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -45,13 +45,8 @@ def chromium() -> str:
 
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    log = tmp_path / "server.log"
-    proc = start_server(service_env(tmp_path / "home", f"sqlite:///{tmp_path / 'store.db'}"), port, log, workers=1)
-    try:
-        yield f"http://127.0.0.1:{port}", printed_key(log)
-    finally:
-        stop(proc)
+    with served(tmp_path) as (url, key, _):
+        yield url, key
 
 
 def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):

@@ -12,21 +12,15 @@ from typer.testing import CliRunner
 
 from affinity.cli import app
 from conftest import TINY_JOB
-from service_processes import free_port, printed_key, service_env, start_server, stop
+from service_processes import free_port, served
 
 WAIT = 240
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("remote_cli_server")
-    port = free_port()
-    log = tmp / "server.log"
-    proc = start_server(service_env(tmp / "home", f"sqlite:///{tmp / 'store.db'}"), port, log, workers=1)
-    try:
-        yield f"http://127.0.0.1:{port}", printed_key(log)
-    finally:
-        stop(proc)
+    with served(tmp_path_factory.mktemp("remote_cli_server")) as (url, key, _):
+        yield url, key
 
 
 def cli(*args: str, env: dict[str, str] | None = None):

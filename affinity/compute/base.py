@@ -46,6 +46,14 @@ class Backend(Protocol):
         ...
 
 
+def shard_batch(backend: Backend, items: int, preferred: int) -> int:
+    """Items per shard: ``preferred``, made small enough that a parallel backend gets two shards per worker."""
+    workers = backend.parallelism()
+    if workers > 1:
+        return max(1, min(preferred, -(-items // (2 * workers))))
+    return preferred
+
+
 class LocalBackend:
     name = "local"
 
