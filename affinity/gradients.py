@@ -1,9 +1,10 @@
 """Projected per-sample gradients of each task's raw output at the base model θ*.
 
 For every labelled (row, task) pair, g = ∂f_task(x_row; θ)/∂θ at θ*, over a chosen parameter
-set, projected to d dimensions on the fly. Rows are processed in chunks (torch.func vmap of
-grad) whose size is bounded by the memory setting, so neither the N × p gradient matrix nor
-(for large p) the p × d projection matrix is ever held.
+set, projected to d dimensions on the fly. Rows are processed in chunks whose size is bounded
+by the memory setting, so neither the N × p gradient matrix nor (for large p) the p × d
+projection matrix is ever held. Per chunk, the gradients of linear layers come from one batched
+backward as outer products, the rest from torch.func (vmap of grad); see per_sample_gradients.
 """
 
 from __future__ import annotations
@@ -71,7 +72,67 @@ def labelled_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
-    """Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel)."""
+    """Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel).
+
+    Parameters of ``nn.Linear`` modules that run once per forward on 2-D inputs get their
+    per-sample gradients from one ordinary batched backward: in eval mode rows do not interact, so
+    the backward of Σ_b f_{t_b}(x_b) leaves at each such layer the per-row signal δ_b = ∂f/∂z_b,
+    and the row's weight gradient is the outer product δ_b a_bᵀ (bias: δ_b), a the layer's input.
+    Every other parameter (per-task heads, norms, layers of unknown kinds) goes through
+    ``torch.func`` (:func:`vmap_per_sample_gradients`), which also serves as the reference.
+    """
+    linear = _linear_modules(model, names)
+    if not linear:
+        return vmap_per_sample_gradients(model, names, x, tasks)
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in linear}
+
+    def capture(module_name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            captured[module_name].append((inputs[0], output))
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [modules[m].register_forward_hook(capture(m)) for m in linear]
+    try:
+        with torch.enable_grad():
+            out = task_outputs(model, x, tasks)
+    finally:
+        for h in handles:
+            h.remove()
+    usable = all(len(c) == 1 and c[0][0].dim() == 2 and c[0][1].requires_grad for c in captured.values())
+    if not usable:  # a layer called twice, on batched sequences, or detached: the general path
+        return vmap_per_sample_gradients(model, names, x, tasks)
+    order = list(linear)
+    deltas = torch.autograd.grad(out.sum(), [captured[m][0][1] for m in order], allow_unused=True)
+    by_name: dict[str, torch.Tensor] = {}
+    for m, delta in zip(order, deltas):
+        a = captured[m][0][0].detach()
+        delta = torch.zeros_like(captured[m][0][1]) if delta is None else delta.detach()
+        if f"{m}.weight" in linear[m]:
+            by_name[f"{m}.weight"] = (delta[:, :, None] * a[:, None, :]).reshape(x.shape[0], -1)
+        if f"{m}.bias" in linear[m]:
+            by_name[f"{m}.bias"] = delta
+    rest = [n for n in names if n not in by_name]
+    if rest:
+        by_name.update(zip(rest, vmap_per_sample_gradients(model, rest, x, tasks)))
+    return [by_name[n] for n in names]
+
+
+def _linear_modules(model: nn.Module, names: list[str]) -> dict[str, set[str]]:
+    """The nn.Linear modules owning some of ``names``, with the names they own."""
+    wanted = set(names)
+    found: dict[str, set[str]] = {}
+    for module_name, module in model.named_modules():
+        if type(module) is nn.Linear and module_name:
+            owned = {f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False)} & wanted
+            if owned:
+                found[module_name] = owned
+    return found
+
+
+def vmap_per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor
+                              ) -> list[torch.Tensor]:
+    """Per-row gradients by ``torch.func`` (vmap of grad): any model, any parameter."""
     wrapper = _TaskOutput(model)
     state = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
     state.update({f"model.{k}": v for k, v in model.named_buffers()})

@@ -169,6 +169,13 @@ class EstimationSpec(_Section):
     )
     projection_dim: int = Field(200, ge=1, le=100_000, description="d, the projected gradient dimension.")
     projection: Literal["rademacher", "gaussian"] = "rademacher"
+    projection_precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description=(
+            "Precision of the gradient × projection products. bfloat16: ~1.5x faster on CPUs with AVX-512 BF16 "
+            "and on GPU tensor cores; features change by ~3e-3 relative, far below the projection's own distortion."
+        ),
+    )
     params: Literal["all", "encoder", "last"] = Field(
         "all", description="Parameters the gradients are taken against: all, encoder only, or the last N layers."
     )

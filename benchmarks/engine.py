@@ -1,8 +1,10 @@
 """Engine speed, as ratios against baselines measured in the same run.
 
-1. Projected per-sample gradients: ours (torch.func vmap, chunked, block projection) against a
-   per-sample Python loop of autograd backward passes and a projection of each flattened gradient
-   (how the research code computes them).
+1. Projected per-sample gradients: ours (linear layers' per-sample gradients as outer products
+   from one batched backward, torch.func for the heads, chunked, block projection; float32 and
+   bfloat16 products) against a per-sample Python loop of autograd backward passes and a
+   projection of each flattened gradient (how the research code computes them). Both sides are
+   warmed up first (64 pairs, not timed) and project with the same P.
 2. Surrogate fits: ours (batched fixed-metric Newton over many subsets, per-task Hessians shared)
    against scikit-learn ``LogisticRegression`` fitted one subset at a time, on the same problems
    (weighted L2-penalized logistic regression; no offset, since scikit-learn has none).
@@ -39,22 +41,38 @@ def bench_gradients(n_pairs: int, n_tasks: int, features: int, hidden: list[int]
     tasks = np.arange(n_pairs) % n_tasks
     proj = BlockProjector(p, d, seed=0)
     P = proj.matrix()
+    low = BlockProjector(p, d, seed=0, precision="bfloat16")
 
+    def ours(projector: BlockProjector, pairs: int):
+        return projected_gradients(model, X, rows[:pairs], tasks[:pairs], names, projector, chunk_rows=512,
+                                   memory_mb=512)
+
+    def loop(pairs: int) -> np.ndarray:
+        out = np.empty((pairs, d), dtype=np.float32)
+        for i in range(pairs):
+            model.zero_grad()
+            model(X[i:i + 1])[0, tasks[i]].backward()
+            flat = torch.cat([params[n].grad.reshape(-1) for n in names])
+            out[i] = (flat @ P).numpy()
+        return out
+
+    # Warm-up, not timed: first-call costs (torch.func tracing, kernel selection, the bfloat16 copy of P).
+    ours(proj, 64), ours(low, 64), loop(64)
     t = time.perf_counter()
-    ours = projected_gradients(model, X, rows, tasks, names, proj, chunk_rows=512, memory_mb=512)
+    feats = ours(proj, n_pairs).features
     t_ours = time.perf_counter() - t
-
     t = time.perf_counter()
-    loop = np.empty((n_pairs, d), dtype=np.float32)
-    for i in range(n_pairs):
-        model.zero_grad()
-        model(X[i:i + 1])[0, tasks[i]].backward()
-        flat = torch.cat([params[n].grad.reshape(-1) for n in names])
-        loop[i] = (flat @ P).numpy()
+    feats_low = ours(low, n_pairs).features
+    t_low = time.perf_counter() - t
+    t = time.perf_counter()
+    reference = loop(n_pairs)
     t_loop = time.perf_counter() - t
-    err = float(np.abs(loop - ours.features).max() / np.abs(loop).max())
+    scale = np.abs(reference).max()
+    err = float(np.abs(reference - feats).max() / scale)
+    err_low = float(np.linalg.norm(reference - feats_low) / np.linalg.norm(reference))
     return {"pairs": n_pairs, "params": p, "d": d, "ours_s": t_ours, "loop_s": t_loop,
-            "speedup": t_loop / t_ours, "max_rel_diff": err}
+            "speedup": t_loop / t_ours, "max_rel_diff": err, "bf16_s": t_low, "bf16_speedup": t_loop / t_low,
+            "bf16_rel_diff": err_low}
 
 
 def bench_surrogates(n_tasks: int, rows_per_task: int, d: int, n_subsets: int, size: int, l2: float) -> dict:
@@ -110,7 +128,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     g = bench_gradients(n_pairs=600 if args.quick else 3000, n_tasks=20, features=64, hidden=[256, 256], d=200)
     print(f"[gradients] {g['pairs']} pairs, p = {g['params']}, d = {g['d']}: ours {g['ours_s']:.2f} s, "
-          f"per-sample loop {g['loop_s']:.2f} s, speed-up {g['speedup']:.1f}x (max rel diff {g['max_rel_diff']:.1e})")
+          f"per-sample loop {g['loop_s']:.2f} s, speed-up {g['speedup']:.1f}x (max rel diff {g['max_rel_diff']:.1e}); "
+          f"bfloat16 products {g['bf16_s']:.2f} s, speed-up {g['bf16_speedup']:.1f}x "
+          f"(relative difference {g['bf16_rel_diff']:.1e})")
     s = bench_surrogates(n_tasks=40, rows_per_task=200, d=200, n_subsets=50 if args.quick else 400, size=10, l2=0.1)
     print(f"[surrogates] {s['subsets']} subsets of {s['size']} tasks ({s['rows_per_subset']} rows), d = {s['d']}: "
           f"ours {s['ours_s']:.2f} s, sklearn one at a time {s['sklearn_s']:.2f} s, speed-up {s['speedup']:.1f}x "

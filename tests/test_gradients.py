@@ -83,3 +83,64 @@ def test_memory_budget_bounds_the_chunk(model, monkeypatch):
     budget_rows = (1 * 2**20) // (12 * p)
     projected_gradients(model, X, rows, tasks, names, BlockProjector(p, 4), chunk_rows=10_000, memory_mb=1)
     assert max(seen) <= budget_rows
+
+
+class _SharedLinear(torch.nn.Module):
+    """A Linear applied twice (weight sharing): the outer-product shortcut does not apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(4, 4)
+        self.out = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+class _SequenceModel(torch.nn.Module):
+    """A Linear on 3-D input (rows × positions × features), mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(2, 5)
+        self.out = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.embed(x.reshape(x.shape[0], 2, 2))).mean(1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.GELU(), torch.nn.Linear(6, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 3)),
+    _SharedLinear,
+    _SequenceModel,
+], ids=["sequential", "shared_weights", "sequence_input"])
+def test_other_models_match_autograd_loop(make):
+    torch.manual_seed(0)
+    m = make().eval()
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(8, 4)
+    tasks = torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+    fast = torch.cat(per_sample_gradients(m, names, x, tasks), dim=1)
+    torch.testing.assert_close(fast, loop_gradients(m, names, x, tasks))
+
+
+def test_linear_layers_skip_vmap(model, monkeypatch):
+    """On the MLP only the per-task head (and task-norm) parameters go through torch.func."""
+    import affinity.gradients as g
+
+    through_vmap = []
+    real = g.vmap_per_sample_gradients
+
+    def spy(model, names, x, tasks):
+        through_vmap.extend(names)
+        return real(model, names, x, tasks)
+
+    monkeypatch.setattr(g, "vmap_per_sample_gradients", spy)
+    names = select_parameters(model, "all")
+    x = torch.randn(6, 4)
+    tasks = torch.tensor([0, 1, 2, 2, 1, 0])
+    fast = torch.cat(per_sample_gradients(model, names, x, tasks), dim=1)
+    assert through_vmap and not any(n.startswith("shared.") for n in through_vmap)
+    reference = torch.cat(real(model, names, x, tasks), dim=1)
+    torch.testing.assert_close(fast, reference)

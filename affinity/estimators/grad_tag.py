@@ -27,7 +27,7 @@ def make_projector(model: nn.Module, spec: EstimationSpec, device: torch.device)
     params = dict(model.named_parameters())
     p = sum(params[n].numel() for n in names)
     return names, BlockProjector(p, spec.projection_dim, spec.projection, spec.seed, spec.block_params, device,
-                                 cache_bytes=spec.memory_mb * 2**20 // 2)
+                                 cache_bytes=spec.memory_mb * 2**20 // 2, precision=spec.projection_precision)
 
 
 def gradient_features(model: nn.Module, data: SplitTable, spec: EstimationSpec, device: torch.device,
