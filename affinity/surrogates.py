@@ -15,8 +15,11 @@ task, no per-subset copies of the rows), so a pass over the data costs exactly t
 and memory grows with subsets × rows, not × d. Steps are damped quasi-Newton steps with the
 Hessian at the start, H_S(0) = Σ_{t∈S} H_t/|S| + λI, assembled from per-task matrices
 H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all subsets and factorized once per
-subset (in float32: it is only the step metric); the line search reuses the products, so an iteration is two passes. Subsets not
-converged after ``refresh_after`` iterations switch to exact Newton steps.
+subset (in float32: it is only the step metric); the line search reuses the products, so an
+iteration is two passes over the rows. A subset whose Newton decrement falls by less than 2× in
+an iteration (the metric has gone stale: the outputs moved far from the base) gets the exact
+Hessian at its current w, built per task as batched (rows × d)ᵀ(rows × d) products in float32,
+so hard subsets converge like Newton's method and easy ones never pay for a new factorization.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def task_loss(z: torch.Tensor, y: torch.Tensor, binary: bool) -> torch.Tensor:
+    """The loss alone (what a line search needs)."""
+    return torch.nn.functional.softplus(z) - y * z if binary else (z - y) ** 2
 
 
 def loss_derivatives(z: torch.Tensor, y: torch.Tensor, binary: bool | torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -90,9 +98,17 @@ def subset_objective(W: torch.Tensor, blocks: list[TaskBlock], subsets: list[tup
 
 
 def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float,
-                hessians: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-13,
-                refresh_after: int = 20) -> tuple[torch.Tensor, int]:
-    """Minimize F_S for every subset; returns W (subsets, d) and the number of iterations."""
+                hessians: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
+                refresh_ratio: float | None = 0.5) -> tuple[torch.Tensor, int]:
+    """Minimize F_S for every subset; returns W (subsets, d) and the number of iterations.
+
+    Stops when every subset's Newton decrement gᵀH⁻¹g (≈ 2·(F_S(w) − min F_S)) is at most
+    ``tol``·max(1, |F_S|): by default F_S is within ~1e-10 (relative) of its minimum, far inside
+    the 1e-6 the estimates need. A subset whose decrement fell by less than ``refresh_ratio`` in
+    one iteration gets its metric refreshed to the exact Hessian at its current w (None: never;
+    0: every iteration, i.e. damped Newton). A refresh costs about d passes over the subset's
+    rows, so it is kept for subsets the fixed metric serves badly.
+    """
     G0 = blocks[0].G
     d, device, dtype = G0.shape[1], G0.device, G0.dtype
     B = len(subsets)
@@ -100,50 +116,77 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
     active_tasks = [t for t, (b, m) in enumerate(zip(blocks, members)) if len(m) and len(b.f)]
     if hessians is None:
         hessians = task_hessians(blocks)
-    eye = torch.eye(d, dtype=dtype, device=device)
-    H0 = (weight @ hessians.reshape(len(blocks), -1)).reshape(B, d, d) + l2 * eye
-    # The step metric only has to be positive definite, not exact: factor it once in float32
-    # (triangular solves per iteration); objective and gradient stay in ``dtype``. (Batched
-    # cholesky_inverse is pathologically slow on CPU: do not invert.)
-    L0, _ = torch.linalg.cholesky_ex(H0.float())
+    eye = torch.eye(d, dtype=torch.float32, device=device)
+    # The step metric only has to be positive definite, not exact: it is assembled and factored in
+    # float32 (objective and gradient stay in ``dtype``, so the optimum does not move). Batched
+    # cholesky_inverse is pathologically slow on CPU: triangular solves instead.
+    H0 = (weight.float() @ hessians.float().reshape(len(blocks), -1)).reshape(B, d, d) + l2 * eye
+    L, _ = torch.linalg.cholesky_ex(H0)
+    del H0
     W = torch.zeros(B, d, dtype=dtype, device=device)
     Z = {t: blocks[t].f[:, None].expand(-1, len(members[t])).clone() for t in active_tasks}
+    G32 = {t: blocks[t].G.float() for t in active_tasks if not blocks[t].binary or refresh_ratio is not None}
 
-    def objective_and_grad(W: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def objective_and_grad(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obj = 0.5 * l2 * (W * W).sum(1)
         grad = l2 * W
-        H = (torch.zeros(B, d, d, dtype=dtype, device=device) + l2 * eye) if exact else None
         for t in active_tasks:
             b, m = blocks[t], members[t]
             c = weight[m, t] / len(b.f)
-            loss, d1, d2 = loss_derivatives(Z[t], b.y[:, None], b.binary)
+            loss, d1, _ = loss_derivatives(Z[t], b.y[:, None], b.binary)
             obj = obj.index_add(0, m, c * loss.sum(0))
             grad = grad.index_add(0, m, (b.G.T @ (d1 * c)).T)
-            if H is not None:
-                H = H.index_add(0, m, torch.einsum("nd,nb,ne->bde", b.G, d2 * c, b.G))
-        return obj, grad, H
+        return obj, grad
 
-    obj, grad, _ = objective_and_grad(W, exact=False)
+    def refresh(which: torch.Tensor) -> None:
+        """Exact Hessians at the current W for the subsets in ``which`` (bool, B), factored into L."""
+        idx = torch.nonzero(which).squeeze(1)
+        slot = torch.full((B,), -1, dtype=torch.long, device=device)
+        slot[idx] = torch.arange(len(idx), device=device)
+        H = eye.repeat(len(idx), 1, 1) * l2
+        for t in active_tasks:
+            b, m = blocks[t], members[t]
+            keep = torch.nonzero(which[m]).squeeze(1)
+            if not len(keep):
+                continue
+            d2 = loss_derivatives(Z[t][:, keep], b.y[:, None], b.binary)[2]
+            root = (d2 * (weight[m[keep], t] / len(b.f))).sqrt().float().T  # (members kept, rows)
+            step = max(1, (len(idx) * d) // max(1, len(b.f)))  # temporaries ≤ the size of H
+            for a in range(0, len(keep), step):
+                A = G32[t][None] * root[a:a + step, :, None]  # (chunk, rows, d)
+                H.index_add_(0, slot[m[keep[a:a + step]]], A.transpose(1, 2) @ A)
+        L[idx] = torch.linalg.cholesky_ex(H)[0]
+
+    def solve(grad: torch.Tensor) -> torch.Tensor:
+        """H⁻¹g by two batched triangular solves (3–4× faster on CPU than cholesky_solve)."""
+        y = torch.linalg.solve_triangular(L, grad.float().unsqueeze(-1), upper=False)
+        return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1).to(dtype)
+
+    obj, grad = objective_and_grad(W)
+    previous = None
     it = 0
     for it in range(1, max_iter + 1):
-        if it > refresh_after:
-            _, _, H = objective_and_grad(W, exact=True)
-            L, _ = torch.linalg.cholesky_ex(H)
-            step = torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
-        else:
-            step = torch.cholesky_solve(grad.float().unsqueeze(-1), L0).squeeze(-1).to(dtype)
+        step = solve(grad)
         decrement = (grad * step).sum(1)  # ≥ 0: the metric is positive definite
-        if float(decrement.max()) <= tol * max(1.0, float(obj.abs().max())):
+        pending_fit = decrement > tol * obj.abs().clamp(min=1.0)
+        if not bool(pending_fit.any()):
             break
+        if refresh_ratio is not None and previous is not None:
+            slow = pending_fit & (decrement > refresh_ratio * previous)
+            if bool(slow.any()):
+                refresh(slow)
+                step = solve(grad)
+                decrement = (grad * step).sum(1)
+        previous = decrement
         U = {t: blocks[t].G @ step[members[t]].T for t in active_tasks}
-        alpha = torch.ones(B, dtype=dtype, device=device)
-        pending = torch.ones(B, dtype=torch.bool, device=device)
+        alpha = pending_fit.to(dtype)  # converged subsets stay where they are
+        pending = pending_fit.clone()
         for _ in range(40):  # Armijo backtracking, per subset, without new passes over the rows
             cand = 0.5 * l2 * ((W - alpha[:, None] * step) ** 2).sum(1)
             for t in active_tasks:
                 b, m = blocks[t], members[t]
                 zc = Z[t] - alpha[m] * U[t]
-                cand = cand.index_add(0, m, weight[m, t] / len(b.f) * loss_derivatives(zc, b.y[:, None], b.binary)[0].sum(0))
+                cand = cand.index_add(0, m, weight[m, t] / len(b.f) * task_loss(zc, b.y[:, None], b.binary).sum(0))
             ok = cand <= obj - 1e-4 * alpha * decrement
             pending = pending & ~ok
             if not bool(pending.any()):
@@ -153,7 +196,7 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
         W = W - alpha[:, None] * step
         for t in active_tasks:
             Z[t] = Z[t] - alpha[members[t]] * U[t]
-        obj, grad, _ = objective_and_grad(W, exact=False)
+        obj, grad = objective_and_grad(W)
     return W, it
 
 
