@@ -16,7 +16,7 @@ and memory grows with subsets × rows, not × d. Steps are damped quasi-Newton s
 Hessian at the start, H_S(0) = Σ_{t∈S} H_t/|S| + λI, assembled from per-task matrices
 H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once for all subsets and factorized once per
 subset (in float32: it is only the step metric); the line search reuses the products, so an
-iteration is two passes over the rows. A subset whose Newton decrement falls by less than 2× in
+iteration is two passes over the rows. A subset whose Newton decrement falls by less than 10× in
 an iteration (the metric has gone stale: the outputs moved far from the base) gets the exact
 Hessian at its current w, built per task as batched (rows × d)ᵀ(rows × d) products in float32,
 so hard subsets converge like Newton's method and easy ones never pay for a new factorization.
@@ -99,7 +99,7 @@ def subset_objective(W: torch.Tensor, blocks: list[TaskBlock], subsets: list[tup
 
 def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float,
                 hessians: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-10,
-                refresh_ratio: float | None = 0.5) -> tuple[torch.Tensor, int]:
+                refresh_ratio: float | None = 0.1) -> tuple[torch.Tensor, int]:
     """Minimize F_S for every subset; returns W (subsets, d) and the number of iterations.
 
     Stops when every subset's Newton decrement gᵀH⁻¹g (≈ 2·(F_S(w) − min F_S)) is at most
