@@ -81,11 +81,12 @@ class PairData:
 
 
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:
-    """Subsets per batch so that factors (d² each) and per-row products (3 per row) fit the budget."""
+    """Subsets per batch so that the solver's per-subset vectors (w, gradient, step and the L-BFGS
+    pairs: ~24 of length d) and per-row products (3 per row) fit the budget."""
     d = data.train[0].G.shape[1]
     item = data.train[0].G.element_size()
     widest = max(sum(len(data.train[t].f) for t in s) for s in subsets)
-    per_subset = (2 * d * d + 3 * widest) * item
+    per_subset = (24 * d + 3 * widest) * item
     return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 
 
