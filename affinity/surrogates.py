@@ -181,6 +181,10 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
         return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1).to(dtype)
 
     history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # L-BFGS pairs (s, y, 1/sᵀy)
+    # Per-subset scale of the metric, γ = sᵀy / yᵀM⁻¹y from the newest pair (the usual L-BFGS
+    # initial scaling, here of a preconditioner): the curvature at the optimum can be far below
+    # the start's when the fitted outputs move far from the base outputs.
+    gamma = torch.ones(B, dtype=dtype, device=device)
 
     def direction(grad: torch.Tensor) -> torch.Tensor:
         """L-BFGS two-loop recursion with the metric as the initial Hessian, batched over subsets."""
@@ -189,7 +193,7 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
             a = rho * (s * q).sum(1)
             q = q - a[:, None] * y
             coefs.append(a)
-        r = solve(q)
+        r = gamma[:, None] * solve(q)
         for (s, y, rho), a in zip(history, reversed(coefs)):
             r = r + s * (a - rho * (y * r).sum(1))[:, None]
         return r
@@ -202,6 +206,7 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
         decrement = (grad * step).sum(1)  # > 0: the quasi-Newton metric is positive definite
         if bool((decrement <= 0).any()):  # rounding broke it: the plain metric, fresh history
             history.clear()
+            gamma.fill_(1.0)
             step = solve(grad)
             decrement = (grad * step).sum(1)
         pending_fit = decrement > tol * obj.abs().clamp(min=1.0)
@@ -238,8 +243,11 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
             s, y = -alpha[:, None] * step, grad - old_grad
             sy = (s * y).sum(1)
             rho = torch.where(sy > 1e-12 * (s * s).sum(1).sqrt() * (y * y).sum(1).sqrt(), 1.0 / sy, torch.zeros_like(sy))
-            history.append((s, y, torch.nan_to_num(rho, posinf=0.0)))
+            rho = torch.nan_to_num(rho, posinf=0.0)
+            history.append((s, y, rho))
             del history[:-memory]
+            yMy = (y * solve(y)).sum(1)
+            gamma = torch.where((rho > 0) & (yMy > 0), sy / yMy, gamma)
     return W, it
 
 

@@ -94,14 +94,22 @@ def synthetic_problem(n_tasks: int, rows_per_task: int, d: int) -> tuple[np.ndar
     return G, tasks, y, is_train
 
 
-def planted_problem() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, ...]], float]:
-    """The real surrogate problems of the built-in job: θ* trained on `planted`, its projected gradients."""
+def planted_problem(builtin_model: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, ...]], float]:
+    """Real surrogate problems: θ* trained on the `planted` data, its projected gradients and subsets.
+
+    builtin_model: the built-in job's manifest (its small tanh MLP); else the generic default model
+    (larger gradients, worse-conditioned fits)."""
+    from affinity.defaults import builtin_manifest
     from affinity.estimators import grad_tag
     from affinity.manifest import Manifest
     from affinity.pipeline import prepare
     from affinity.progress import Progress
 
-    manifest = Manifest.model_validate({"dataset": {"source": "planted"}})
+    if builtin_model:
+        manifest = builtin_manifest("planted")
+    else:
+        manifest = Manifest.model_validate({"dataset": builtin_manifest("planted").dataset.model_dump()})
     prep = prepare(manifest, Progress())
     grads = grad_tag.gradient_features(prep.model, prep.data, manifest.estimation, prep.device)
     data = prep.data
@@ -160,7 +168,8 @@ def main() -> None:
           f"bfloat16 products {g['bf16_s']:.2f} s, speed-up {g['bf16_speedup']:.1f}x "
           f"(relative difference {g['bf16_rel_diff']:.1e})")
     problems = {
-        "planted job": planted_problem(),
+        "built-in planted job": planted_problem(),
+        "planted data, default model": planted_problem(builtin_model=False),
         "synthetic": (*synthetic_problem(40, 200, 200), 40,
                       sample_subsets(40, 10, 50 if args.quick else 400, seed=0), 0.1),
     }
