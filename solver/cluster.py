@@ -9,7 +9,8 @@ import numpy as np
 
 from .baselines import agglomerative_labels, spectral_labels
 from .choose_k import select_k
-from .grouping import Grouping
+from .full_cone import FULL_CONE_MAX_N, GAP_TOL, solve_full_cone
+from .grouping import Grouping, partition_objective
 from .lowrank import solve_lowrank
 from .rounding import round_kmeans
 from .sdp import solve_sdp
@@ -35,8 +36,16 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     several candidates k is chosen by solver.choose_k's criterion (recorded in k_selection).
 
     method: "sdp" (exact, cvxpy; solver "scs" or "clarabel"), "lowrank" (non-negative
-    Burer–Monteiro in torch, see solver.lowrank), "auto" (sdp if n ≤ 150 else lowrank),
+    Burer–Monteiro in torch, see solver.lowrank; for n ≤ full_cone.FULL_CONE_MAX_N it is then
+    polished on the full cone X ⪰ 0, X ≥ 0 by our own ADMM, see solver.full_cone, which reaches
+    the SDP optimum where U ≥ 0 cannot), "auto" (sdp if n ≤ 150 else lowrank),
     "spectral" or "agglomerative" (baselines on T, no relaxation).
+    lowrank_options: keyword arguments of solve_lowrank, plus "polish" (default True),
+    "polish_max_n" (default FULL_CONE_MAX_N), "polish_gap_tol" (default full_cone.GAP_TOL) and
+    "polish_time_limit" (seconds, default None). With the polish, the relaxation objective and
+    certificate are the polish's (an exactly feasible X and a dual upper bound; the non-negative
+    factor's certificate is kept under "nonnegative_factor"), and the partition is the better by
+    ⟨T, X_P⟩ of k-means on the factor's rows and on the polished X's rows.
     Raises ValueError on invalid input, solver.SolverError if the SDP solver is not optimal.
     """
     A = check_affinity(T)
@@ -72,12 +81,40 @@ def _solve_one(T: np.ndarray, k: int, method: str, seed: int, n_init: int, solve
         relaxation = certificate["relaxation_objective"]
         labels = round_kmeans(X, T, k, n_init=n_init, seed=seed)
     elif method == "lowrank":
-        U, certificate = solve_lowrank(T, k, seed=seed, **lowrank_options)
+        opts = dict(lowrank_options)
+        polish = opts.pop("polish", True)
+        polish_max_n = opts.pop("polish_max_n", FULL_CONE_MAX_N)
+        polish_gap_tol = opts.pop("polish_gap_tol", GAP_TOL)
+        polish_time_limit = opts.pop("polish_time_limit", None)
+        U, certificate = solve_lowrank(T, k, seed=seed, **opts)
         relaxation = certificate["relaxation_objective"]
         labels = round_kmeans(U, T, k, n_init=n_init, seed=seed)
+        if polish and n <= polish_max_n:
+            relaxation, certificate, labels = _polish(T, k, U, certificate, labels, n_init, seed,
+                                                      polish_gap_tol, polish_time_limit)
     elif method == "spectral":
         labels = spectral_labels(T, k, seed=seed)
     else:
         labels = agglomerative_labels(T, k)
     return Grouping.from_labels(T, labels, method=method, relaxation_objective=relaxation,
                                 seconds=time.perf_counter() - start, certificate=certificate)
+
+
+def _polish(T: np.ndarray, k: int, U: np.ndarray, certificate: dict[str, Any], labels: np.ndarray,
+            n_init: int, seed: int, gap_tol: float,
+            time_limit: float | None) -> tuple[float, dict[str, Any], np.ndarray]:
+    """Full-cone polish of the non-negative factor (solver.full_cone) and the better rounding.
+
+    The polished certificate replaces the factor's when the polish converged or its exactly
+    feasible objective is at least the factor's certified one; the partition is the
+    better by ⟨T, X_P⟩ of the factor's rounding and k-means on the polished X's rows (ties: the
+    factor's)."""
+    X, full = solve_full_cone(T, k, X0=U @ U.T, gap_tol=gap_tol, time_limit=time_limit)
+    if not full["converged"] and full["feasible_objective"] < certificate.get("feasible_objective", -np.inf):
+        return certificate["relaxation_objective"], {**certificate, "polish_rejected": full}, labels
+    full["nonnegative_factor"] = certificate
+    full["rounded_from"] = "nonnegative_factor"
+    polished = round_kmeans(X, T, k, n_init=n_init, seed=seed)
+    if partition_objective(T, polished) > partition_objective(T, labels):
+        labels, full["rounded_from"] = polished, "full_cone"
+    return full["relaxation_objective"], full, labels
