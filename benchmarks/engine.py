@@ -69,8 +69,9 @@ def bench_gradients(n_pairs: int, n_tasks: int, features: int, hidden: list[int]
     t = time.perf_counter()
     reference = loop(n_pairs)
     t_loop = time.perf_counter() - t
-    scale = np.abs(reference).max()
-    err = float(np.abs(reference - feats).max() / scale)
+    # Relative Frobenius differences. (A max-entry difference is dominated by the odd pair with a
+    # ReLU pre-activation within float32 rounding of 0, whose derivative flips between the two.)
+    err = float(np.linalg.norm(reference - feats) / np.linalg.norm(reference))
     err_low = float(np.linalg.norm(reference - feats_low) / np.linalg.norm(reference))
     return {"pairs": n_pairs, "params": p, "d": d, "ours_s": t_ours, "loop_s": t_loop,
             "speedup": t_loop / t_ours, "max_rel_diff": err, "bf16_s": t_low, "bf16_speedup": t_loop / t_low,
@@ -164,7 +165,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     g = bench_gradients(n_pairs=600 if args.quick else 3000, n_tasks=20, features=64, hidden=[256, 256], d=200)
     print(f"[gradients] {g['pairs']} pairs, p = {g['params']}, d = {g['d']}: ours {g['ours_s']:.2f} s, "
-          f"per-sample loop {g['loop_s']:.2f} s, speed-up {g['speedup']:.1f}x (max rel diff {g['max_rel_diff']:.1e}); "
+          f"per-sample loop {g['loop_s']:.2f} s, speed-up {g['speedup']:.1f}x (relative difference {g['max_rel_diff']:.1e}); "
           f"bfloat16 products {g['bf16_s']:.2f} s, speed-up {g['bf16_speedup']:.1f}x "
           f"(relative difference {g['bf16_rel_diff']:.1e})")
     problems = {
