@@ -63,3 +63,17 @@ def test_csv_example_runs(repo_root, tmp_path):
     groups = json.loads((tmp_path / "groups.json").read_text())
     assert groups["k"] == 2 and groups["truth"] is None
     assert sorted(sum(groups["groups"], [])) == ["churn", "complaint", "spend", "upgrade"]
+
+
+def test_bfloat16_projection_gives_the_same_groups():
+    """estimation.projection_precision=bfloat16 end to end: the affinities move by far less than
+    they separate the planted groups, and the groups are the same."""
+    m = builtin_manifest("planted")
+    m.dataset.params.update({"tasks": 8, "groups": 2, "rows_per_task": 60})
+    m.estimation.num_subsets = 40
+    exact = run_job(m)
+    m.estimation.projection_precision = "bfloat16"
+    low = run_job(m)
+    a, b = exact.estimate.matrix, low.estimate.matrix
+    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+    assert sorted(map(sorted, low.grouping.groups)) == sorted(map(sorted, exact.grouping.groups))
