@@ -265,3 +265,27 @@ def test_lowrank_float32_products_keep_the_certificate() -> None:
     assert b["relaxation_objective"] == pytest.approx(a["relaxation_objective"], rel=1e-5)
     from solver.rounding import round_kmeans
     assert adjusted_rand_score(truth, round_kmeans(U32, T, k)) == 1.0
+
+
+def test_lowrank_penalty_does_not_run_away_from_a_bad_start() -> None:
+    """Regression (issue 4, n = 2000 seed 1): the penalty ρ doubled whenever the row-sum
+    violation stalled, also after inner solves cut short by tiny steps, and ran away (there
+    ρ 153 → 6.6e11). On this n = 200 merged/split start the old rule took ρ to 1.6e4× its
+    initial value (472 steps); ρ must now rise only after solved inner problems and stay bounded,
+    with the same converged, feasible solution."""
+    import torch
+    from solver.lowrank import _projected_gradient_al, initial_factor, partition_multipliers
+    from solver.validation import standardize
+    n, k = 200, 20
+    T, truth = planted(n, k, sigma=0.1, seed=1)
+    bad = truth.copy()
+    bad[truth == 1] = 0
+    idx = np.flatnonzero(truth == 2)
+    bad[idx[: len(idx) // 2]] = 1
+    T_s = torch.as_tensor(standardize(T)[0])
+    U0 = initial_factor(bad, k, 2 * k, 1, torch.float64, torch.device("cpu"))
+    rho0 = max(1.0, float(T_s.abs().sum(1).max()) / (n // k))
+    U, converged, _, steps, lam, rho = _projected_gradient_al(
+        T_s, U0, k, 1e-5, 200, 40, None, lam=partition_multipliers(T_s, bad, k))
+    assert converged and rho <= 100 * rho0 and float(lam.abs().max()) < 100
+    assert float((U @ U.sum(dim=0) - 1).abs().max()) < 1e-5
