@@ -69,33 +69,47 @@ class BlockProjector:
             parts.append(self._block(k)[lo:hi])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def _pieces(self, start: int, stop: int):
+        """(block, rows lo:hi within it, columns a:b within the range) covering rows start:stop of P."""
+        for k in range(start // self.block_rows, (stop - 1) // self.block_rows + 1):
+            lo = max(start, k * self.block_rows)
+            hi = min(stop, (k + 1) * self.block_rows)
+            yield k, lo - k * self.block_rows, hi - k * self.block_rows, lo - start, hi - start
+
     def project_segments(self, segments: list[torch.Tensor]) -> torch.Tensor:
-        """Pᵀg for a batch of vectors given as consecutive segments (batch × len_i) of p coordinates."""
+        """Pᵀg for a batch of vectors given as consecutive segments (batch × len_i) of p coordinates.
+
+        One GEMM per (segment, block) piece on views: no copy of P or of the gradients."""
+        low = self.precision == "bfloat16"
         out = None
         offset = 0
-        low = self.precision == "bfloat16"
         for seg in segments:
             n = seg.shape[1]
-            if low:
-                part = (seg.to(torch.bfloat16) @ self._low_rows(offset, offset + n)).to(self.dtype)
-            else:
-                part = seg.to(self.dtype) @ self.rows(offset, offset + n)
-            out = part if out is None else out + part
+            seg = seg.to(torch.bfloat16 if low else self.dtype)
+            for k, lo, hi, a, b in self._pieces(offset, offset + n):
+                block = self._low_block(k) if low else self._block(k)
+                if low:
+                    part = (seg[:, a:b] @ block[lo:hi]).to(self.dtype)
+                    out = part if out is None else out.add_(part)
+                elif out is None:
+                    out = seg[:, a:b] @ block[lo:hi]
+                else:
+                    out.addmm_(seg[:, a:b], block[lo:hi])
             offset += n
         if offset != self.p:
             raise ValueError(f"segments cover {offset} coordinates, projector has p={self.p}")
         return out / math.sqrt(self.d) if low and self.kind == "rademacher" else out
 
-    def _low_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows of P in bfloat16: the exact signs ±1 for Rademacher (1/√d applied after), else rounded P."""
-        key = ("bf16", start, stop)
+    def _low_block(self, k: int) -> torch.Tensor:
+        """Block k of P in bfloat16: the exact signs ±1 for Rademacher (1/√d applied after), else rounded P."""
+        key = ("bf16", k)
         if self._cache is not None and key in self._cache:
             return self._cache[key]
-        rows = self.rows(start, stop)
-        rows = (rows * math.sqrt(self.d) if self.kind == "rademacher" else rows).to(torch.bfloat16)
+        block = self._block(k)
+        block = (block * math.sqrt(self.d) if self.kind == "rademacher" else block).to(torch.bfloat16)
         if self._cache is not None:
-            self._cache[key] = rows
-        return rows
+            self._cache[key] = block
+        return block
 
     def matrix(self) -> torch.Tensor:
         """The whole P (for tests and small p only)."""
