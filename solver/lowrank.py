@@ -30,7 +30,8 @@ restarts from it (at most max_escapes times). Measured at n = 2000: one escape, 
 Caveat: {UUᵀ : U ≥ 0} is the completely positive cone, a strict subset of {X ⪰ 0, X ≥ 0} for
 n ≥ 5, and the factorized problem is non-convex. When the SDP optimum is a partition matrix
 (well separated groups) this loses nothing; on unstructured T the value can be below the SDP
-optimum (measured: 2.3% at n=60 and 13% at n=200 for uniform random T).
+optimum (measured in session 2: percents for uniform random T). solver.cluster therefore polishes
+the factor on the full cone for n ≤ full_cone.FULL_CONE_MAX_N (solver/full_cone.py).
 
 Certificate (original T units): max_row_sum_violation, trace_violation, min_entry = 0 and
 min_eigenvalue ≥ 0 (exact by construction), and feasible_objective: ⟨T, X_f⟩ of an exactly
@@ -55,11 +56,9 @@ from .validation import standardize
 
 
 # Opt-in (product_dtype=torch.float32): the AL's T_s·ΔU products in float32, accumulated in
-# float64. Measured on the planted benchmark, n = 2000, seed 0: 18.3 s → 10.3 s, same steps and
-# partition, certificate equal to 1e-8 relative; but seed 1: the first AL did not settle (582
-# steps, ρ → 1e10, 51 s, no escape) where float64 took 40 steps (15.5 s in all), and on uniform
-# random T at n = 200 the non-convex trajectory changes (seed 1: 8.7% → 11.2% below SCS). Not the
-# default until that is understood.
+# float64. Measured in session 2 (before the ρ rule of _projected_gradient_al was fixed) on the
+# planted benchmark, n = 2000: faster on seed 0 with the same partition, but the first AL did not
+# settle on seed 1. Not re-measured under the new ρ rule; not the default.
 
 
 # Diagnostics: when a list, each AL multiplier step appends a dict (ρ, violation, stationarity
