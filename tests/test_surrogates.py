@@ -53,7 +53,7 @@ def test_batched_fit_matches_scipy(rng, l2):
         weight = np.concatenate([np.full(len(raw[t][1]), 1 / (len(s) * len(raw[t][1]))) for t in s])
         w_ref, f_ref = reference_fit(G, f, y, binary, weight, l2)
         assert abs(float(ours[b]) - f_ref) <= 1e-6 * abs(f_ref)  # the issue's criterion
-        assert float(ours[b]) <= f_ref + 1e-9 * abs(f_ref)  # and in fact far closer
+        assert float(ours[b]) <= f_ref + 1e-12  # and in fact at least as close
         np.testing.assert_allclose(W[b].numpy(), w_ref, rtol=1e-3, atol=1e-5)  # w is flat near the optimum when λ is small
     assert iters < 100
 
@@ -63,10 +63,10 @@ def test_fixed_metric_and_exact_newton_agree(rng):
     subsets = [(0, 1, 2), (3, 4, 5), (0, 4)]
     w1, i1 = fit_subsets(blocks, subsets, 0.05, refresh_ratio=None, tol=1e-13)  # the start's metric only
     w2, i2 = fit_subsets(blocks, subsets, 0.05, refresh_ratio=0.0, tol=1e-13)  # exact Newton from the second step
-    w3, i3 = fit_subsets(blocks, subsets, 0.05, tol=1e-13)  # refreshed where it is slow (the default)
+    w3, i3 = fit_subsets(blocks, subsets, 0.05, tol=1e-13)  # the default: L-BFGS on a shared metric
     torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)  # all stop at a 1e-13 Newton decrement
     torch.testing.assert_close(w3, w2, rtol=1e-5, atol=1e-6)
-    assert i2 < i1 and i3 <= i1  # fresh metrics converge in fewer iterations
+    assert i2 < i1  # fresh metrics converge in fewer iterations
 
 
 def test_task_hessians_are_the_hessian_at_zero(rng):
@@ -90,3 +90,17 @@ def test_evaluation_positions_follow_the_subsets(rng):
     assert np.isnan(loss[0, 2])
     assert loss[1].tolist() == pytest.approx([base[1], base[2], base[3]])
     assert np.isfinite(acc[1, :2]).all()
+
+
+def test_batching_does_not_change_the_fit(rng):
+    """The shared metric and the L-BFGS path depend on which subsets share a batch; the default
+    tolerance makes the fitted w independent of it (so every backend and memory setting agrees)."""
+    blocks, _ = make_problem(rng, scale=2.0)
+    subsets = [(0, 1, 2), (3, 4, 5), (0, 4), (1, 3, 5), (2, 5), (0, 1, 2, 3)]
+    whole, _ = fit_subsets(blocks, subsets, 0.05)
+    parts = torch.cat([fit_subsets(blocks, subsets[:2], 0.05)[0], fit_subsets(blocks, subsets[2:], 0.05)[0]])
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)
+    per_subset, _ = fit_subsets(blocks, subsets, 0.05, metric="subset")
+    torch.testing.assert_close(per_subset, whole, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="metric='nope'"):
+        fit_subsets(blocks, subsets, 0.05, metric="nope")
