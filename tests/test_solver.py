@@ -197,6 +197,9 @@ def test_k_selection_recovers_planted_k(n: int, k: int, method: str) -> None:
     assert [c["k"] for c in g.k_selection["candidates"]] == list(range(2, 9))
     assert g.k_selection["criterion"]["name"]
     assert adjusted_rand_score(truth, g.labels) == 1.0
+    if method == "lowrank":  # candidates scored unpolished, the chosen k solved with the polish
+        assert "without the full-cone polish" in g.k_selection["note"]
+        assert g.certificate["polish"] == "full_cone_admm"
     json.dumps(g.to_dict())
 
 
