@@ -49,3 +49,23 @@ def select_k(T: np.ndarray, ks: list[int], solve: Callable[[int], Any]) -> tuple
         if score > best_score + 1e-12:
             best, best_score = grouping, score
     return best, {"criterion": dict(CRITERION), "candidates": candidates, "chosen": best.k}
+
+
+def select_k_screened(T: np.ndarray, ks: list[int], screen: Callable[[int], np.ndarray],
+                      solve: Callable[[int], Any], keep: int) -> tuple[Any, dict[str, Any]]:
+    """Like select_k, but every candidate is first scored on a cheap partition (``screen(k)``:
+    labels) and only the ``keep`` best by that score are solved; among those the solved
+    partitions' scores decide. Candidates record "screen_score" for all and "score" (None if
+    not kept) for the solved ones."""
+    screened = [(k, centered_score(T, screen(k))) for k in ks]
+    kept = sorted(k for k, _ in sorted(screened, key=lambda ks_: (-ks_[1], ks_[0]))[:keep])
+    best, record = select_k(T, kept, solve)
+    solved = {c["k"]: c for c in record["candidates"]}
+    record["candidates"] = [
+        {"k": k, "screen_score": s, **({key: v for key, v in solved[k].items() if key != "k"} if k in solved
+                                        else {"score": None})}
+        for k, s in screened
+    ]
+    record["screened"] = {"kept": kept, "description": "candidates scored on a cheap partition first; "
+                                                       f"the {keep} best solved"}
+    return best, record

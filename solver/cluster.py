@@ -6,17 +6,22 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .baselines import agglomerative_labels, spectral_labels
-from .choose_k import select_k
+from .choose_k import select_k, select_k_screened
 from .full_cone import FULL_CONE_MAX_N, GAP_TOL, solve_full_cone
 from .grouping import Grouping, partition_objective
-from .lowrank import solve_lowrank
+from .lowrank import solve_lowrank, spectral_init_labels
 from .rounding import round_kmeans
 from .sdp import solve_sdp
-from .validation import check_affinity, check_k, check_method
+from .validation import check_affinity, check_k, check_method, standardize
 
 AUTO_SDP_MAX_N = 150
+# k selection with lowrank above this n (where the polish stops): candidates screened on the
+# spectral start partition, only the SCREEN_KEEP best solved.
+SCREEN_MIN_N = FULL_CONE_MAX_N
+SCREEN_KEEP = 4
 
 
 def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: int = 0,
@@ -62,7 +67,13 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
         return solve(ks)
     start = time.perf_counter()
     options = dict(lowrank_options or {})
-    if method == "lowrank" and options.get("polish", True):
+    if method == "lowrank" and A.shape[0] > SCREEN_MIN_N and len(ks) > SCREEN_KEEP:
+        # A lowrank solve per candidate costs seconds to a minute at these sizes: score every
+        # candidate on the spectral start partition first and solve only the best SCREEN_KEEP.
+        T_s = torch.as_tensor(standardize(A)[0])
+        best, record = select_k_screened(A, ks, lambda kk: spectral_init_labels(T_s, kk, seed), solve,
+                                         SCREEN_KEEP)
+    elif method == "lowrank" and options.get("polish", True):
         # Candidates are scored without the full-cone polish (each would cost a polish: 2.7× the
         # whole selection at n = 200); the chosen k is then solved again with it.
         def unpolished(kk: int) -> Grouping:

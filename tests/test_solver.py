@@ -292,3 +292,19 @@ def test_lowrank_penalty_does_not_run_away_from_a_bad_start() -> None:
         T_s, U0, k, 1e-5, 200, 40, None, lam=partition_multipliers(T_s, bad, k))
     assert converged and rho <= 100 * rho0 and float(lam.abs().max()) < 100
     assert float((U @ U.sum(dim=0) - 1).abs().max()) < 1e-5
+
+
+def test_k_selection_screens_candidates_at_large_n() -> None:
+    """Above the polish limit, k selection with lowrank scores every candidate on the spectral
+    start partition and solves only the best few; the planted k is still found."""
+    T, truth = planted(400, 10, sigma=0.2, seed=3)
+    g = cluster(T, (2, 20), method="lowrank")
+    record = g.k_selection
+    assert g.k == 10 and record["chosen"] == 10
+    assert [c["k"] for c in record["candidates"]] == list(range(2, 21))
+    assert all(c["screen_score"] is not None for c in record["candidates"])
+    kept = record["screened"]["kept"]
+    assert len(kept) == 4 and 10 in kept
+    assert sum(c["score"] is not None for c in record["candidates"]) == 4
+    assert adjusted_rand_score(truth, g.labels) == 1.0
+    json.dumps(g.to_dict())
