@@ -61,12 +61,7 @@ class BlockProjector:
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of P (a view of a cached block, or freshly generated)."""
-        first, last = start // self.block_rows, (stop - 1) // self.block_rows
-        parts = []
-        for k in range(first, last + 1):
-            lo = max(start, k * self.block_rows) - k * self.block_rows
-            hi = min(stop, (k + 1) * self.block_rows) - k * self.block_rows
-            parts.append(self._block(k)[lo:hi])
+        parts = [self._block(k)[lo:hi] for k, lo, hi, _, _ in self._pieces(start, stop)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _pieces(self, start: int, stop: int):
@@ -87,14 +82,13 @@ class BlockProjector:
             n = seg.shape[1]
             seg = seg.to(torch.bfloat16 if low else self.dtype)
             for k, lo, hi, a, b in self._pieces(offset, offset + n):
-                block = self._low_block(k) if low else self._block(k)
-                if low:
-                    part = (seg[:, a:b] @ block[lo:hi]).to(self.dtype)
+                if low:  # bfloat16 product, accumulated in float32
+                    part = (seg[:, a:b] @ self._low_block(k)[lo:hi]).to(self.dtype)
                     out = part if out is None else out.add_(part)
                 elif out is None:
-                    out = seg[:, a:b] @ block[lo:hi]
+                    out = seg[:, a:b] @ self._block(k)[lo:hi]
                 else:
-                    out.addmm_(seg[:, a:b], block[lo:hi])
+                    out.addmm_(seg[:, a:b], self._block(k)[lo:hi])
             offset += n
         if offset != self.p:
             raise ValueError(f"segments cover {offset} coordinates, projector has p={self.p}")

@@ -108,9 +108,10 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
     ``tol``·max(1, |F_S|): by default F_S is within ~1e-13 (relative) of its minimum. Far inside
     the 1e-6 the estimates need, but it makes w independent of how subsets are batched (the
     shared metric and the L-BFGS path depend on the batch) to ~1e-6 relative, so every backend
-    and memory setting gives the same affinities (at 1e-10: 3e-5, measured on the built-in job). A subset whose decrement fell by less than ``refresh_ratio`` in
-    one iteration gets its metric refreshed to the exact Hessian at its current w (None: never;
-    0: every iteration, i.e. damped Newton). A refresh costs about d passes over the subset's
+    and memory setting gives the same affinities (at 1e-10: 3e-5, measured on the built-in job).
+    A subset whose decrement fell by less than ``refresh_ratio`` in one iteration gets its metric
+    refreshed to the exact Hessian at its current w (None: never; 0: every iteration, i.e.
+    damped Newton). A refresh costs about d passes over the subset's
     rows, so it is kept for subsets the fixed metric serves badly. ``memory``: curvature pairs of
     the L-BFGS correction applied on top of the metric (0: the metric alone). ``metric``:
     "shared", one d × d matrix for the whole batch (the start Hessian averaged over the batch's
@@ -138,7 +139,7 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
     del H0
     W = torch.zeros(B, d, dtype=dtype, device=device)
     Z = {t: blocks[t].f[:, None].expand(-1, len(members[t])).clone() for t in active_tasks}
-    G32 = {t: blocks[t].G.float() for t in active_tasks if not blocks[t].binary or refresh_ratio is not None}
+    G32 = {t: blocks[t].G.float() for t in active_tasks} if refresh_ratio is not None else {}  # for refresh()
 
     def objective_and_grad(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obj = 0.5 * l2 * (W * W).sum(1)
@@ -245,7 +246,6 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
             s, y = -alpha[:, None] * step, grad - old_grad
             sy = (s * y).sum(1)
             rho = torch.where(sy > 1e-12 * (s * s).sum(1).sqrt() * (y * y).sum(1).sqrt(), 1.0 / sy, torch.zeros_like(sy))
-            rho = torch.nan_to_num(rho, posinf=0.0)
             history.append((s, y, rho))
             del history[:-memory]
             yMy = (y * solve(y)).sum(1)
