@@ -17,7 +17,9 @@ import torch
 from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.gradients import GradientFeatures
 from affinity.progress import Progress
-from affinity.surrogates import TaskBlock, evaluate_subsets, fit_subsets, loss_derivatives, task_hessians
+from affinity.surrogates import (evaluate_packed, fit_packed, loss_derivatives, mean_task_hessian,
+                                 task_hessians)
+from affinity.task_blocks import TaskBlock, TaskPack, pack_tasks
 
 
 @dataclass
@@ -42,7 +44,8 @@ class SubsetTable:
 
 @dataclass
 class PairData:
-    """Per task, its training and validation pairs as TaskBlocks on one device and dtype."""
+    """Per task, its training and validation pairs as TaskBlocks on one device: projected gradients
+    in float32 (as computed), base outputs and labels in ``dtype``."""
 
     train: list[TaskBlock]
     val: list[TaskBlock]
@@ -52,7 +55,7 @@ class PairData:
               device: torch.device, dtype: torch.dtype) -> "PairData":
         rows, tasks = grads.rows, grads.tasks
         is_train = train[rows, tasks]
-        G = torch.as_tensor(grads.features, device=device).to(dtype)
+        G = torch.as_tensor(grads.features, device=device).to(torch.float32)
         f = torch.as_tensor(grads.base_output, device=device).to(dtype)
         y = torch.as_tensor(Y[rows, tasks], device=device).to(dtype)
         out: dict[bool, list[TaskBlock]] = {True: [], False: []}
@@ -70,6 +73,14 @@ class PairData:
         move = lambda b: TaskBlock(b.G.to(device), b.f.to(device), b.y.to(device), b.binary)  # noqa: E731
         return PairData(train=[move(b) for b in self.train], val=[move(b) for b in self.val])
 
+    def packed(self) -> "PackedPairs":
+        """What the surrogate fits read: training pairs packed with signed binary rows and float32
+        products, validation pairs packed with products in f's dtype, the mean task Hessian."""
+        dtype = self.train[0].f.dtype
+        return PackedPairs(train=pack_tasks(self.train, products=torch.float32, signed=True),
+                           val=pack_tasks(self.val, dtype=dtype, products=dtype),
+                           mean_hessian=mean_task_hessian(task_hessians(self.train), self.train))
+
     def base_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation loss and accuracy of the base model (w = 0) per task."""
         loss, acc = np.zeros(len(self.val)), np.full(len(self.val), np.nan)
@@ -80,13 +91,29 @@ class PairData:
         return loss, acc
 
 
+@dataclass
+class PackedPairs:
+    """PairData as the surrogate stage reads it (see ``PairData.packed``); one object per stage,
+    shipped once to every worker."""
+
+    train: list[TaskPack]
+    val: list[TaskPack]
+    mean_hessian: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "PackedPairs":
+        move = lambda p: TaskPack(p.tasks.to(device), p.G.to(device), p.f.to(device), p.y.to(device),  # noqa: E731
+                                  p.mask.to(device), p.rows.to(device), p.binary, p.signed)
+        return PackedPairs([move(p) for p in self.train], [move(p) for p in self.val], self.mean_hessian.to(device))
+
+
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:
     """Subsets per batch so that the solver's per-subset vectors (w, gradient, step and the L-BFGS
-    pairs: ~24 of length d) and per-row products (3 per row) fit the budget."""
+    pairs: ~24 of length d) and per-row values (outputs, products and temporaries: ~6 per row,
+    with padding) fit the budget."""
     d = data.train[0].G.shape[1]
-    item = data.train[0].G.element_size()
+    item = data.train[0].f.element_size()
     widest = max(sum(len(data.train[t].f) for t in s) for s in subsets)
-    per_subset = (24 * d + 3 * widest) * item
+    per_subset = (24 * d + 6 * widest) * item
     return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 
 
@@ -99,14 +126,14 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     val_acc = np.full((len(subsets), size), np.nan)
     backend = backend or LocalBackend()
     batch = shard_batch(backend, len(subsets), _batch_size(data, subsets, subset_batch, memory_mb))
-    hessians = task_hessians(data.train)
+    packed = data.packed()
     progress = progress or Progress()
     progress.start("surrogate fits", len(subsets))
     chunks = [subsets[a:a + batch] for a in range(0, len(subsets), batch)]
     if backend.name == "local":
-        shared = (data, hessians, l2, None)
+        shared = (packed, l2, None)
     else:  # CPU tensors travel; a node with a GPU moves them there
-        shared = (data.to("cpu"), hessians.cpu(), l2, "auto")
+        shared = (packed.to("cpu"), l2, "auto")
     results = backend.map(surrogate_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
     for chunk, (loss, acc) in zip(chunks, results):
@@ -117,16 +144,16 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     return SubsetTable(subsets=list(subsets), val_loss=val_loss, val_acc=val_acc)
 
 
-def surrogate_shard(data: PairData, hessians: torch.Tensor, l2: float, device: str | None,
-                    chunk: list[tuple[int, ...]], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def surrogate_shard(packed: PackedPairs, l2: float, device: str | None, chunk: list[tuple[int, ...]],
+                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Estimated validation loss and accuracy of each task of each subset of ``chunk`` (a pure function).
 
-    ``device``: None to compute where ``data`` is; "auto" to move to this node's GPU when it has one.
+    ``device``: None to compute where ``packed`` is; "auto" to move to this node's GPU when it has one.
     """
     if device == "auto" and torch.cuda.is_available():
-        data, hessians = data.to("cuda"), hessians.to("cuda")
-    W, _ = fit_subsets(data.train, chunk, l2, hessians)
-    loss, acc = evaluate_subsets(data.val, chunk, W)
+        packed = packed.to("cuda")
+    W, _ = fit_packed(packed.train, chunk, l2, packed.mean_hessian)
+    loss, acc = evaluate_packed(packed.val, chunk, W)
     if progress is not None:
         progress.advance(len(chunk))
         progress.check_cancelled()

@@ -10,25 +10,26 @@ L2-penalized logistic (ridge) regression with the base output as a fixed offset,
 tasks equally as base training does.
 
 Solver. F_S is strictly convex. All subsets of a batch are fitted together, organised by task:
-a task's rows are multiplied once by the weights of every subset that contains it (one GEMM per
-task, no per-subset copies of the rows), so a pass over the data costs exactly the useful work
-and memory grows with subsets × rows, not × d. Steps are L-BFGS steps (8 curvature pairs per
-subset, batched two-loop recursion) whose initial metric is one d × d matrix for the batch: the
-start Hessian H_S(0) = Σ_{t∈S} H_t/|S| + λI averaged over the batch's subsets, built from
-per-task matrices H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once and factored once
-(in float32: it is only a metric); each iteration is two passes over the rows (the Armijo line
-search reuses the products). Options: a metric per subset (its own H_S(0), one factorization
-each), and refreshing a slow subset's metric to its exact Hessian (Newton-like, d passes per
-refresh). On the built-in job's 300 problems (700 rows, d = 200) the shared metric took 10
-iterations, a metric per subset 9, and Newton with fresh Hessians 5 at several times the cost.
+a task's rows are multiplied once by the weights of every subset that contains it (no per-subset
+copies of the rows), so a pass over the data costs exactly the useful work and memory grows with
+subsets × rows, not × d. Tasks of similar row counts are packed into zero-padded tensors
+(``task_blocks``) so that a pass is a few batched products (torch.bmm) whatever the number of
+tasks; the products run in float32 (G is float32 as projected) and everything they feed —
+outputs, losses, gradients, w — accumulates in float64 on CPU. Binary rows are signed
+(σ = 1 − 2y) so the loss is softplus(σz) and its slope sigmoid(σz). Steps are L-BFGS steps (8
+curvature pairs per subset, batched two-loop recursion) whose initial metric is one d × d matrix
+for every batch: the start Hessian of an average subset, mean_t H_t + λI, from per-task matrices
+H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once and inverted once (in float32: it is
+only a metric). Each iteration is two passes over the rows; the Armijo line search reuses the
+products, and its accepted trial's outputs and objective are the next iterate's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+
+from affinity.task_blocks import PackSlots, TaskBlock, TaskPack, pack_slots, pack_tasks
 
 
 def task_loss(z: torch.Tensor, y: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -50,28 +51,15 @@ def loss_derivatives(z: torch.Tensor, y: torch.Tensor, binary: bool | torch.Tens
     return loss, d1, d2
 
 
-@dataclass
-class TaskBlock:
-    """One task's pairs: projected gradients (n, d), base outputs and labels (n,)."""
-
-    G: torch.Tensor
-    f: torch.Tensor
-    y: torch.Tensor
-    binary: bool
-
-    def outputs(self, W: torch.Tensor) -> torch.Tensor:
-        """Linearized outputs f + G wᵀ for several weight vectors W (B, d): (n, B)."""
-        return self.f[:, None] + self.G @ W.T
-
-
 def task_hessians(blocks: list[TaskBlock]) -> torch.Tensor:
     """H_t = mean over task t's rows of ℓ''(f_r) g̃_r g̃_rᵀ, the per-task Hessian at w = 0: (tasks, d, d)."""
     d = blocks[0].G.shape[1]
-    out = torch.zeros(len(blocks), d, d, dtype=blocks[0].G.dtype, device=blocks[0].G.device)
+    out = torch.zeros(len(blocks), d, d, dtype=blocks[0].f.dtype, device=blocks[0].f.device)
     for t, b in enumerate(blocks):
         if len(b.f):
             _, _, d2 = loss_derivatives(b.f, b.y, b.binary)
-            out[t] = (b.G * (d2 / len(b.f))[:, None]).T @ b.G
+            G = b.G.to(out.dtype)
+            out[t] = (G * (d2 / len(b.f))[:, None]).T @ G
     return out
 
 
@@ -98,90 +86,85 @@ def subset_objective(W: torch.Tensor, blocks: list[TaskBlock], subsets: list[tup
     return obj
 
 
+def pack_loss(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
+    """Per-row loss of a pack's outputs ``v`` (k, r, m): signed logits, logits or regression outputs."""
+    if p.signed:
+        return torch.nn.functional.softplus(v)
+    return task_loss(v, p.y[:, :, None], p.binary)
+
+
+def pack_slope(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
+    """Per-row derivative of ``pack_loss`` in v."""
+    if p.signed:
+        return torch.sigmoid(v)
+    return loss_derivatives(v, p.y[:, :, None], p.binary)[1]
+
+
+def mean_task_hessian(hessians: torch.Tensor, blocks: list[TaskBlock]) -> torch.Tensor:
+    """mean_t H_t over the tasks that have rows (the others' H_t is 0): the solver's metric, less λI."""
+    return hessians.sum(0) / max(1, sum(1 for b in blocks if len(b.f)))
+
+
 def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float,
-                hessians: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-13,
-                refresh_ratio: float | None = None, memory: int = 8, metric: str = "shared"
-                ) -> tuple[torch.Tensor, int]:
-    """Minimize F_S for every subset; returns W (subsets, d) and the number of iterations.
+                hessians: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, int]:
+    """``fit_packed`` on ``blocks``: packed here (binary rows signed, float32 products); ``hessians``
+    from ``task_hessians`` when not given."""
+    packs = pack_tasks(blocks, products=torch.float32, signed=True)
+    hessians = task_hessians(blocks) if hessians is None else hessians
+    return fit_packed(packs, subsets, l2, mean_task_hessian(hessians, blocks), **options)
+
+
+def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float, mean_hessian: torch.Tensor,
+               max_iter: int = 100, tol: float = 1e-13, memory: int = 8) -> tuple[torch.Tensor, int]:
+    """Minimize F_S for every subset; returns W (subsets, d) in the dtype of the packs' f, and the
+    number of iterations.
+
+    ``packs``: the training pairs packed by ``pack_tasks``; their G's dtype is the dtype of the passes
+    over the rows (outputs, losses, gradients and w accumulate in f's dtype). ``mean_hessian``:
+    ``mean_task_hessian``, the start Hessian of an average subset (less λI), the metric of every
+    batch, so that no subset's path depends on which subsets share its batch.
 
     Stops when every subset's Newton decrement gᵀH⁻¹g (≈ 2·(F_S(w) − min F_S)) is at most
-    ``tol``·max(1, |F_S|): by default F_S is within ~1e-13 (relative) of its minimum. Far inside
-    the 1e-6 the estimates need, but it makes w independent of how subsets are batched (the
-    shared metric and the L-BFGS path depend on the batch) to ~1e-6 relative, so every backend
-    and memory setting gives the same affinities (at 1e-10: 3e-5, measured on the built-in job).
-    A subset whose decrement fell by less than ``refresh_ratio`` in one iteration gets its metric
-    refreshed to the exact Hessian at its current w (None: never; 0: every iteration, i.e.
-    damped Newton). A refresh costs about d passes over the subset's
-    rows, so it is kept for subsets the fixed metric serves badly. ``memory``: curvature pairs of
-    the L-BFGS correction applied on top of the metric (0: the metric alone). ``metric``:
-    "shared", one d × d matrix for the whole batch (the start Hessian averaged over the batch's
-    subsets, factored once: the L-BFGS pairs learn each subset's difference), or "subset", each
-    subset's own start Hessian (one factorization per subset, fewer iterations).
+    ``tol``·max(1, |F_S|): by default F_S is within ~1e-13 (relative) of its minimum, far inside the
+    1e-6 the estimates need, so that w does not depend on rounding either (other batch shapes,
+    other machines): every backend and memory setting gives the same affinities. ``memory``:
+    curvature pairs of the L-BFGS correction on top of the metric (0: the metric alone).
     """
-    if metric not in ("shared", "subset"):
-        raise ValueError(f"metric={metric!r} is not known; use 'shared' or 'subset'")
-    G0 = blocks[0].G
-    d, device, dtype = G0.shape[1], G0.device, G0.dtype
+    if not packs:
+        raise ValueError("no task has training rows")
+    d, device, dtype = packs[0].G.shape[2], packs[0].f.device, packs[0].f.dtype
     B = len(subsets)
-    members, weight = membership(subsets, len(blocks), device, dtype)
-    active_tasks = [t for t, (b, m) in enumerate(zip(blocks, members)) if len(m) and len(b.f)]
-    if hessians is None:
-        hessians = task_hessians(blocks)
-    eye = torch.eye(d, dtype=torch.float32, device=device)
-    # The step metric only has to be positive definite, not exact: it is assembled and factored in
-    # float32 (objective and gradient stay in ``dtype``, so the optimum does not move). Batched
-    # cholesky_inverse is pathologically slow on CPU: triangular solves instead.
-    if metric == "subset":
-        H0 = (weight.float() @ hessians.float().reshape(len(blocks), -1)).reshape(B, d, d) + l2 * eye
-    else:
-        H0 = (weight.float().mean(0) @ hessians.float().reshape(len(blocks), -1)).reshape(d, d) + l2 * eye
-    L, _ = torch.linalg.cholesky_ex(H0)
-    del H0
+    # The metric only has to be positive definite, not exact: float32 (objective and gradient stay
+    # in ``dtype``, so the optimum does not move), applied as a product with its inverse.
+    M = mean_hessian.float() + l2 * torch.eye(d, dtype=torch.float32, device=device)
+    M_inv = torch.cholesky_inverse(torch.linalg.cholesky(M))
+    products = packs[0].G.dtype
+    slots = pack_slots(packs, subsets)
+    flat = [s.index.reshape(-1) for s in slots]
     W = torch.zeros(B, d, dtype=dtype, device=device)
-    Z = {t: blocks[t].f[:, None].expand(-1, len(members[t])).clone() for t in active_tasks}
-    G32 = {t: blocks[t].G.float() for t in active_tasks} if refresh_ratio is not None else {}  # for refresh()
+    V = [s.pack.f[:, :, None].expand(-1, -1, s.index.shape[1]).clone() for s in slots]
 
-    def objective_and_grad(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        obj = 0.5 * l2 * (W * W).sum(1)
-        grad = l2 * W
-        for t in active_tasks:
-            b, m = blocks[t], members[t]
-            c = weight[m, t] / len(b.f)
-            loss, d1, _ = loss_derivatives(Z[t], b.y[:, None], b.binary)
-            obj = obj.index_add(0, m, c * loss.sum(0))
-            grad = grad.index_add(0, m, (b.G.T @ (d1 * c)).T)
-        return obj, grad
+    def masked_sums(s: PackSlots, values: torch.Tensor) -> torch.Tensor:
+        """Σ over each task's real rows of ``values`` (k, r, m), weighted per slot: (k·m,)."""
+        return (s.weight * torch.bmm(s.pack.mask[:, None, :], values).squeeze(1)).reshape(-1)
 
-    def refresh(which: torch.Tensor) -> None:
-        """Exact Hessians at the current W for the subsets in ``which`` (bool, B), factored into L."""
-        idx = torch.nonzero(which).squeeze(1)
-        slot = torch.full((B,), -1, dtype=torch.long, device=device)
-        slot[idx] = torch.arange(len(idx), device=device)
-        H = eye.repeat(len(idx), 1, 1) * l2
-        for t in active_tasks:
-            b, m = blocks[t], members[t]
-            keep = torch.nonzero(which[m]).squeeze(1)
-            if not len(keep):
-                continue
-            d2 = loss_derivatives(Z[t][:, keep], b.y[:, None], b.binary)[2]
-            root = (d2 * (weight[m[keep], t] / len(b.f))).sqrt().float().T  # (members kept, rows)
-            step = max(1, (len(idx) * d) // max(1, len(b.f)))  # temporaries ≤ the size of H
-            for a in range(0, len(keep), step):
-                A = G32[t][None] * root[a:a + step, :, None]  # (chunk, rows, d)
-                H.index_add_(0, slot[m[keep[a:a + step]]], A.transpose(1, 2) @ A)
-        nonlocal L
-        if L.dim() == 2:  # from the shared metric to one per subset
-            L = L.expand(B, d, d).clone()
-        L[idx] = torch.linalg.cholesky_ex(H)[0]
+    def objective(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
+        obj = torch.zeros(B + 1, dtype=dtype, device=device)
+        for s, i, v in zip(slots, flat, V):
+            obj.index_add_(0, i, masked_sums(s, pack_loss(s.pack, v)))
+        return obj[:B] + 0.5 * l2 * (W * W).sum(1)
+
+    def gradient(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
+        grad = torch.zeros(B + 1, d, dtype=dtype, device=device)
+        for s, i, v in zip(slots, flat, V):
+            G = s.pack.G  # padded rows have g̃ = 0: whatever their slope, they add nothing
+            slope = (pack_slope(s.pack, v) * s.weight[:, None, :]).to(products)
+            grad.index_add_(0, i, torch.bmm(slope.transpose(1, 2), G).reshape(-1, d).to(dtype))  # (k·m, d)
+        return grad[:B] + l2 * W
 
     def solve(grad: torch.Tensor) -> torch.Tensor:
-        """H⁻¹g: triangular solves, all subsets at once (batched ones are 3–4× faster on CPU than
-        cholesky_solve)."""
-        if L.dim() == 2:
-            y = torch.linalg.solve_triangular(L, grad.float().T, upper=False)
-            return torch.linalg.solve_triangular(L.T, y, upper=True).T.to(dtype)
-        y = torch.linalg.solve_triangular(L, grad.float().unsqueeze(-1), upper=False)
-        return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1).to(dtype)
+        """M⁻¹g for every subset."""
+        return (grad.float() @ M_inv).to(dtype)
 
     history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # L-BFGS pairs (s, y, 1/sᵀy)
     # Per-subset scale of the metric, γ = sᵀy / yᵀM⁻¹y from the newest pair (the usual L-BFGS
@@ -201,8 +184,11 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
             r = r + s * (a - rho * (y * r).sum(1))[:, None]
         return r
 
-    obj, grad = objective_and_grad(W)
-    previous = None
+    def per_slot(v: torch.Tensor, s: PackSlots) -> torch.Tensor:
+        """Per-subset values ``v`` (B,) at each slot of ``s`` (an empty slot gets 0), as (k, 1, m)."""
+        return s.gather(torch.cat([v, v.new_zeros(1)]))[:, None, :]
+
+    obj, grad = objective(V, W), gradient(V, W)
     it = 0
     for it in range(1, max_iter + 1):
         step = direction(grad)
@@ -215,33 +201,28 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
         pending_fit = decrement > tol * obj.abs().clamp(min=1.0)
         if not bool(pending_fit.any()):
             break
-        if refresh_ratio is not None and previous is not None:
-            slow = pending_fit & (decrement > refresh_ratio * previous)
-            if bool(slow.any()):
-                refresh(slow)
-                step = direction(grad)
-                decrement = (grad * step).sum(1)
-        previous = decrement
-        U = {t: blocks[t].G @ step[members[t]].T for t in active_tasks}
+        step_slots = torch.cat([step, step.new_zeros(1, d)]).to(products)
+        U = [torch.bmm(s.pack.G, s.gather(step_slots).transpose(1, 2)) for s in slots]
         alpha = pending_fit.to(dtype)  # converged subsets stay where they are
         pending = pending_fit.clone()
+        new_obj = obj.clone()
         for _ in range(40):  # Armijo backtracking, per subset, without new passes over the rows
-            cand = 0.5 * l2 * ((W - alpha[:, None] * step) ** 2).sum(1)
-            for t in active_tasks:
-                b, m = blocks[t], members[t]
-                zc = Z[t] - alpha[m] * U[t]
-                cand = cand.index_add(0, m, weight[m, t] / len(b.f) * task_loss(zc, b.y[:, None], b.binary).sum(0))
-            ok = cand <= obj - 1e-4 * alpha * decrement
+            trial = [v - per_slot(alpha, s) * u for s, v, u in zip(slots, V, U)]
+            cand = objective(trial, W - alpha[:, None] * step)
+            ok = pending & (cand <= obj - 1e-4 * alpha * decrement)
+            new_obj = torch.where(ok, cand, new_obj)
             pending = pending & ~ok
             if not bool(pending.any()):
                 break
             alpha = torch.where(pending, alpha * 0.5, alpha)
-        alpha = torch.where(pending, torch.zeros_like(alpha), alpha)  # no decrease found: stay
+        if bool(pending.any()):  # no decrease found: these stay where they are
+            alpha = torch.where(pending, torch.zeros_like(alpha), alpha)
+            trial = [v - per_slot(alpha, s) * u for s, v, u in zip(slots, V, U)]
+        # The last trial used every subset's final step length: its outputs are the new ones.
+        V, obj = trial, new_obj
         W = W - alpha[:, None] * step
-        for t in active_tasks:
-            Z[t] = Z[t] - alpha[members[t]] * U[t]
         old_grad = grad
-        obj, grad = objective_and_grad(W)
+        grad = gradient(V, W)
         if memory:
             s, y = -alpha[:, None] * step, grad - old_grad
             sy = (s * y).sum(1)
@@ -255,21 +236,28 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
 
 def evaluate_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], W: torch.Tensor
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss and accuracy (NaN for regression) of every task of every subset on ``blocks``' rows."""
-    size = max(len(s) for s in subsets)
-    loss_out = np.full((len(subsets), size), np.nan)
-    acc_out = np.full((len(subsets), size), np.nan)
-    position = [{t: k for k, t in enumerate(s)} for s in subsets]
-    members, _ = membership(subsets, len(blocks), W.device, W.dtype)
-    for t, (b, m) in enumerate(zip(blocks, members)):
-        if not len(m) or not len(b.f):
-            continue
-        Z = b.outputs(W[m])
-        loss = loss_derivatives(Z, b.y[:, None], b.binary)[0].mean(0).cpu().numpy()
-        acc = (((Z > 0).to(b.y.dtype) == b.y[:, None]).to(Z.dtype).mean(0).cpu().numpy() if b.binary else None)
-        for j, s_idx in enumerate(m.tolist()):
-            k = position[s_idx][t]
-            loss_out[s_idx, k] = loss[j]
-            if acc is not None:
-                acc_out[s_idx, k] = acc[j]
-    return loss_out, acc_out
+    """``evaluate_packed`` on ``blocks``, packed here with products in W's dtype."""
+    return evaluate_packed(pack_tasks(blocks, dtype=W.dtype, products=W.dtype), subsets, W)
+
+
+def evaluate_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], W: torch.Tensor
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy (NaN for regression) of every task of every subset on the packs' rows
+    (unsigned packs), as (subsets, largest size) arrays in the subsets' task order."""
+    B, size = len(subsets), max(len(s) for s in subsets)
+    loss_out = torch.full(((B + 1) * size,), float("nan"), dtype=W.dtype, device=W.device)
+    acc_out = loss_out.clone()
+    W_slots = torch.cat([W, W.new_zeros(1, W.shape[1])])
+    for s in pack_slots(packs, subsets):
+        p = s.pack
+        if p.signed:
+            raise ValueError("evaluate_packed needs unsigned packs (the labels decide accuracy)")
+        Z = p.f[:, :, None] + torch.bmm(p.G, s.gather(W_slots).transpose(1, 2).to(p.G.dtype)).to(W.dtype)
+        mean = lambda v: torch.bmm(p.mask[:, None, :], v).squeeze(1) / p.rows[:, None]  # noqa: E731
+        where = (s.index * size + s.position).reshape(-1)
+        loss_out[where] = mean(loss_derivatives(Z, p.y[:, :, None], p.binary)[0]).reshape(-1)
+        if p.binary:
+            acc_out[where] = mean(((Z > 0).to(W.dtype) == p.y[:, :, None]).to(W.dtype)).reshape(-1)
+    shape = (B + 1, size)
+    return (loss_out.reshape(shape)[:B].cpu().numpy().astype(np.float64),
+            acc_out.reshape(shape)[:B].cpu().numpy().astype(np.float64))

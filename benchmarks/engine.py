@@ -97,22 +97,32 @@ def synthetic_problem(n_tasks: int, rows_per_task: int, d: int) -> tuple[np.ndar
     return G, tasks, y, is_train
 
 
-def planted_problem(builtin_model: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, ...]], float]:
-    """Real surrogate problems: θ* trained on the `planted` data, its projected gradients and subsets.
+MANY_TASKS = {  # the 500-task job of benchmarks/scale.py (its defaults)
+    "dataset": {"source": "planted", "params": {"tasks": 500, "groups": 50, "rows_per_task": 40, "features": 16}},
+    "model": {"hidden": [32, 1], "activation": "tanh"},
+    "training": {"epochs": 20, "patience": 20, "batch_size": 512},
+    "estimation": {"num_subsets": 1000, "subset_size": 20, "projection_dim": 100, "min_pair_count": 0},
+}
 
-    builtin_model: the built-in job's manifest (its small tanh MLP); else the generic default model
-    (larger gradients, worse-conditioned fits)."""
+
+def job_problem(manifest: str | dict = "builtin"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, ...]], float]:
+    """Real surrogate problems of a job: its θ*, projected gradients, subsets and λ.
+
+    manifest: "builtin", the built-in planted job (its small tanh MLP); "default-model", the same
+    data with the generic default model (larger gradients, worse-conditioned fits); or a manifest."""
     from affinity.defaults import builtin_manifest
     from affinity.estimators import grad_tag
     from affinity.manifest import Manifest
     from affinity.pipeline import prepare
     from affinity.progress import Progress
 
-    if builtin_model:
+    if manifest == "builtin":
         manifest = builtin_manifest("planted")
-    else:
+    elif manifest == "default-model":
         manifest = Manifest.model_validate({"dataset": builtin_manifest("planted").dataset.model_dump()})
+    else:
+        manifest = Manifest.model_validate(manifest)
     prep = prepare(manifest, Progress())
     grads = grad_tag.gradient_features(prep.model, prep.data, manifest.estimation, prep.device)
     data = prep.data
@@ -171,8 +181,9 @@ def main() -> None:
           f"bfloat16 products {g['bf16_s']:.2f} s, speed-up {g['bf16_speedup']:.1f}x "
           f"(relative difference {g['bf16_rel_diff']:.1e})")
     problems = {
-        "built-in planted job": planted_problem(),
-        "planted data, default model": planted_problem(builtin_model=False),
+        "built-in planted job": job_problem(),
+        "planted data, default model": job_problem("default-model"),
+        "500-task job of scale.py": job_problem(MANY_TASKS),
         "synthetic": (*synthetic_problem(40, 200, 200), 40,
                       sample_subsets(40, 10, 50 if args.quick else 400, seed=0), 0.1),
     }

@@ -3,8 +3,9 @@ import pytest
 import scipy.optimize
 import torch
 
-from affinity.surrogates import (TaskBlock, evaluate_subsets, fit_subsets, loss_derivatives, subset_objective,
-                                 task_hessians)
+from affinity.surrogates import (evaluate_subsets, fit_subsets, loss_derivatives, pack_loss, pack_slope,
+                                 subset_objective, task_hessians)
+from affinity.task_blocks import TaskBlock, pack_slots, pack_tasks
 
 
 def reference_fit(G, f, y, binary, weight, l2):
@@ -58,15 +59,64 @@ def test_batched_fit_matches_scipy(rng, l2):
     assert iters < 100
 
 
-def test_fixed_metric_and_exact_newton_agree(rng):
-    blocks, _ = make_problem(rng, scale=2.0)  # far from the start: the metric changes a lot
+def test_metric_alone_and_lbfgs_agree(rng):
+    blocks, _ = make_problem(rng, scale=2.0)  # far from the start: the curvature changes a lot
     subsets = [(0, 1, 2), (3, 4, 5), (0, 4)]
-    w1, i1 = fit_subsets(blocks, subsets, 0.05, refresh_ratio=None, tol=1e-13)  # the start's metric only
-    w2, i2 = fit_subsets(blocks, subsets, 0.05, refresh_ratio=0.0, tol=1e-13)  # exact Newton from the second step
-    w3, i3 = fit_subsets(blocks, subsets, 0.05, tol=1e-13)  # the default: L-BFGS on a shared metric
-    torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)  # all stop at a 1e-13 Newton decrement
-    torch.testing.assert_close(w3, w2, rtol=1e-5, atol=1e-6)
-    assert i2 < i1  # fresh metrics converge in fewer iterations
+    w1, i1 = fit_subsets(blocks, subsets, 0.05, memory=0, tol=1e-13, max_iter=500)  # the start's metric only
+    w2, i2 = fit_subsets(blocks, subsets, 0.05, tol=1e-13)  # the default: L-BFGS on that metric
+    torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)  # both stop at a 1e-13 Newton decrement
+    assert i2 < i1  # the curvature pairs learn what the fixed metric misses
+
+
+def test_packs_pad_sign_and_slot_the_tasks(rng):
+    blocks, raw = make_problem(rng, n_tasks=6, rows=20)  # 20, 27, ..., 55 rows; tasks 4, 5 regression
+    packs = pack_tasks(blocks, products=torch.float32, signed=True, slack=0.25)
+    seen = sorted(int(t) for p in packs for t in p.tasks)
+    assert seen == list(range(6))
+    for p in packs:
+        rows = [len(raw[t][1]) for t in p.tasks.tolist()]
+        assert min(rows) >= 0.75 * max(rows) and p.G.shape[1] == max(rows)  # padding within the slack
+        assert all(raw[t][3] == p.binary for t in p.tasks.tolist()) and p.signed == p.binary
+        for i, t in enumerate(p.tasks.tolist()):
+            G, f, y, binary = raw[t]
+            n = len(f)
+            assert p.rows[i] == n and p.mask[i, :n].all() and not p.mask[i, n:].any()
+            assert not p.G[i, n:].any() and not p.f[i, n:].any()  # padded rows add nothing
+            # Signed rows: softplus(σz) is the logistic loss of z and sigmoid(σz)·σ its slope.
+            w = torch.as_tensor(rng.standard_normal(G.shape[1]))
+            z = torch.as_tensor(f + G @ w.numpy())
+            v = (p.f[i, :n] + p.G[i, :n].double() @ w)[None, :, None]  # (k = 1, rows, m = 1)
+            loss, d1, _ = loss_derivatives(z, torch.as_tensor(y), binary)
+            sign = 1 - 2 * torch.as_tensor(y) if binary else torch.ones(n, dtype=torch.float64)
+            pk = pack_tasks([blocks[t]], products=torch.float32, signed=True)[0]
+            torch.testing.assert_close(pack_loss(pk, v).flatten(), loss, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(pack_slope(pk, v).flatten() * sign, d1, rtol=1e-5, atol=1e-6)
+    subsets = [(0, 2), (1, 2, 5), (2, 4)]
+    for s in pack_slots(packs, subsets):
+        for i, t in enumerate(s.pack.tasks.tolist()):
+            serves = [(b, sub.index(t)) for b, sub in enumerate(subsets) if t in sub]
+            got = [(int(b), int(k)) for b, k in zip(s.index[i], s.position[i]) if b < len(subsets)]
+            assert got == serves
+            n = len(raw[t][1])
+            expect = [1 / (len(subsets[b]) * n) for b, _ in serves]
+            np.testing.assert_allclose(s.weight[i, :len(serves)].numpy(), expect)
+            assert not s.weight[i, len(serves):].any()
+    assert 3 not in [int(t) for s in pack_slots(packs, subsets) for t in s.pack.tasks]  # in no subset: dropped
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        pack_tasks([TaskBlock(blocks[0].G, blocks[0].f, blocks[0].y * 0.5, True)], signed=True)
+
+
+def test_float32_products_reach_the_float64_optimum(rng):
+    """Passes over the rows in float32 (the default), accumulated in float64: the same optimum."""
+    blocks, _ = make_problem(rng, scale=2.0)
+    subsets = [(0, 1, 2), (3, 4, 5), (0, 4), (1, 3, 5)]
+    from affinity.surrogates import fit_packed, mean_task_hessian
+    H = mean_task_hessian(task_hessians(blocks), blocks)
+    w64, _ = fit_packed(pack_tasks(blocks, products=torch.float64, signed=True), subsets, 0.05, H)
+    w32, _ = fit_packed(pack_tasks(blocks, products=torch.float32, signed=True), subsets, 0.05, H)
+    o64, o32 = subset_objective(w64, blocks, subsets, 0.05), subset_objective(w32, blocks, subsets, 0.05)
+    assert ((o32 - o64).abs() <= 1e-12 * o64.abs()).all()
+    torch.testing.assert_close(w32, w64, rtol=1e-5, atol=1e-6)
 
 
 def test_task_hessians_are_the_hessian_at_zero(rng):
@@ -93,14 +143,12 @@ def test_evaluation_positions_follow_the_subsets(rng):
 
 
 def test_batching_does_not_change_the_fit(rng):
-    """The shared metric and the L-BFGS path depend on which subsets share a batch; the default
-    tolerance makes the fitted w independent of it (so every backend and memory setting agrees)."""
+    """One metric for every batch and per-subset paths: the fitted w does not depend on which
+    subsets share a batch (so every backend and memory setting agrees)."""
     blocks, _ = make_problem(rng, scale=2.0)
     subsets = [(0, 1, 2), (3, 4, 5), (0, 4), (1, 3, 5), (2, 5), (0, 1, 2, 3)]
     whole, _ = fit_subsets(blocks, subsets, 0.05)
     parts = torch.cat([fit_subsets(blocks, subsets[:2], 0.05)[0], fit_subsets(blocks, subsets[2:], 0.05)[0]])
-    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)
-    per_subset, _ = fit_subsets(blocks, subsets, 0.05, metric="subset")
-    torch.testing.assert_close(per_subset, whole, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="metric='nope'"):
-        fit_subsets(blocks, subsets, 0.05, metric="nope")
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)  # rounding differs with the batch shape
+    single = torch.cat([fit_subsets(blocks, [s], 0.05)[0] for s in subsets])
+    torch.testing.assert_close(single, whole, rtol=1e-5, atol=1e-7)
