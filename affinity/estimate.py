@@ -17,8 +17,7 @@ import torch
 from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.gradients import GradientFeatures
 from affinity.progress import Progress
-from affinity.surrogates import (evaluate_packed, fit_packed, loss_derivatives, mean_task_hessian,
-                                 task_hessians)
+from affinity.surrogates import evaluate_packed, fit_packed, loss_derivatives, mean_task_hessian
 from affinity.task_blocks import TaskBlock, TaskPack, pack_tasks
 
 
@@ -77,9 +76,10 @@ class PairData:
         """What the surrogate fits read: training pairs packed with signed binary rows and float32
         products, validation pairs packed with products in f's dtype, the mean task Hessian."""
         dtype = self.train[0].f.dtype
-        return PackedPairs(train=pack_tasks(self.train, products=torch.float32, signed=True),
+        train = pack_tasks(self.train, products=torch.float32, signed=True)
+        return PackedPairs(train=train,
                            val=pack_tasks(self.val, dtype=dtype, products=dtype),
-                           mean_hessian=mean_task_hessian(task_hessians(self.train), self.train))
+                           mean_hessian=mean_task_hessian(train))
 
     def base_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation loss and accuracy of the base model (w = 0) per task."""
@@ -112,7 +112,8 @@ def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memo
     with padding) fit the budget."""
     d = data.train[0].G.shape[1]
     item = data.train[0].f.element_size()
-    widest = max(sum(len(data.train[t].f) for t in s) for s in subsets)
+    rows = np.array([len(b.f) for b in data.train])
+    widest = max(int(rows[list(s)].sum()) for s in subsets)
     per_subset = (24 * d + 6 * widest) * item
     return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 

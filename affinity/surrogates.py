@@ -100,18 +100,28 @@ def pack_slope(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
     return loss_derivatives(v, p.y[:, :, None], p.binary)[1]
 
 
-def mean_task_hessian(hessians: torch.Tensor, blocks: list[TaskBlock]) -> torch.Tensor:
-    """mean_t H_t over the tasks that have rows (the others' H_t is 0): the solver's metric, less λI."""
-    return hessians.sum(0) / max(1, sum(1 for b in blocks if len(b.f)))
+def mean_task_hessian(packs: list[TaskPack]) -> torch.Tensor:
+    """mean_t H_t over the packed tasks (the per-task Hessians at w = 0, see ``task_hessians``): the
+    solver's metric, less λI. One product per pack; signed rows give the same H_t."""
+    d = packs[0].G.shape[2]
+    dtype = packs[0].f.dtype
+    total = torch.zeros(d, d, dtype=dtype, device=packs[0].f.device)
+    for p in packs:
+        if p.binary:  # at w = 0 the outputs are the base outputs
+            s = torch.sigmoid(p.f)
+            d2 = s * (1.0 - s)
+        else:
+            d2 = torch.full_like(p.f, 2.0)
+        G = p.G.to(dtype).reshape(-1, d)
+        total += (G * (d2 * p.mask / p.rows[:, None]).reshape(-1, 1)).T @ G
+    return total / sum(len(p.tasks) for p in packs)
 
 
-def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float,
-                hessians: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, int]:
-    """``fit_packed`` on ``blocks``: packed here (binary rows signed, float32 products); ``hessians``
-    from ``task_hessians`` when not given."""
+def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float, **options
+                ) -> tuple[torch.Tensor, int]:
+    """``fit_packed`` on ``blocks``, packed here (binary rows signed, float32 products)."""
     packs = pack_tasks(blocks, products=torch.float32, signed=True)
-    hessians = task_hessians(blocks) if hessians is None else hessians
-    return fit_packed(packs, subsets, l2, mean_task_hessian(hessians, blocks), **options)
+    return fit_packed(packs, subsets, l2, mean_task_hessian(packs), **options)
 
 
 def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float, mean_hessian: torch.Tensor,

@@ -81,19 +81,22 @@ def pack_tasks(blocks: list[TaskBlock], dtype: torch.dtype | None = None, produc
             while end < len(order) and len(blocks[order[end]].f) >= (1.0 - slack) * width:
                 end += 1
             group = order[start:end]
+            counts = [len(blocks[t].f) for t in group]
+            slot = torch.repeat_interleave(torch.arange(len(group), device=device),
+                                           torch.as_tensor(counts, device=device))
+            at = torch.cat([torch.arange(n, device=device) for n in counts])
+            y_all = torch.cat([blocks[t].y for t in group]).to(dtype)
+            if binary and signed and not bool(((y_all == 0) | (y_all == 1)).all()):
+                raise ValueError("a binary task's labels must be 0 or 1 to be signed")
+            sign = 1.0 - 2.0 * y_all if binary and signed else torch.ones_like(y_all)
             G = torch.zeros(len(group), width, d, dtype=products, device=device)
+            G[slot, at] = torch.cat([blocks[t].G for t in group]).to(products) * sign[:, None].to(products)
             f = torch.zeros(len(group), width, dtype=dtype, device=device)
+            f[slot, at] = torch.cat([blocks[t].f for t in group]).to(dtype) * sign
             y = torch.zeros_like(f)
+            y[slot, at] = y_all
             mask = torch.zeros_like(f)
-            for i, t in enumerate(group):
-                b, n = blocks[t], len(blocks[t].f)
-                sign = 1.0 - 2.0 * b.y.to(dtype) if binary and signed else torch.ones(n, dtype=dtype, device=device)
-                if binary and signed and not bool(((b.y == 0) | (b.y == 1)).all()):
-                    raise ValueError(f"task {t}: a binary task's labels must be 0 or 1 to be signed")
-                G[i, :n] = b.G.to(products) * sign[:, None].to(products)
-                f[i, :n] = b.f.to(dtype) * sign
-                y[i, :n] = b.y
-                mask[i, :n] = 1.0
+            mask[slot, at] = 1.0
             packs.append(TaskPack(torch.as_tensor(group, dtype=torch.long, device=device), G, f, y, mask,
                                   mask.sum(1), binary, binary and signed))
             start = end

@@ -25,7 +25,7 @@ from affinity.models import task_outputs
 from affinity.pipeline import Prepared, context, prepare
 from affinity.progress import Progress
 from affinity.subsets import sample_subsets
-from affinity.surrogates import fit_subsets, loss_derivatives, task_hessians
+from affinity.surrogates import fit_subsets, loss_derivatives
 
 
 def held_out_subsets(prep: Prepared, manifest: Manifest, count: int) -> list[tuple[int, ...]]:
@@ -40,7 +40,7 @@ def linearization_check(prep: Prepared, manifest: Manifest, grads, subsets: list
     device = prep.device
     pairs = PairData.build(grads, np.nan_to_num(prep.data.Y), prep.data.train, prep.data.is_binary, device,
                            solve_dtype(device))
-    W, _ = fit_subsets(pairs.train, subsets, spec.l2, task_hessians(pairs.train))
+    W, _ = fit_subsets(pairs.train, subsets, spec.l2)
     names, projector = make_projector(prep.model, spec, device)
     params = dict(prep.model.named_parameters())
     base = {n: params[n].detach().clone() for n in names}

@@ -3,8 +3,8 @@ import pytest
 import scipy.optimize
 import torch
 
-from affinity.surrogates import (evaluate_subsets, fit_subsets, loss_derivatives, pack_loss, pack_slope,
-                                 subset_objective, task_hessians)
+from affinity.surrogates import (evaluate_subsets, fit_subsets, loss_derivatives, mean_task_hessian, pack_loss,
+                                 pack_slope, subset_objective, task_hessians)
 from affinity.task_blocks import TaskBlock, pack_slots, pack_tasks
 
 
@@ -110,8 +110,8 @@ def test_float32_products_reach_the_float64_optimum(rng):
     """Passes over the rows in float32 (the default), accumulated in float64: the same optimum."""
     blocks, _ = make_problem(rng, scale=2.0)
     subsets = [(0, 1, 2), (3, 4, 5), (0, 4), (1, 3, 5)]
-    from affinity.surrogates import fit_packed, mean_task_hessian
-    H = mean_task_hessian(task_hessians(blocks), blocks)
+    from affinity.surrogates import fit_packed
+    H = mean_task_hessian(pack_tasks(blocks))
     w64, _ = fit_packed(pack_tasks(blocks, products=torch.float64, signed=True), subsets, 0.05, H)
     w32, _ = fit_packed(pack_tasks(blocks, products=torch.float32, signed=True), subsets, 0.05, H)
     o64, o32 = subset_objective(w64, blocks, subsets, 0.05), subset_objective(w32, blocks, subsets, 0.05)
@@ -122,6 +122,9 @@ def test_float32_products_reach_the_float64_optimum(rng):
 def test_task_hessians_are_the_hessian_at_zero(rng):
     blocks, raw = make_problem(rng)
     H = task_hessians(blocks)
+    for signed in (False, True):  # the metric: their mean, from the packs (signed rows change nothing)
+        packs = pack_tasks(blocks, products=torch.float32, signed=signed)
+        torch.testing.assert_close(mean_task_hessian(packs), H.mean(0), rtol=1e-5, atol=1e-7)  # G in float32
     G, f, y, binary = raw[0]
     s = 1 / (1 + np.exp(-f))
     np.testing.assert_allclose(H[0].numpy(), (G * (s * (1 - s))[:, None]).T @ G / len(G), rtol=1e-10)
