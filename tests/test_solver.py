@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 import solver
@@ -308,3 +309,23 @@ def test_k_selection_screens_candidates_at_large_n() -> None:
     assert sum(c["score"] is not None for c in record["candidates"]) == 4
     assert adjusted_rand_score(truth, g.labels) == 1.0
     json.dumps(g.to_dict())
+
+
+def test_k_screen_refines_a_grid_that_misses_the_planted_k() -> None:
+    """'auto' at n = 240 screens a geometric grid of 2..120 that jumps from 22 to 25; the screen
+    zooms into the best grid interval, so the planted k = 24 is found."""
+    from solver.choose_k import select_k_screened
+    from solver.lowrank import spectral_init_labels
+    from solver.validation import check_k, standardize
+
+    T, truth = planted(240, 24, sigma=0.05, seed=5)
+    grid = check_k("auto", 240)
+    assert 24 not in grid
+    T_s = torch.as_tensor(standardize(T)[0])
+    best, record = select_k_screened(T, grid, lambda kk: spectral_init_labels(T_s, kk, 0),
+                                     lambda kk: cluster(T, kk, method="spectral"), keep=4)
+    assert best.k == 24 and record["chosen"] == 24
+    assert 24 in record["screened"]["refined"] and 24 in record["screened"]["kept"]
+    screened = [c["k"] for c in record["candidates"]]
+    assert screened == sorted(set(grid) | set(record["screened"]["refined"]))
+    assert adjusted_rand_score(truth, best.labels) == 1.0
