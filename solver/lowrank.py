@@ -344,7 +344,7 @@ def _inject(U: torch.Tensor, directions: list[tuple[float, torch.Tensor]], k: in
 
 def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
                   init_labels: np.ndarray | None = None, tol: float = 1e-5,
-                  max_outer: int = 200, inner_iters: int = 40,
+                  max_outer: int = 50, inner_iters: int = 40,
                   time_limit: float | None = None, max_escapes: int = 3,
                   escape_min_gain: float = 1.0, escape_outer: int = 5,
                   device: str | torch.device | None = None,
@@ -354,7 +354,10 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
 
     rank: r (default min(n, 2k)); tol: target for the row-sum and trace violations and the
     relative objective change that ends the loop; max_outer / inner_iters: multiplier steps /
-    projected-gradient steps per multiplier step; time_limit: seconds, checked between multiplier
+    projected-gradient steps per multiplier step (structured T converges in a few multiplier
+    steps; on T without group structure the AL creeps on to any cap: at n = 500, uniform random
+    T, seeds 0–2, a cap of 50 instead of 200 took 3–5× less time for rounded partitions within
+    ±1.1% of the longer runs', 0.3% better on average); time_limit: seconds, checked between multiplier
     steps; max_escapes / escape_min_gain / escape_outer: saddle escapes (module docstring): at
     most this many, only if the best direction's vᵀSv − μ exceeds escape_min_gain (units of the
     standardized T), at most escape_outer multiplier steps, rounding after each. info["escapes"]
