@@ -78,11 +78,20 @@ class DatasetSpec(_Section):
     val_fraction: float = Field(
         0.3, gt=0.0, lt=1.0, description="Share of each task's labelled rows held out for validation."
     )
+    split: Literal["task", "row"] = Field(
+        "task",
+        description=(
+            "task: each task's labelled rows split on their own (stratified for binary tasks), so a row "
+            "can be a training example of one task and a validation example of another; row: each row "
+            "is a training or a validation row for all of its tasks (no input seen in training is scored "
+            "in validation; not stratified)."
+        ),
+    )
     min_rows_per_task: int = Field(
         10, ge=4, description="A task with fewer labelled rows (or fewer than 2 per class) is refused."
     )
     standardize: bool = Field(True, description="Standardize features with train-row statistics.")
-    seed: int = Field(0, ge=0, description="Seed of the per-task train/validation split.")
+    seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
 
     @field_validator("tasks", mode="before")
     @classmethod

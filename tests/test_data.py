@@ -183,3 +183,29 @@ def test_digits_builtin():
     even = table.Y[:, table.task_names.index("even")]
     digit0 = table.Y[:, 0]
     assert (even[digit0 == 1] == 1).all()
+
+
+def test_row_split_holds_out_whole_rows(tmp_path, rng):
+    """split: row — a row is a training or a validation row for all of its tasks."""
+    table = read_table(spec(write(tmp_path, make_frame(rng, n=200))))
+    a = split_table(table, 0.3, seed=1, by="row")
+    assert (a.train == split_table(table, 0.3, seed=1, by="row").train).all()
+    assert (a.train != split_table(table, 0.3, seed=2, by="row").train).any()
+    labelled = ~np.isnan(table.Y)
+    assert ((a.train | a.val) == labelled).all() and not (a.train & a.val).any()
+    assert not (a.train.any(axis=1) & a.val.any(axis=1)).any()  # no row on both sides
+    held = a.val.any(axis=1).sum() / labelled.any(axis=1).sum()
+    assert abs(held - 0.3) < 0.01
+    assert (a.val.sum(axis=0) > 0).all() and (a.train.sum(axis=0) > 0).all()
+    # The per-task split does put rows on both sides when rows carry several labels.
+    b = split_table(table, 0.3, seed=1)
+    assert (b.train.any(axis=1) & b.val.any(axis=1)).any()
+
+
+def test_row_split_refuses_a_task_left_without_validation_rows(tmp_path, rng):
+    frame = make_frame(rng, n=200)
+    frame.loc[frame.index[12:], "a"] = np.nan  # task a labelled on 12 rows only
+    table = read_table(spec(write(tmp_path, frame)))
+    with pytest.raises(DataError, match=r"dataset.split: 'row' leaves task '\w+' with \d+ training and 0 "
+                                        r"validation rows \(of \d+ labelled\); use split: 'task'"):
+        split_table(table, 0.01, seed=0, by="row")

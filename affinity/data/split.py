@@ -1,36 +1,60 @@
-"""Seeded per-task train/validation split and train-only feature standardization."""
+"""Seeded train/validation split (per task, or per row for all tasks) and train-only feature standardization."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from affinity.data.table import SplitTable, TaskTable
+from affinity.data.table import DataError, SplitTable, TaskTable
 
 
-def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: bool = True) -> SplitTable:
-    """Split every task's labelled rows into train and validation (stratified for binary tasks).
+def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: bool = True,
+                by: str = "task") -> SplitTable:
+    """Split the labelled (row, task) pairs into train and validation.
 
-    Each task is split with its own stream of a seeded generator, so adding a task does not
-    change the split of the others. Features are standardized with the mean and standard
-    deviation of the rows that are a training example of at least one task.
+    by="task": every task's labelled rows are split on their own (stratified for binary tasks),
+    each task with its own stream of a seeded generator, so adding a task does not change the
+    split of the others; a row can then be a training example of one task and a validation
+    example of another. by="row": a seeded share of the rows is held out for every task at once,
+    so no input the base model trained on is scored in validation (with multi-label rows the
+    per-task split leaks inputs across tasks); a task left without training or validation rows
+    is refused. Features are standardized with the mean and standard deviation of the rows that
+    are a training example of at least one task.
     """
     n, t = table.Y.shape
-    train = np.zeros((n, t), dtype=bool)
-    val = np.zeros((n, t), dtype=bool)
-    seeds = np.random.SeedSequence(seed).spawn(t)
-    for j in range(t):
-        rng = np.random.default_rng(seeds[j])
-        rows = np.flatnonzero(~np.isnan(table.Y[:, j]))
-        if table.task_types[j] == "binary":
-            strata = [rows[table.Y[rows, j] == c] for c in (0.0, 1.0)]
-        else:
-            strata = [rows]
-        for stratum in strata:
-            perm = rng.permutation(stratum)
-            n_val = int(round(val_fraction * len(perm)))
-            n_val = min(max(n_val, 1), len(perm) - 1)
-            val[perm[:n_val], j] = True
-            train[perm[n_val:], j] = True
+    labelled = ~np.isnan(table.Y)
+    if by == "row":
+        rows = np.flatnonzero(labelled.any(axis=1))
+        perm = np.random.default_rng(seed).permutation(rows)
+        held = np.zeros(n, dtype=bool)
+        held[perm[:int(round(val_fraction * len(perm)))]] = True
+        train, val = labelled & ~held[:, None], labelled & held[:, None]
+        for j in range(t):
+            n_train, n_val = int(train[:, j].sum()), int(val[:, j].sum())
+            if n_train == 0 or n_val == 0:
+                raise DataError(
+                    f"dataset.split: 'row' leaves task '{table.task_names[j]}' with {n_train} training and "
+                    f"{n_val} validation rows (of {int(labelled[:, j].sum())} labelled); use split: 'task' or "
+                    f"another dataset.val_fraction"
+                )
+    elif by == "task":
+        train = np.zeros((n, t), dtype=bool)
+        val = np.zeros((n, t), dtype=bool)
+        seeds = np.random.SeedSequence(seed).spawn(t)
+        for j in range(t):
+            rng = np.random.default_rng(seeds[j])
+            rows = np.flatnonzero(labelled[:, j])
+            if table.task_types[j] == "binary":
+                strata = [rows[table.Y[rows, j] == c] for c in (0.0, 1.0)]
+            else:
+                strata = [rows]
+            for stratum in strata:
+                perm = rng.permutation(stratum)
+                n_val = int(round(val_fraction * len(perm)))
+                n_val = min(max(n_val, 1), len(perm) - 1)
+                val[perm[:n_val], j] = True
+                train[perm[n_val:], j] = True
+    else:
+        raise ValueError(f"by={by!r}: use 'task' or 'row'")
     X = table.X.astype(np.float64)
     fit_rows = train.any(axis=1)
     if standardize:
