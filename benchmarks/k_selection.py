@@ -2,10 +2,11 @@
 
 For each (n, true k): T = the planted block matrix of benchmarks/grouping_solver.py (0.8 within
 groups of equal size, 0.2 across, + sigma·N(0, 1), symmetrized). Runs solver.cluster(T, "auto",
-method) and prints the chosen k, seconds, ARI against the planted groups, and the centered score
-Q (solver/choose_k.py) of the chosen partition and of the planted one: when the two scores are
-within a hair of each other at a very different k, the criterion cannot tell them apart (its
-resolution limit), whatever the solver does.
+method) and prints the chosen k, seconds, ARI against the planted groups, and for the chosen
+and the planted partitions the criterion D (centered density) and the modularity Q that was the
+criterion before (solver/choose_k.py): when a partition at a very different k scores as well as
+the planted one, the score cannot tell them apart (Q's resolution limit), whatever the solver
+does.
 
     python benchmarks/k_selection.py [--cases 400:40 1000:20 1000:100] [--sigma 0.1] [--method lowrank]
 """
@@ -20,7 +21,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from grouping_solver import planted
 from solver import cluster
-from solver.choose_k import centered_score
+from solver.choose_k import centered_density, centered_score
 
 
 def main() -> None:
@@ -32,8 +33,9 @@ def main() -> None:
     parser.add_argument("--method", default="lowrank")
     args = parser.parse_args()
     print(f"# torch threads {torch.get_num_threads()}, sigma={args.sigma}, seed={args.seed}, method={args.method}")
-    print("| n | planted k | chosen k | seconds | ARI | Q(chosen) | Q(planted) | candidates screened | solved |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| n | planted k | chosen k | seconds | ARI | D(chosen) | D(planted) | Q(chosen) | Q(planted) | "
+          "candidates screened | solved |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         n, k = (int(v) for v in case.split(":"))
         T, truth = planted(n, k, args.sigma, args.seed)
@@ -43,6 +45,7 @@ def main() -> None:
         record = g.k_selection or {}
         solved = [c["k"] for c in record.get("candidates", []) if c.get("score") is not None]
         print(f"| {n} | {k} | {g.k} | {seconds:.1f} | {adjusted_rand_score(truth, g.labels):.3f} | "
+              f"{centered_density(T, g.labels):.4f} | {centered_density(T, truth):.4f} | "
               f"{centered_score(T, g.labels):.5f} | {centered_score(T, truth):.5f} | "
               f"{len(record.get('candidates', []))} | {solved} |", flush=True)
 

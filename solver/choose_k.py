@@ -11,6 +11,17 @@ Merging two groups whose cross affinity is below the average lowers Q, and split
 whose internal affinity is above the average lowers Q too, so Q peaks at the planted k on block
 matrices. The k with the largest Q is chosen (the smallest such k on ties). Invariant to adding
 a constant to T and to positive scaling; the diagonal does not enter.
+
+Q has modularity's resolution limit: merging two groups whose cross affinity is near the mean
+changes Q by almost nothing, so with many small groups it hardly tells k apart (planted n = 1000
+in 100 groups of 10: a 77-group partition scores higher than the planted one;
+`benchmarks/k_selection.py`). Each candidate's record therefore also carries its centered
+density D(P) = Σ_G (1/|G|) Σ_{i≠j ∈ G} (T_ij − m) / s, s = Σ_{i≠j} |T_ij − m| / n (the average-
+density objective above the mean), which a merge lowers by about one group's share D/k: a D
+that keeps rising past the chosen k says groups were merged. D is not the criterion: noise makes
+splits pay under D (planted n = 200 in 10 groups, noise 0.3: D preferred 25–30 groups, and a
+rule moving from Q's choice to a larger k when D rose by more than 0.8 of a group's share still
+chose 30 there; diagnostic runs of session 4).
 """
 from __future__ import annotations
 
@@ -38,6 +49,19 @@ def centered_score(T: np.ndarray, labels: np.ndarray) -> float:
     return float(C[same].sum() / denom) if denom > 0 else 0.0
 
 
+def centered_density(T: np.ndarray, labels: np.ndarray) -> float:
+    """D(P) of the module docstring for the partition given by ``labels`` (recorded, not the criterion)."""
+    n = T.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    C = np.where(off, T - T[off].mean(), 0.0)
+    scale = np.abs(C).sum() / n
+    if scale <= 0:
+        return 0.0
+    labels = np.asarray(labels)
+    groups = (np.flatnonzero(labels == g) for g in np.unique(labels))
+    return float(sum(C[np.ix_(idx, idx)].sum() / len(idx) for idx in groups) / scale)
+
+
 def select_k(T: np.ndarray, ks: list[int], solve: Callable[[int], Any]) -> tuple[Any, dict[str, Any]]:
     """Run ``solve(k)`` (returning a Grouping) for each candidate k; return the Grouping with the
     best score and the k_selection record {"criterion", "candidates", "chosen"}."""
@@ -45,7 +69,8 @@ def select_k(T: np.ndarray, ks: list[int], solve: Callable[[int], Any]) -> tuple
     for k in ks:
         grouping = solve(k)
         score = centered_score(T, grouping.labels)
-        candidates.append({"k": k, "score": score, "objective": grouping.objective,
+        candidates.append({"k": k, "score": score, "density": centered_density(T, grouping.labels),
+                           "objective": grouping.objective,
                            "relaxation_objective": grouping.relaxation_objective,
                            "seconds": grouping.seconds})
         if score > best_score + 1e-12:
