@@ -34,8 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# torch threads {torch.get_num_threads()}, sigma={args.sigma}, seed={args.seed}, method={args.method}")
     print("| n | planted k | chosen k | seconds | ARI | D(chosen) | D(planted) | Q(chosen) | Q(planted) | "
-          "candidates screened | solved |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "candidates screened | solved | merge check (k → tried k) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         n, k = (int(v) for v in case.split(":"))
         T, truth = planted(n, k, args.sigma, args.seed)
@@ -44,10 +44,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         record = g.k_selection or {}
         solved = [c["k"] for c in record.get("candidates", []) if c.get("score") is not None]
+        merge_rounds = ", ".join(f"{r['k']} → {r['tried_k']}" for r in record.get("merge_check", []))
         print(f"| {n} | {k} | {g.k} | {seconds:.1f} | {adjusted_rand_score(truth, g.labels):.3f} | "
               f"{centered_density(T, g.labels):.4f} | {centered_density(T, truth):.4f} | "
               f"{centered_score(T, g.labels):.5f} | {centered_score(T, truth):.5f} | "
-              f"{len(record.get('candidates', []))} | {solved} |", flush=True)
+              f"{len(record.get('candidates', []))} | {solved} | {merge_rounds or '—'} |", flush=True)
 
 
 if __name__ == "__main__":

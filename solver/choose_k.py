@@ -112,3 +112,64 @@ def select_k_screened(T: np.ndarray, ks: list[int], screen: Callable[[int], np.n
                           "description": "candidates scored on a cheap partition first, the grid refined "
                                          f"around the best; the {keep} best solved"}
     return best, record
+
+
+# A group whose best bisection leaves the halves' cross affinity (above the mean) below this share
+# of their internal affinity reads as two groups merged. On planted matrices true groups gave
+# 0.61–0.9 (noise 0.1–0.3, groups of 10–20), merged pairs −0.14–0.06 (diagnostic runs, session 4).
+MERGE_RATIO = 0.5
+
+
+def merged_groups(T: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """Groups of the partition that look like two groups merged.
+
+    Each group of at least 4 tasks is bisected by the sign of the leading eigenvector of its block
+    of T − m (m = mean off-diagonal entry) with the mean direction projected out; it reads as
+    merged when the halves' mean cross entry of
+    T − m is below MERGE_RATIO × their mean internal one (and that is positive): tasks that were
+    put together although their affinity is no more than average."""
+    n = T.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    C = np.where(off, T - T[off].mean(), 0.0)
+    labels = np.asarray(labels)
+    out = []
+    for g in np.unique(labels):
+        idx = np.flatnonzero(labels == g)
+        if len(idx) < 4:
+            continue
+        # The leading eigenvector of the block with its mean direction projected out: for two
+        # merged groups that is their difference (the top two eigenvalues of the block itself are
+        # nearly equal there, so its second eigenvector is an arbitrary mix).
+        S = C[np.ix_(idx, idx)]
+        S = S - S.mean(axis=0, keepdims=True)
+        S = S - S.mean(axis=1, keepdims=True)
+        side = np.linalg.eigh(S)[1][:, -1] > 0
+        a, b = idx[side], idx[~side]
+        if len(a) < 2 or len(b) < 2:
+            continue
+        inside = (C[np.ix_(a, a)].sum() / (len(a) * (len(a) - 1)) + C[np.ix_(b, b)].sum() / (len(b) * (len(b) - 1))) / 2
+        across = float(C[np.ix_(a, b)].mean())
+        if inside > 0 and across < MERGE_RATIO * inside:
+            out.append({"group": int(g), "size": len(idx), "inside": float(inside), "across": across})
+    return out
+
+
+def undo_merges(T: np.ndarray, best: Any, solve: Callable[[int], Any], k_max: int, rounds: int = 3
+                ) -> tuple[Any, list[dict[str, Any]]]:
+    """Q's resolution limit (module docstring) shows as groups that are two groups merged: while the
+    chosen partition has m such groups, solve k + m and keep it if it has fewer (at most
+    ``rounds`` times, never above k_max). Returns the grouping and a record of each round."""
+    record = []
+    merged = merged_groups(T, best.labels)
+    for _ in range(rounds):
+        if not merged or best.k + len(merged) > k_max:
+            break
+        trial = solve(best.k + len(merged))
+        trial_merged = merged_groups(T, trial.labels)
+        record.append({"k": best.k, "merged_groups": len(merged), "tried_k": trial.k,
+                       "merged_groups_after": len(trial_merged), "kept": len(trial_merged) < len(merged)})
+        if len(trial_merged) >= len(merged):
+            break
+        best, merged = trial, trial_merged
+    return best, record
+

@@ -329,3 +329,41 @@ def test_k_screen_refines_a_grid_that_misses_the_planted_k() -> None:
     screened = [c["k"] for c in record["candidates"]]
     assert screened == sorted(set(grid) | set(record["screened"]["refined"]))
     assert adjusted_rand_score(truth, best.labels) == 1.0
+
+
+def test_merged_groups_are_found_and_undone() -> None:
+    """Modularity's resolution limit shows as a group that is two planted groups merged; the merge
+    check finds exactly those and solves k + (number found)."""
+    from solver.choose_k import merged_groups, undo_merges
+    from solver.grouping import Grouping
+
+    T, truth = planted(120, 12, sigma=0.1, seed=2)
+    assert merged_groups(T, truth) == []
+    merged = np.where(truth == 11, 10, truth)  # groups 10 and 11 as one
+    found = merged_groups(T, merged)
+    assert [f["group"] for f in found] == [10] and found[0]["size"] == 20
+    assert found[0]["across"] < 0.1 * found[0]["inside"]
+    start = Grouping.from_labels(T, merged, method="spectral", relaxation_objective=None, seconds=0.0)
+    calls = []
+
+    def solve(kk: int) -> Grouping:
+        calls.append(kk)
+        return cluster(T, kk, method="spectral")
+
+    best, record = undo_merges(T, start, solve, k_max=60)
+    assert calls == [12] and best.k == 12 and adjusted_rand_score(truth, best.labels) == 1.0
+    assert record == [{"k": 11, "merged_groups": 1, "tried_k": 12, "merged_groups_after": 0, "kept": True}]
+    # A k range that does not allow more groups leaves the choice alone.
+    assert undo_merges(T, start, solve, k_max=11)[0].k == 11
+
+
+def test_k_selection_undoes_the_merges_of_the_resolution_limit() -> None:
+    """planted n = 400 in 40 groups of 10: Q alone picks 39 (a 39-group partition scores higher
+    than the planted one); the merge check brings it back to 40."""
+    T, truth = planted(400, 40, sigma=0.1, seed=0)
+    g = cluster(T, "auto", method="lowrank")
+    assert g.k == 40 and g.k_selection["chosen"] == 40
+    assert adjusted_rand_score(truth, g.labels) == 1.0
+    check = g.k_selection["merge_check"]
+    assert check and check[0]["k"] < 40 and check[-1]["kept"]
+    json.dumps(g.to_dict())
