@@ -15,7 +15,10 @@ a constant to T and to positive scaling; the diagonal does not enter.
 Q has modularity's resolution limit: merging two groups whose cross affinity is near the mean
 changes Q by almost nothing, so with many small groups it hardly tells k apart (planted n = 1000
 in 100 groups of 10: a 77-group partition scores higher than the planted one;
-`benchmarks/k_selection.py`). Each candidate's record therefore also carries its centered
+`benchmarks/k_selection.py`). So Q's choice is followed by a merge check (``undo_merges``):
+each group is bisected along the leading direction of its centered block, and a group whose
+halves are no more related than average (cross affinity below MERGE_RATIO of their internal
+one) counts as two groups merged; with m such groups, k + m is solved and kept if it has fewer. Each candidate's record therefore also carries its centered
 density D(P) = Σ_G (1/|G|) Σ_{i≠j ∈ G} (T_ij − m) / s, s = Σ_{i≠j} |T_ij − m| / n (the average-
 density objective above the mean), which a merge lowers by about one group's share D/k: a D
 that keeps rising past the chosen k says groups were merged. D is not the criterion: noise makes

@@ -38,7 +38,8 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
 
     k: an int in 1..n; "auto" (candidates 2..min(n−1, max(2, n//2)); all of them if there are at
     most 40, else a geometric grid of 40); or (k_min, k_max) inclusive (same grid rule). With
-    several candidates k is chosen by solver.choose_k's criterion (recorded in k_selection).
+    several candidates k is chosen by solver.choose_k's criterion and its merge check (both
+    recorded in k_selection).
 
     method: "sdp" (exact, cvxpy; solver "scs" or "clarabel"), "lowrank" (non-negative
     Burer–Monteiro in torch, see solver.lowrank; for n ≤ full_cone.FULL_CONE_MAX_N it is then
