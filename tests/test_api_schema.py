@@ -28,5 +28,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case):
-    case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
-                           excluded_checks=[schemathesis.checks.positive_data_acceptance])
+    # A real key replaces the generated Authorization header; a negative case generated without
+    # one (its violation is the missing header) is sent without one, or the key would make it valid.
+    headers = {"Authorization": f"Bearer {KEY}"} if "Authorization" in (case.headers or {}) else {}
+    case.call_and_validate(headers=headers, excluded_checks=[schemathesis.checks.positive_data_acceptance])
