@@ -101,9 +101,8 @@ class PackedPairs:
     mean_hessian: torch.Tensor
 
     def to(self, device: torch.device | str) -> "PackedPairs":
-        move = lambda p: TaskPack(p.tasks.to(device), p.G.to(device), p.f.to(device), p.y.to(device),  # noqa: E731
-                                  p.mask.to(device), p.rows.to(device), p.binary, p.signed)
-        return PackedPairs([move(p) for p in self.train], [move(p) for p in self.val], self.mean_hessian.to(device))
+        return PackedPairs([p.to(device) for p in self.train], [p.to(device) for p in self.val],
+                           self.mean_hessian.to(device))
 
 
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:

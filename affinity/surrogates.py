@@ -94,10 +94,11 @@ def pack_loss(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
 
 
 def pack_slope(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
-    """Per-row derivative of ``pack_loss`` in v."""
+    """Per-row derivative of ``pack_loss`` in v (the slope alone: this is in the solver's inner loop)."""
     if p.signed:
         return torch.sigmoid(v)
-    return loss_derivatives(v, p.y[:, :, None], p.binary)[1]
+    y = p.y[:, :, None]
+    return torch.sigmoid(v) - y if p.binary else 2.0 * (v - y)
 
 
 def mean_task_hessian(packs: list[TaskPack]) -> torch.Tensor:

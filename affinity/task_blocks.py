@@ -59,6 +59,10 @@ class TaskPack:
         return TaskPack(self.tasks[keep], self.G[keep], self.f[keep], self.y[keep], self.mask[keep],
                         self.rows[keep], self.binary, self.signed)
 
+    def to(self, device: torch.device | str) -> "TaskPack":
+        return TaskPack(self.tasks.to(device), self.G.to(device), self.f.to(device), self.y.to(device),
+                        self.mask.to(device), self.rows.to(device), self.binary, self.signed)
+
 
 def pack_tasks(blocks: list[TaskBlock], dtype: torch.dtype | None = None, products: torch.dtype | None = None,
                slack: float = 0.25, signed: bool = False) -> list[TaskPack]:

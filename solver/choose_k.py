@@ -18,8 +18,10 @@ in 100 groups of 10: a 77-group partition scores higher than the planted one;
 `benchmarks/k_selection.py`). So Q's choice is followed by a merge check (``undo_merges``):
 each group is bisected along the leading direction of its centered block, and a group whose
 halves are no more related than average (cross affinity below MERGE_RATIO of their internal
-one) counts as two groups merged; with m such groups, k + m is solved and kept if it has fewer. Each candidate's record therefore also carries its centered
-density D(P) = Σ_G (1/|G|) Σ_{i≠j ∈ G} (T_ij − m) / s, s = Σ_{i≠j} |T_ij − m| / n (the average-
+one) counts as two groups merged; with m such groups, k + m is solved and kept if it has fewer.
+
+Each candidate's record also carries its centered density
+D(P) = Σ_G (1/|G|) Σ_{i≠j ∈ G} (T_ij − m) / s, s = Σ_{i≠j} |T_ij − m| / n (the average-
 density objective above the mean), which a merge lowers by about one group's share D/k: a D
 that keeps rising past the chosen k says groups were merged. D is not the criterion: noise makes
 splits pay under D (planted n = 200 in 10 groups, noise 0.3: D preferred 25–30 groups, and a
@@ -42,11 +44,15 @@ CRITERION = {
 }
 
 
+def _centered(T: np.ndarray) -> np.ndarray:
+    """T − m off the diagonal (m = mean off-diagonal entry), 0 on it."""
+    off = ~np.eye(T.shape[0], dtype=bool)
+    return np.where(off, T - T[off].mean(), 0.0)
+
+
 def centered_score(T: np.ndarray, labels: np.ndarray) -> float:
     """Q(P) of the module docstring for the partition given by ``labels``."""
-    n = T.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    C = np.where(off, T - T[off].mean(), 0.0)
+    C = _centered(T)
     denom = np.abs(C).sum()
     same = labels[:, None] == labels[None, :]
     return float(C[same].sum() / denom) if denom > 0 else 0.0
@@ -54,10 +60,8 @@ def centered_score(T: np.ndarray, labels: np.ndarray) -> float:
 
 def centered_density(T: np.ndarray, labels: np.ndarray) -> float:
     """D(P) of the module docstring for the partition given by ``labels`` (recorded, not the criterion)."""
-    n = T.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    C = np.where(off, T - T[off].mean(), 0.0)
-    scale = np.abs(C).sum() / n
+    C = _centered(T)
+    scale = np.abs(C).sum() / T.shape[0]
     if scale <= 0:
         return 0.0
     labels = np.asarray(labels)
@@ -86,7 +90,7 @@ def select_k_screened(T: np.ndarray, ks: list[int], screen: Callable[[int], np.n
     """Like select_k, but every candidate is first scored on a cheap partition (``screen(k)``:
     labels) and only the ``keep`` best by that score are solved; among those the solved
     partitions' scores decide. A geometric grid of candidates can miss the true k (2..500 in 40
-    steps jumps from 87 to 100 to 115), so the screen zooms in: up to ``refine`` times, every k
+    steps jumps from 91 to 105), so the screen zooms in: up to ``refine`` times, every k
     between the best screened candidate's grid neighbours is screened too (a finer geometric grid
     if there are more than 40). Candidates record "screen_score" for all and "score" (None if not
     kept) for the solved ones."""
@@ -131,9 +135,7 @@ def merged_groups(T: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
     merged when the halves' mean cross entry of
     T − m is below MERGE_RATIO × their mean internal one (and that is positive): tasks that were
     put together although their affinity is no more than average."""
-    n = T.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    C = np.where(off, T - T[off].mean(), 0.0)
+    C = _centered(T)
     labels = np.asarray(labels)
     out = []
     for g in np.unique(labels):
@@ -150,7 +152,8 @@ def merged_groups(T: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
         a, b = idx[side], idx[~side]
         if len(a) < 2 or len(b) < 2:
             continue
-        inside = (C[np.ix_(a, a)].sum() / (len(a) * (len(a) - 1)) + C[np.ix_(b, b)].sum() / (len(b) * (len(b) - 1))) / 2
+        inside = (C[np.ix_(a, a)].sum() / (len(a) * (len(a) - 1))
+                  + C[np.ix_(b, b)].sum() / (len(b) * (len(b) - 1))) / 2
         across = float(C[np.ix_(a, b)].mean())
         if inside > 0 and across < MERGE_RATIO * inside:
             out.append({"group": int(g), "size": len(idx), "inside": float(inside), "across": across})

@@ -69,26 +69,26 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     start = time.perf_counter()
     options = dict(lowrank_options or {})
     k_max = min(max(ks), A.shape[0] - 1)
+    candidate_solve = solve
     if method == "lowrank" and A.shape[0] > SCREEN_MIN_N and len(ks) > SCREEN_KEEP:
         # A lowrank solve per candidate costs seconds to a minute at these sizes: score every
         # candidate on the spectral start partition first and solve only the best SCREEN_KEEP.
         T_s = torch.as_tensor(standardize(A)[0])
         best, record = select_k_screened(A, ks, lambda kk: spectral_init_labels(T_s, kk, seed), solve,
                                          SCREEN_KEEP)
-        best, record["merge_check"] = undo_merges(A, best, solve, k_max)
-    elif method == "lowrank" and options.get("polish", True):
-        # Candidates are scored without the full-cone polish (each would cost a polish: 2.7× the
-        # whole selection at n = 200); the chosen k is then solved again with it.
-        def unpolished(kk: int) -> Grouping:
-            return _solve_one(A, kk, method, seed, n_init, solver, sdp_options or {}, {**options, "polish": False})
+    else:
+        if method == "lowrank" and options.get("polish", True):
+            # Candidates are scored without the full-cone polish (each would cost a polish: 2.7×
+            # the whole selection at n = 200); the chosen k is then solved again with it.
+            def candidate_solve(kk: int) -> Grouping:
+                return _solve_one(A, kk, method, seed, n_init, solver, sdp_options or {},
+                                  {**options, "polish": False})
 
-        best, record = select_k(A, ks, unpolished)
-        best, record["merge_check"] = undo_merges(A, best, unpolished, k_max)
+        best, record = select_k(A, ks, candidate_solve)
+    best, record["merge_check"] = undo_merges(A, best, candidate_solve, k_max)
+    if candidate_solve is not solve:
         record["note"] = "candidates scored without the full-cone polish; the chosen k is solved with it"
         best = solve(best.k)
-    else:
-        best, record = select_k(A, ks, solve)
-        best, record["merge_check"] = undo_merges(A, best, solve, k_max)
     record["chosen"] = best.k
     return dataclasses.replace(best, k_selection=record, seconds=time.perf_counter() - start)
 
