@@ -357,8 +357,8 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
     projected-gradient steps per multiplier step (structured T converges in a few multiplier
     steps; on T without group structure the AL creeps on to any cap: at n = 500, uniform random
     T, seeds 0–2, a cap of 50 instead of 200 took 3–5× less time for rounded partitions within
-    ±1.1% of the longer runs', 0.3% better on average: diagnostic runs, session 4); time_limit: seconds, checked between multiplier
-    steps; max_escapes / escape_min_gain / escape_outer: saddle escapes (module docstring): at
+    ±1.1% of the longer runs', 0.3% better on average: diagnostic runs, session 4);
+    time_limit: seconds, checked between multiplier steps; max_escapes / escape_min_gain / escape_outer: saddle escapes (module docstring): at
     most this many, only if the best direction's vᵀSv − μ exceeds escape_min_gain (units of the
     standardized T), at most escape_outer multiplier steps, rounding after each. info["escapes"]
     counts the accepted ones.
