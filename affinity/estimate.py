@@ -17,7 +17,7 @@ import torch
 from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.gradients import GradientFeatures
 from affinity.progress import Progress
-from affinity.surrogates import evaluate_packed, fit_packed, loss_derivatives, mean_task_hessian
+from affinity.surrogates import evaluate_packed, fit_packed, loss_derivatives, mean_task_hessian, metric_basis
 from affinity.task_blocks import TaskBlock, TaskPack, pack_tasks
 
 
@@ -73,13 +73,14 @@ class PairData:
         return PairData(train=[move(b) for b in self.train], val=[move(b) for b in self.val])
 
     def packed(self) -> "PackedPairs":
-        """What the surrogate fits read: training pairs packed with signed binary rows and float32
-        products, validation pairs packed with products in f's dtype, the mean task Hessian."""
-        dtype = self.train[0].f.dtype
+        """What the surrogate fits read: training pairs packed with signed binary rows, validation
+        pairs packed, both with float32 products and rotated to the eigenvectors of the mean task
+        Hessian, whose eigenvalues are the solver's metric (``surrogates.fit_packed``)."""
         train = pack_tasks(self.train, products=torch.float32, signed=True)
-        return PackedPairs(train=train,
-                           val=pack_tasks(self.val, dtype=dtype, products=dtype),
-                           mean_hessian=mean_task_hessian(train))
+        metric, basis = metric_basis(mean_task_hessian(train))
+        val = pack_tasks(self.val, dtype=self.train[0].f.dtype, products=torch.float32)
+        return PackedPairs(train=[p.rotated(basis) for p in train], val=[p.rotated(basis) for p in val],
+                           metric=metric)
 
     def base_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation loss and accuracy of the base model (w = 0) per task."""
@@ -98,11 +99,11 @@ class PackedPairs:
 
     train: list[TaskPack]
     val: list[TaskPack]
-    mean_hessian: torch.Tensor
+    metric: torch.Tensor  # (d,) the mean task Hessian's eigenvalues; the packs are in its eigenvectors' basis
 
     def to(self, device: torch.device | str) -> "PackedPairs":
         return PackedPairs([p.to(device) for p in self.train], [p.to(device) for p in self.val],
-                           self.mean_hessian.to(device))
+                           self.metric.to(device))
 
 
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:
@@ -152,7 +153,7 @@ def surrogate_shard(packed: PackedPairs, l2: float, device: str | None, chunk: l
     """
     if device == "auto" and torch.cuda.is_available():
         packed = packed.to("cuda")
-    W, _ = fit_packed(packed.train, chunk, l2, packed.mean_hessian)
+    W, _ = fit_packed(packed.train, chunk, l2, packed.metric)
     loss, acc = evaluate_packed(packed.val, chunk, W)
     if progress is not None:
         progress.advance(len(chunk))

@@ -14,14 +14,17 @@ a task's rows are multiplied once by the weights of every subset that contains i
 copies of the rows), so a pass over the data costs exactly the useful work and memory grows with
 subsets × rows, not × d. Tasks of similar row counts are packed into zero-padded tensors
 (``task_blocks``) so that a pass is a few batched products (torch.bmm) whatever the number of
-tasks; the products run in float32 (G is float32 as projected) and everything they feed —
-outputs, losses, gradients, w — accumulates in float64 on CPU. Binary rows are signed
+tasks. The products and the per-row values (outputs, losses, slopes) are float32 (G is float32
+as projected); sums over rows, gradients and w accumulate in float64. Binary rows are signed
 (σ = 1 − 2y) so the loss is softplus(σz) and its slope sigmoid(σz). Steps are L-BFGS steps (8
-curvature pairs per subset, batched two-loop recursion) whose initial metric is one d × d matrix
-for every batch: the start Hessian of an average subset, mean_t H_t + λI, from per-task matrices
-H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ computed once and inverted once (in float32: it is
-only a metric). Each iteration is two passes over the rows; the Armijo line search reuses the
-products, and its accepted trial's outputs and objective are the next iterate's.
+curvature pairs per subset, ``lbfgs``) whose initial metric is one d × d matrix for every batch:
+the start Hessian of an average subset, mean_t H_t + λI, from per-task matrices
+H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ. The packs are rotated once to its eigenvectors, where
+it is diagonal (a rotation changes neither the fit nor ‖w‖), so applying it costs one
+elementwise product. Each iteration is two passes over the rows; the line search reuses the
+products (Armijo on the objective while its changes exceed float32 rounding, then the
+approximate Wolfe condition on the gradient the next iteration needs anyway), and its accepted
+trial's outputs, objective and gradient are the next iterate's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from affinity.lbfgs import BatchedLBFGS
 from affinity.task_blocks import PackSlots, TaskBlock, TaskPack, pack_slots, pack_tasks
 
 
@@ -90,14 +94,14 @@ def pack_loss(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
     """Per-row loss of a pack's outputs ``v`` (k, r, m): signed logits, logits or regression outputs."""
     if p.signed:
         return torch.nn.functional.softplus(v)
-    return task_loss(v, p.y[:, :, None], p.binary)
+    return task_loss(v, p.y.to(v.dtype)[:, :, None], p.binary)
 
 
 def pack_slope(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
     """Per-row derivative of ``pack_loss`` in v (the slope alone: this is in the solver's inner loop)."""
     if p.signed:
         return torch.sigmoid(v)
-    y = p.y[:, :, None]
+    y = p.y.to(v.dtype)[:, :, None]
     return torch.sigmoid(v) - y if p.binary else 2.0 * (v - y)
 
 
@@ -118,22 +122,34 @@ def mean_task_hessian(packs: list[TaskPack]) -> torch.Tensor:
     return total / sum(len(p.tasks) for p in packs)
 
 
+def metric_basis(mean_hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (d,) and eigenvectors (d, d) of ``mean_task_hessian``: in the basis of its
+    eigenvectors the solver's metric is diagonal (``TaskPack.rotated``)."""
+    evals, basis = torch.linalg.eigh(mean_hessian.double())
+    return evals.clamp(min=0.0).to(mean_hessian.dtype), basis.to(mean_hessian.dtype)
+
+
 def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: float, **options
                 ) -> tuple[torch.Tensor, int]:
-    """``fit_packed`` on ``blocks``, packed here (binary rows signed, float32 products)."""
+    """``fit_packed`` on ``blocks``, packed here (binary rows signed, float32 products) and rotated
+    to the metric's basis; W is returned in the blocks' own coordinates."""
     packs = pack_tasks(blocks, products=torch.float32, signed=True)
-    return fit_packed(packs, subsets, l2, mean_task_hessian(packs), **options)
+    metric, basis = metric_basis(mean_task_hessian(packs))
+    W, it = fit_packed([p.rotated(basis) for p in packs], subsets, l2, metric, **options)
+    return W @ basis.T.to(W.dtype), it
 
 
-def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float, mean_hessian: torch.Tensor,
+def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float, metric: torch.Tensor,
                max_iter: int = 100, tol: float = 1e-13, memory: int = 8) -> tuple[torch.Tensor, int]:
     """Minimize F_S for every subset; returns W (subsets, d) in the dtype of the packs' f, and the
     number of iterations.
 
-    ``packs``: the training pairs packed by ``pack_tasks``; their G's dtype is the dtype of the passes
-    over the rows (outputs, losses, gradients and w accumulate in f's dtype). ``mean_hessian``:
-    ``mean_task_hessian``, the start Hessian of an average subset (less λI), the metric of every
-    batch, so that no subset's path depends on which subsets share its batch.
+    ``packs``: the training pairs packed by ``pack_tasks`` and rotated to the eigenvectors of
+    ``mean_task_hessian`` (``metric_basis``, ``TaskPack.rotated``); W is in that basis. Their G's
+    dtype is the dtype of the passes over the rows and of the per-row values (outputs, losses,
+    slopes); sums over rows, gradients and w accumulate in f's dtype. ``metric``: the eigenvalues,
+    i.e. the start Hessian of an average subset less λI, diagonal in the packs' basis: the metric
+    of every batch, so that no subset's path depends on which subsets share its batch.
 
     Stops when every subset's Newton decrement gᵀH⁻¹g (≈ 2·(F_S(w) − min F_S)) is at most
     ``tol``·max(1, |F_S|): by default F_S is within ~1e-13 (relative) of its minimum, far inside the
@@ -145,55 +161,37 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         raise ValueError("no task has training rows")
     d, device, dtype = packs[0].G.shape[2], packs[0].f.device, packs[0].f.dtype
     B = len(subsets)
-    # The metric only has to be positive definite, not exact: float32 (objective and gradient stay
-    # in ``dtype``, so the optimum does not move), applied as a product with its inverse.
-    M = mean_hessian.float() + l2 * torch.eye(d, dtype=torch.float32, device=device)
-    M_inv = torch.cholesky_inverse(torch.linalg.cholesky(M))
+    inverse = 1.0 / (metric.to(dtype) + l2)  # the metric is diagonal in the packs' basis
     products = packs[0].G.dtype
+    # Below this relative size a change of the objective is rounding of the passes' dtype: the
+    # line search then decides on the directional derivative instead (see the loop).
+    noise = 100.0 * torch.finfo(products).eps
     slots = pack_slots(packs, subsets)
     flat = [s.index.reshape(-1) for s in slots]
+    weights = [s.weight.to(products)[:, None, :] for s in slots]
     W = torch.zeros(B, d, dtype=dtype, device=device)
-    V = [s.pack.f[:, :, None].expand(-1, -1, s.index.shape[1]).clone() for s in slots]
-
-    def masked_sums(s: PackSlots, values: torch.Tensor) -> torch.Tensor:
-        """Σ over each task's real rows of ``values`` (k, r, m), weighted per slot: (k·m,)."""
-        return (s.weight * torch.bmm(s.pack.mask[:, None, :], values).squeeze(1)).reshape(-1)
+    V = [s.pack.f.to(products)[:, :, None].expand(-1, -1, s.index.shape[1]).clone() for s in slots]
 
     def objective(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
         obj = torch.zeros(B + 1, dtype=dtype, device=device)
         for s, i, v in zip(slots, flat, V):
-            obj.index_add_(0, i, masked_sums(s, pack_loss(s.pack, v)))
+            # Σ over each task's real rows, weighted per slot: (k·m,)
+            sums = torch.bmm(s.pack.mask.to(products)[:, None, :], pack_loss(s.pack, v)).squeeze(1)
+            obj.index_add_(0, i, (s.weight * sums.to(dtype)).reshape(-1))
         return obj[:B] + 0.5 * l2 * (W * W).sum(1)
 
     def gradient(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
         grad = torch.zeros(B + 1, d, dtype=dtype, device=device)
-        for s, i, v in zip(slots, flat, V):
+        for s, i, v, wt in zip(slots, flat, V, weights):
             G = s.pack.G  # padded rows have g̃ = 0: whatever their slope, they add nothing
-            slope = (pack_slope(s.pack, v) * s.weight[:, None, :]).to(products)
+            slope = pack_slope(s.pack, v).mul_(wt)
             grad.index_add_(0, i, torch.bmm(slope.transpose(1, 2), G).reshape(-1, d).to(dtype))  # (k·m, d)
         return grad[:B] + l2 * W
 
-    def solve(grad: torch.Tensor) -> torch.Tensor:
-        """M⁻¹g for every subset."""
-        return (grad.float() @ M_inv).to(dtype)
-
-    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # L-BFGS pairs (s, y, 1/sᵀy)
-    # Per-subset scale of the metric, γ = sᵀy / yᵀM⁻¹y from the newest pair (the usual L-BFGS
-    # initial scaling, here of a preconditioner): the curvature at the optimum can be far below
-    # the start's when the fitted outputs move far from the base outputs.
-    gamma = torch.ones(B, dtype=dtype, device=device)
-
-    def direction(grad: torch.Tensor) -> torch.Tensor:
-        """L-BFGS two-loop recursion with the metric as the initial Hessian, batched over subsets."""
-        q, coefs = grad, []
-        for s, y, rho in reversed(history):
-            a = rho * (s * q).sum(1)
-            q = q - a[:, None] * y
-            coefs.append(a)
-        r = gamma[:, None] * solve(q)
-        for (s, y, rho), a in zip(history, reversed(coefs)):
-            r = r + s * (a - rho * (y * r).sum(1))[:, None]
-        return r
+    # L-BFGS on the metric, with the usual per-subset scale γ = sᵀy / yᵀM⁻¹y of the newest pair: the
+    # curvature at the optimum can be far below the start's when the fitted outputs move far from
+    # the base outputs.
+    lbfgs = BatchedLBFGS(inverse, B, memory)
 
     def per_slot(v: torch.Tensor, s: PackSlots) -> torch.Tensor:
         """Per-subset values ``v`` (B,) at each slot of ``s`` (an empty slot gets 0), as (k, 1, m)."""
@@ -202,14 +200,14 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
     obj, grad = objective(V, W), gradient(V, W)
     it = 0
     for it in range(1, max_iter + 1):
-        step = direction(grad)
+        step = lbfgs.solve(grad)
         decrement = (grad * step).sum(1)  # > 0: the quasi-Newton metric is positive definite
         if bool((decrement <= 0).any()):  # rounding broke it: the plain metric, fresh history
-            history.clear()
-            gamma.fill_(1.0)
-            step = solve(grad)
+            lbfgs.reset()
+            step = lbfgs.solve(grad)
             decrement = (grad * step).sum(1)
-        pending_fit = decrement > tol * obj.abs().clamp(min=1.0)
+        scale = obj.abs().clamp(min=1.0)
+        pending_fit = decrement > tol * scale
         if not bool(pending_fit.any()):
             break
         step_slots = torch.cat([step, step.new_zeros(1, d)]).to(products)
@@ -217,10 +215,23 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         alpha = pending_fit.to(dtype)  # converged subsets stay where they are
         pending = pending_fit.clone()
         new_obj = obj.clone()
-        for _ in range(40):  # Armijo backtracking, per subset, without new passes over the rows
-            trial = [v - per_slot(alpha, s) * u for s, v, u in zip(slots, V, U)]
-            cand = objective(trial, W - alpha[:, None] * step)
-            ok = pending & (cand <= obj - 1e-4 * alpha * decrement)
+        trial_grad = None
+        # Backtracking per subset, without new products G·p. A step is taken when the objective
+        # fell by more than its rounding and by the Armijo fraction of the decrement; when the
+        # change is within rounding (near the optimum, where objective values cannot tell steps
+        # apart) when the directional derivative at the trial, -pᵀ∇F, is at most 0.8 of the
+        # decrement: the approximate Wolfe condition of Hager and Zhang (2005), from the gradient
+        # that the next iteration needs anyway. A rise beyond rounding halves the step.
+        for _ in range(40):
+            trial = [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
+            W_trial = W - alpha[:, None] * step
+            cand = objective(trial, W_trial)
+            ok = pending & (cand <= obj - 1e-4 * alpha * decrement) & (obj - cand > noise * scale)
+            unsure = pending & ~ok & (cand <= obj + noise * scale)
+            trial_grad = None
+            if bool(unsure.any()):
+                trial_grad = gradient(trial, W_trial)
+                ok = ok | (unsure & (-(trial_grad * step).sum(1) <= 0.8 * decrement))
             new_obj = torch.where(ok, cand, new_obj)
             pending = pending & ~ok
             if not bool(pending.any()):
@@ -228,20 +239,14 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
             alpha = torch.where(pending, alpha * 0.5, alpha)
         if bool(pending.any()):  # no decrease found: these stay where they are
             alpha = torch.where(pending, torch.zeros_like(alpha), alpha)
-            trial = [v - per_slot(alpha, s) * u for s, v, u in zip(slots, V, U)]
+            trial = [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
+            trial_grad = None
         # The last trial used every subset's final step length: its outputs are the new ones.
         V, obj = trial, new_obj
         W = W - alpha[:, None] * step
         old_grad = grad
-        grad = gradient(V, W)
-        if memory:
-            s, y = -alpha[:, None] * step, grad - old_grad
-            sy = (s * y).sum(1)
-            rho = torch.where(sy > 1e-12 * (s * s).sum(1).sqrt() * (y * y).sum(1).sqrt(), 1.0 / sy, torch.zeros_like(sy))
-            history.append((s, y, rho))
-            del history[:-memory]
-            yMy = (y * solve(y)).sum(1)
-            gamma = torch.where((rho > 0) & (yMy > 0), sy / yMy, gamma)
+        grad = trial_grad if trial_grad is not None else gradient(V, W)
+        lbfgs.update(-alpha[:, None] * step, grad - old_grad)
     return W, it
 
 

@@ -59,6 +59,13 @@ class TaskPack:
         return TaskPack(self.tasks[keep], self.G[keep], self.f[keep], self.y[keep], self.mask[keep],
                         self.rows[keep], self.binary, self.signed)
 
+    def rotated(self, basis: torch.Tensor) -> "TaskPack":
+        """The pack with every g̃ expressed in an orthonormal ``basis`` (d, d; columns): G·basis,
+        computed in float64. Inner products with w become inner products with basisᵀw, and ‖w‖ is
+        unchanged, so a fit in the new basis is the same fit."""
+        G = (self.G.double() @ basis.double()).to(self.G.dtype)
+        return TaskPack(self.tasks, G, self.f, self.y, self.mask, self.rows, self.binary, self.signed)
+
     def to(self, device: torch.device | str) -> "TaskPack":
         return TaskPack(self.tasks.to(device), self.G.to(device), self.f.to(device), self.y.to(device),
                         self.mask.to(device), self.rows.to(device), self.binary, self.signed)

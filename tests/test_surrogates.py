@@ -110,10 +110,14 @@ def test_float32_products_reach_the_float64_optimum(rng):
     """Passes over the rows in float32 (the default), accumulated in float64: the same optimum."""
     blocks, _ = make_problem(rng, scale=2.0)
     subsets = [(0, 1, 2), (3, 4, 5), (0, 4), (1, 3, 5)]
-    from affinity.surrogates import fit_packed
-    H = mean_task_hessian(pack_tasks(blocks))
-    w64, _ = fit_packed(pack_tasks(blocks, products=torch.float64, signed=True), subsets, 0.05, H)
-    w32, _ = fit_packed(pack_tasks(blocks, products=torch.float32, signed=True), subsets, 0.05, H)
+    from affinity.surrogates import fit_packed, metric_basis
+    metric, basis = metric_basis(mean_task_hessian(pack_tasks(blocks)))
+
+    def fit(products):
+        packs = [p.rotated(basis) for p in pack_tasks(blocks, products=products, signed=True)]
+        return fit_packed(packs, subsets, 0.05, metric)[0] @ basis.T
+
+    w64, w32 = fit(torch.float64), fit(torch.float32)
     o64, o32 = subset_objective(w64, blocks, subsets, 0.05), subset_objective(w32, blocks, subsets, 0.05)
     assert ((o32 - o64).abs() <= 1e-12 * o64.abs()).all()
     torch.testing.assert_close(w32, w64, rtol=1e-5, atol=1e-6)
@@ -155,3 +159,34 @@ def test_batching_does_not_change_the_fit(rng):
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)  # rounding differs with the batch shape
     single = torch.cat([fit_subsets(blocks, [s], 0.05)[0] for s in subsets])
     torch.testing.assert_close(single, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_lbfgs_two_loop_is_the_bfgs_inverse_update(rng):
+    """BatchedLBFGS.solve is H·g for H built by the BFGS inverse update from γ·diag(h), per problem;
+    a pair without positive curvature leaves its problem's H alone."""
+    from affinity.lbfgs import BatchedLBFGS
+    B, d = 3, 6
+    h = torch.as_tensor(rng.uniform(0.5, 2.0, d))
+    lbfgs = BatchedLBFGS(h, B, memory=3)
+    pairs = []
+    for k in range(5):  # more than the memory: the oldest two are dropped
+        A = [torch.as_tensor(np.diag(rng.uniform(1, 3, d))) for _ in range(B)]  # y = A s: positive curvature
+        s = torch.as_tensor(rng.standard_normal((B, d)))
+        if k == 4:
+            s[1] = 0.0  # problem 1 did not move
+        y = torch.stack([A[b] @ s[b] for b in range(B)])
+        lbfgs.update(s, y)
+        pairs.append((s, y))
+    g = torch.as_tensor(rng.standard_normal((B, d)))
+    got = lbfgs.solve(g)
+    for b in range(B):
+        kept = [(s[b], y[b]) for s, y in pairs[-3:] if s[b].abs().sum() > 0]
+        s_new, y_new = kept[-1]
+        H = torch.diag(h) * (s_new @ y_new) / (y_new @ (h * y_new))
+        for s_k, y_k in kept:
+            rho = 1 / (s_k @ y_k)
+            V = torch.eye(d, dtype=torch.float64) - rho * torch.outer(y_k, s_k)
+            H = V.T @ H @ V + rho * torch.outer(s_k, s_k)
+        torch.testing.assert_close(got[b], H @ g[b], rtol=1e-10, atol=1e-12)
+    lbfgs.reset()
+    torch.testing.assert_close(lbfgs.solve(g), g * h)
