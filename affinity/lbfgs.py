@@ -32,6 +32,11 @@ class BatchedLBFGS:
         self.gamma.fill_(1.0)
         self.pairs.clear()
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the problems at positions ``keep`` (the others are done)."""
+        self.gamma = self.gamma[keep]
+        self.pairs = [(s[keep], y[keep], rho[keep]) for s, y, rho in self.pairs]
+
     def update(self, s: torch.Tensor, y: torch.Tensor) -> None:
         """Store the newest pair (B, d) of every problem, dropping the oldest beyond ``memory``."""
         if not self.memory:

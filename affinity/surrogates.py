@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from affinity.lbfgs import BatchedLBFGS
-from affinity.task_blocks import PackSlots, TaskBlock, TaskPack, pack_slots, pack_tasks
+from affinity.task_blocks import PackSlots, TaskBlock, TaskPack, pack_slots, pack_tasks, slot_sources
 
 
 def task_loss(z: torch.Tensor, y: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -166,10 +166,12 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
     # Below this relative size a change of the objective is rounding of the passes' dtype: the
     # line search then decides on the directional derivative instead (see the loop).
     noise = 100.0 * torch.finfo(products).eps
+    active = np.arange(B)  # the subsets still iterating (positions in ``subsets``)
     slots = pack_slots(packs, subsets)
     flat = [s.index.reshape(-1) for s in slots]
     weights = [s.weight.to(products)[:, None, :] for s in slots]
-    W = torch.zeros(B, d, dtype=dtype, device=device)
+    W_done = torch.zeros(B, d, dtype=dtype, device=device)
+    W = W_done.clone()
     V = [s.pack.f.to(products)[:, :, None].expand(-1, -1, s.index.shape[1]).clone() for s in slots]
 
     def objective(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
@@ -181,12 +183,15 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         return obj[:B] + 0.5 * l2 * (W * W).sum(1)
 
     def gradient(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
-        grad = torch.zeros(B + 1, d, dtype=dtype, device=device)
+        # Each subset's few task terms are summed in the products' dtype (as the products
+        # themselves are; casting every (task, subset) term to float64 first cost as much as a
+        # product), then the penalty's term in float64.
+        grad = torch.zeros(B + 1, d, dtype=products, device=device)
         for s, i, v, wt in zip(slots, flat, V, weights):
             G = s.pack.G  # padded rows have g̃ = 0: whatever their slope, they add nothing
             slope = pack_slope(s.pack, v).mul_(wt)
-            grad.index_add_(0, i, torch.bmm(slope.transpose(1, 2), G).reshape(-1, d).to(dtype))  # (k·m, d)
-        return grad[:B] + l2 * W
+            grad.index_add_(0, i, torch.bmm(slope.transpose(1, 2), G).reshape(-1, d))  # (k·m, d)
+        return grad[:B].to(dtype) + l2 * W
 
     # L-BFGS on the metric, with the usual per-subset scale γ = sᵀy / yᵀM⁻¹y of the newest pair: the
     # curvature at the optimum can be far below the start's when the fitted outputs move far from
@@ -210,6 +215,23 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         pending_fit = decrement > tol * scale
         if not bool(pending_fit.any()):
             break
+        if 2 * int(pending_fit.sum()) <= B:
+            # Most subsets are done: lay out the others alone, so that the passes skip the done
+            # ones (a few slow subsets no longer keep the whole batch's rows in every pass).
+            keep = torch.nonzero(pending_fit).squeeze(1)
+            kept = keep.cpu().numpy()
+            done = torch.as_tensor(active[~pending_fit.cpu().numpy()], device=device)
+            W_done[done] = W[~pending_fit]
+            active = active[kept]
+            new_slots = pack_slots(packs, [subsets[a] for a in active])
+            V = [V[q][I, :, J].permute(0, 2, 1).contiguous() for q, I, J in slot_sources(slots, new_slots, kept)]
+            slots = new_slots
+            flat = [s.index.reshape(-1) for s in slots]
+            weights = [s.weight.to(products)[:, None, :] for s in slots]
+            W, grad, obj, step, decrement, scale = (x[keep] for x in (W, grad, obj, step, decrement, scale))
+            pending_fit = pending_fit[keep]
+            lbfgs.select(keep)
+            B = len(active)
         step_slots = torch.cat([step, step.new_zeros(1, d)]).to(products)
         U = [torch.bmm(s.pack.G, s.gather(step_slots).transpose(1, 2)) for s in slots]
         alpha = pending_fit.to(dtype)  # converged subsets stay where they are
@@ -247,7 +269,8 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         old_grad = grad
         grad = trial_grad if trial_grad is not None else gradient(V, W)
         lbfgs.update(-alpha[:, None] * step, grad - old_grad)
-    return W, it
+    W_done[torch.as_tensor(active, device=device)] = W
+    return W_done, it
 
 
 def evaluate_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], W: torch.Tensor

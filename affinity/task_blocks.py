@@ -167,3 +167,36 @@ def pack_slots(packs: list[TaskPack], subsets: list[tuple[int, ...]]) -> list[Pa
         weight = torch.as_tensor(share, device=device, dtype=dtype) / p.rows[:, None]
         out.append(PackSlots(p, torch.as_tensor(index, device=device), torch.as_tensor(where, device=device), weight))
     return out
+
+
+def slot_sources(old: list[PackSlots], new: list[PackSlots], kept: np.ndarray
+                 ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Where each slot of ``new`` sits in ``old``, when ``new`` lays out the subsets ``kept``
+    (increasing positions in ``old``'s batch) on the same packs: per new PackSlots, the position of
+    its old PackSlots and the (task row, slot) indices (k, m) to read there. An empty new slot
+    reads slot 0 of its task row (its weight is 0)."""
+    B_old = 1 + max(int(s.index.max()) for s in old)
+    where: dict[int, tuple[int, int]] = {}  # task id → (old PackSlots, task row)
+    keys, rows, cols = [], [], []
+    for q, s in enumerate(old):
+        k, m = s.index.shape
+        tasks = s.pack.tasks.cpu().numpy()
+        where.update({int(t): (q, i) for i, t in enumerate(tasks)})
+        keys.append((tasks[:, None] * (B_old + 1) + s.index.cpu().numpy()).reshape(-1))
+        rows.append(np.repeat(np.arange(k), m))
+        cols.append(np.tile(np.arange(m), k))
+    out = []
+    for s in new:
+        tasks = s.pack.tasks.cpu().numpy()
+        q = where[int(tasks[0])][0]
+        index = s.index.cpu().numpy()
+        real = index < len(kept)
+        b_old = np.where(real, kept[np.minimum(index, len(kept) - 1)], B_old)
+        key = tasks[:, None] * (B_old + 1) + b_old
+        order = np.argsort(keys[q], kind="stable")
+        found = order[np.minimum(np.searchsorted(keys[q], key, sorter=order), len(order) - 1)]
+        I = np.where(real, rows[q][found], np.array([where[int(t)][1] for t in tasks])[:, None])
+        J = np.where(real, cols[q][found], 0)
+        device = s.index.device
+        out.append((q, torch.as_tensor(I, device=device), torch.as_tensor(J, device=device)))
+    return out

@@ -190,3 +190,39 @@ def test_lbfgs_two_loop_is_the_bfgs_inverse_update(rng):
         torch.testing.assert_close(got[b], H @ g[b], rtol=1e-10, atol=1e-12)
     lbfgs.reset()
     torch.testing.assert_close(lbfgs.solve(g), g * h)
+
+
+def test_slot_sources_follow_the_kept_subsets(rng):
+    """Re-laying out a batch for the subsets still iterating: every new slot reads the old slot of
+    the same (task, subset)."""
+    from affinity.task_blocks import slot_sources
+    blocks, _ = make_problem(rng, n_tasks=6, rows=20)
+    packs = pack_tasks(blocks, products=torch.float32, signed=True)
+    subsets = [(0, 2), (1, 2, 5), (2, 4), (0, 1, 3), (3, 5), (4,)]
+    old = pack_slots(packs, subsets)
+    # Each old slot's column holds 1000·task + subset in every row.
+    V = [(1000 * s.pack.tasks[:, None, None] + s.index[:, None, :]).expand(-1, s.pack.G.shape[1], -1).double()
+         for s in old]
+    kept = np.array([1, 3, 4])
+    new = pack_slots(packs, [subsets[k] for k in kept])
+    for s, (q, I, J) in zip(new, slot_sources(old, new, kept)):
+        got = V[q][I, :, J].permute(0, 2, 1)
+        for i, t in enumerate(s.pack.tasks.tolist()):
+            for j, b in enumerate(s.index[i].tolist()):
+                if b < len(kept):
+                    assert (got[i, :, j] == 1000 * t + kept[b]).all()
+    assert sorted(int(t) for s in new for t in s.pack.tasks) == [0, 1, 2, 3, 5]
+
+
+def test_a_slow_subset_finishes_alone(rng):
+    """Subsets that converge early leave the passes; the one still iterating gets the same fit
+    as on its own."""
+    blocks, _ = make_problem(rng, scale=3.0)
+    easy = [(0,), (1,), (2,), (3,), (0, 1), (2, 3)]
+    hard = [(0, 1, 2, 3, 4, 5)]
+    l2 = 1e-3  # far from the start: many iterations
+    together, _ = fit_subsets(blocks, easy + hard, l2)
+    alone, _ = fit_subsets(blocks, hard, l2)
+    torch.testing.assert_close(together[-1:], alone, rtol=1e-5, atol=1e-7)
+    for k, s in enumerate(easy):
+        torch.testing.assert_close(together[k:k + 1], fit_subsets(blocks, [s], l2)[0], rtol=1e-5, atol=1e-7)
