@@ -24,7 +24,9 @@ it is diagonal (a rotation changes neither the fit nor ‖w‖), so applying it 
 elementwise product. Each iteration is two passes over the rows; the line search reuses the
 products (Armijo on the objective while its changes exceed float32 rounding, then the
 approximate Wolfe condition on the gradient the next iteration needs anyway), and its accepted
-trial's outputs, objective and gradient are the next iterate's.
+trial's outputs, objective and gradient are the next iterate's. Once at most half of the batch's
+subsets are still iterating, the others leave the passes (the rows are laid out again for the
+rest), so a few slow subsets do not keep every subset's rows in every pass.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def fit_subsets(blocks: list[TaskBlock], subsets: list[tuple[int, ...]], l2: flo
 
 
 def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float, metric: torch.Tensor,
-               max_iter: int = 100, tol: float = 1e-13, memory: int = 8) -> tuple[torch.Tensor, int]:
+               max_iter: int = 100, tol: float = 1e-13, memory: int = 8, trace: list | None = None
+               ) -> tuple[torch.Tensor, int]:
     """Minimize F_S for every subset; returns W (subsets, d) in the dtype of the packs' f, and the
     number of iterations.
 
@@ -156,6 +159,7 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
     1e-6 the estimates need, so that w does not depend on rounding either (other batch shapes,
     other machines): every backend and memory setting gives the same affinities. ``memory``:
     curvature pairs of the L-BFGS correction on top of the metric (0: the metric alone).
+    ``trace``: if given, each iteration appends the positions of the subsets in its passes.
     """
     if not packs:
         raise ValueError("no task has training rows")
@@ -232,6 +236,8 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
             pending_fit = pending_fit[keep]
             lbfgs.select(keep)
             B = len(active)
+        if trace is not None:
+            trace.append(active.copy())
         step_slots = torch.cat([step, step.new_zeros(1, d)]).to(products)
         U = [torch.bmm(s.pack.G, s.gather(step_slots).transpose(1, 2)) for s in slots]
         alpha = pending_fit.to(dtype)  # converged subsets stay where they are

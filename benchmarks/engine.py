@@ -164,19 +164,27 @@ def bench_surrogates(G: np.ndarray, tasks: np.ndarray, y: np.ndarray, is_train: 
     grad_tag_table(data, subsets[:8], l2)  # warm-up, not timed
     t_ours = best_of(REPEATS, lambda: grad_tag_table(data, subsets, l2))[0]
 
-    # Ours again, keeping w, for the objective comparison (not timed).
-    w_ours, iters = fit_subsets(data.train, subsets, l2)
+    # Ours again, keeping w and which subsets each iteration's passes carried, for the objective
+    # comparison and the floor below (not timed).
+    passes: list[np.ndarray] = []
+    w_ours, iters = fit_subsets(data.train, subsets, l2, trace=passes)
     obj_ours = subset_objective(w_ours, data.train, subsets, l2).numpy()
 
     # The floor: the batched products alone that those iterations need (two passes per iteration,
-    # same packs and shapes), with everything else — losses, line search, L-BFGS — left out.
-    slots = pack_slots(data.packed().train, subsets)
+    # over the subsets each iteration carried, same packs and shapes), with everything else —
+    # losses, line search, L-BFGS, packing, validation scores — left out.
+    packs = data.packed().train
+    layouts = {}
+    for active in passes:
+        if active.tobytes() not in layouts:
+            slots = pack_slots(packs, [subsets[a] for a in active])
+            layouts[active.tobytes()] = [(s, torch.rand(s.pack.G.shape[0], s.pack.G.shape[1], s.index.shape[1]))
+                                         for s in slots]
     step = torch.randn(len(subsets) + 1, G.shape[1])
-    slopes = [torch.rand(s.pack.G.shape[0], s.pack.G.shape[1], s.index.shape[1]) for s in slots]
 
     def products() -> None:
-        for _ in range(iters):
-            for s, slope in zip(slots, slopes):
+        for active in passes:
+            for s, slope in layouts[active.tobytes()]:
                 torch.bmm(s.pack.G, s.gather(step).transpose(1, 2))
                 torch.bmm(slope.transpose(1, 2), s.pack.G)
 
