@@ -16,7 +16,8 @@ subsets × rows, not × d. Tasks of similar row counts are packed into zero-padd
 (``task_blocks``) so that a pass is a few batched products (torch.bmm) whatever the number of
 tasks. The products and the per-row values (outputs, losses, slopes) are float32 (G is float32
 as projected); sums over rows, gradients and w accumulate in float64. Binary rows are signed
-(σ = 1 − 2y) so the loss is softplus(σz) and its slope sigmoid(σz). Steps are L-BFGS steps (8
+(σ = 1 − 2y) so the loss is softplus(σz) and its slope sigmoid(σz); regression rows carry the
+residual f − y in place of f. Steps are L-BFGS steps (8
 curvature pairs per subset, ``lbfgs``) whose initial metric is one d × d matrix for every batch:
 the start Hessian of an average subset, mean_t H_t + λI, from per-task matrices
 H_t = mean_{r∈train(t)} ℓ''(f_r) g̃_r g̃_rᵀ. The packs are rotated once to its eigenvectors, where
@@ -93,16 +94,17 @@ def subset_objective(W: torch.Tensor, blocks: list[TaskBlock], subsets: list[tup
 
 
 def pack_loss(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
-    """Per-row loss of a pack's outputs ``v`` (k, r, m): signed logits, logits or regression outputs."""
+    """Per-row loss of a pack's outputs ``v`` (k, r, m): signed logits or residuals (signed packs),
+    logits or regression outputs."""
     if p.signed:
-        return torch.nn.functional.softplus(v)
+        return torch.nn.functional.softplus(v) if p.binary else v * v
     return task_loss(v, p.y.to(v.dtype)[:, :, None], p.binary)
 
 
 def pack_slope(p: TaskPack, v: torch.Tensor) -> torch.Tensor:
     """Per-row derivative of ``pack_loss`` in v (the slope alone: this is in the solver's inner loop)."""
     if p.signed:
-        return torch.sigmoid(v)
+        return torch.sigmoid(v) if p.binary else 2.0 * v
     y = p.y.to(v.dtype)[:, :, None]
     return torch.sigmoid(v) - y if p.binary else 2.0 * (v - y)
 

@@ -41,9 +41,11 @@ class TaskBlock:
 class TaskPack:
     """``len(tasks)`` tasks padded to ``G.shape[1]`` rows each.
 
-    ``signed`` (binary tasks only): every row is multiplied by σ = 1 − 2y (+1 for label 0, −1 for
-    label 1), G and f alike. The logistic loss of z = f + g̃ᵀw is then softplus(v) with v = σz, and
-    its derivative in v is sigmoid(v): the labels drop out of the solver's inner loop."""
+    ``signed`` (the solver's form, labels out of its inner loop): a binary task's rows are
+    multiplied by σ = 1 − 2y (+1 for label 0, −1 for label 1), G and f alike, so the logistic loss
+    of z = f + g̃ᵀw is softplus(v) with v = σz and its derivative in v is sigmoid(v); a regression
+    task's f holds the residual f − y (and y is 0), so its loss is v² with v = z − y: outputs kept
+    in float32 then carry the residual's precision, not the target's (targets are not rescaled)."""
 
     tasks: torch.Tensor  # (k,) task ids, long
     G: torch.Tensor  # (k, r, d), the products' dtype
@@ -60,10 +62,10 @@ class TaskPack:
                         self.rows[keep], self.binary, self.signed)
 
     def rotated(self, basis: torch.Tensor) -> "TaskPack":
-        """The pack with every g̃ expressed in an orthonormal ``basis`` (d, d; columns): G·basis,
-        computed in float64. Inner products with w become inner products with basisᵀw, and ‖w‖ is
-        unchanged, so a fit in the new basis is the same fit."""
-        G = (self.G.double() @ basis.double()).to(self.G.dtype)
+        """The pack with every g̃ expressed in an orthonormal ``basis`` (d, d; columns): G·basis, in
+        G's dtype. Inner products with w become inner products with basisᵀw, and ‖w‖ is unchanged,
+        so a fit in the new basis is the same fit."""
+        G = self.G @ basis.to(self.G.dtype)
         return TaskPack(self.tasks, G, self.f, self.y, self.mask, self.rows, self.binary, self.signed)
 
     def to(self, device: torch.device | str) -> "TaskPack":
@@ -74,7 +76,8 @@ class TaskPack:
 def pack_tasks(blocks: list[TaskBlock], dtype: torch.dtype | None = None, products: torch.dtype | None = None,
                slack: float = 0.25, signed: bool = False) -> list[TaskPack]:
     """Pack the tasks with at least one row. ``dtype``: of f, y and the mask (default: the blocks' f);
-    ``products``: of G (default: ``dtype``); ``signed``: sign the binary tasks' rows (labels 0/1)."""
+    ``products``: of G (default: ``dtype``); ``signed``: the solver's form (binary rows signed, labels
+    0/1; regression rows as residuals: see ``TaskPack``)."""
     live = [t for t, b in enumerate(blocks) if len(b.f)]
     if not live:
         return []
@@ -106,10 +109,12 @@ def pack_tasks(blocks: list[TaskBlock], dtype: torch.dtype | None = None, produc
             f[slot, at] = torch.cat([blocks[t].f for t in group]).to(dtype) * sign
             y = torch.zeros_like(f)
             y[slot, at] = y_all
+            if signed and not binary:  # residuals, computed in ``dtype`` before any float32 pass
+                f, y = f - y, torch.zeros_like(y)
             mask = torch.zeros_like(f)
             mask[slot, at] = 1.0
             packs.append(TaskPack(torch.as_tensor(group, dtype=torch.long, device=device), G, f, y, mask,
-                                  mask.sum(1), binary, binary and signed))
+                                  mask.sum(1), binary, signed))
             start = end
     return packs
 

@@ -76,13 +76,14 @@ def test_packs_pad_sign_and_slot_the_tasks(rng):
     for p in packs:
         rows = [len(raw[t][1]) for t in p.tasks.tolist()]
         assert min(rows) >= 0.75 * max(rows) and p.G.shape[1] == max(rows)  # padding within the slack
-        assert all(raw[t][3] == p.binary for t in p.tasks.tolist()) and p.signed == p.binary
+        assert all(raw[t][3] == p.binary for t in p.tasks.tolist()) and p.signed
         for i, t in enumerate(p.tasks.tolist()):
             G, f, y, binary = raw[t]
             n = len(f)
             assert p.rows[i] == n and p.mask[i, :n].all() and not p.mask[i, n:].any()
             assert not p.G[i, n:].any() and not p.f[i, n:].any()  # padded rows add nothing
-            # Signed rows: softplus(σz) is the logistic loss of z and sigmoid(σz)·σ its slope.
+            # Signed rows: softplus(σz) is the logistic loss of z and sigmoid(σz)·σ its slope;
+            # regression rows: the residual z − y, loss its square.
             w = torch.as_tensor(rng.standard_normal(G.shape[1]))
             z = torch.as_tensor(f + G @ w.numpy())
             v = (p.f[i, :n] + p.G[i, :n].double() @ w)[None, :, None]  # (k = 1, rows, m = 1)
@@ -226,3 +227,27 @@ def test_a_slow_subset_finishes_alone(rng):
     torch.testing.assert_close(together[-1:], alone, rtol=1e-5, atol=1e-7)
     for k, s in enumerate(easy):
         torch.testing.assert_close(together[k:k + 1], fit_subsets(blocks, [s], l2)[0], rtol=1e-5, atol=1e-7)
+
+
+def test_regression_targets_far_from_zero(rng):
+    """Targets around 1e4 (not rescaled): the float32 passes work on residuals, so the fit still
+    reaches the reference optimum."""
+    d, l2 = 8, 0.01
+    blocks, raw = [], []
+    for t in range(3):
+        G = rng.standard_normal((50, d))
+        y = 1e4 + 10 * t + rng.standard_normal(50)
+        f = y + rng.standard_normal(50)  # a base model that is close, as trained ones are
+        raw.append((G, f, y))
+        blocks.append(TaskBlock(torch.as_tensor(G), torch.as_tensor(f), torch.as_tensor(y), False))
+    subsets = [(0, 1), (1, 2), (0, 1, 2)]
+    W, _ = fit_subsets(blocks, subsets, l2)
+    ours = subset_objective(W, blocks, subsets, l2)
+    for b, s in enumerate(subsets):
+        G = np.concatenate([raw[t][0] for t in s])
+        f = np.concatenate([raw[t][1] for t in s])
+        y = np.concatenate([raw[t][2] for t in s])
+        weight = np.full(len(f), 1 / len(f))
+        w_ref, f_ref = reference_fit(G, f, y, np.zeros(len(f), dtype=bool), weight, l2)
+        assert abs(float(ours[b]) - f_ref) <= 1e-9 * abs(f_ref)
+        np.testing.assert_allclose(W[b].numpy(), w_ref, rtol=1e-5, atol=1e-7)
