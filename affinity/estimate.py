@@ -108,13 +108,13 @@ class PackedPairs:
 
 def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memory_mb: int) -> int:
     """Subsets per batch so that the solver's per-subset vectors (w, gradient, step and the L-BFGS
-    pairs: ~24 of length d) and per-row values (outputs, products, line-search trial and
-    temporaries: ~6 per (row, subset), times up to 4/3 for the packs' padding) fit the budget."""
+    pairs: ~24 of length d, in f's dtype) and per-row values (outputs, products, line-search
+    trial and temporaries: ~6 per (row, subset), times up to 4/3 for the packs' padding, in the
+    products' float32) fit the budget."""
     d = data.train[0].G.shape[1]
-    item = data.train[0].f.element_size()
     rows = np.array([len(b.f) for b in data.train])
     widest = max(int(rows[list(s)].sum()) for s in subsets)
-    per_subset = (24 * d + 8 * widest) * item
+    per_subset = 24 * d * data.train[0].f.element_size() + 8 * widest * data.train[0].G.element_size()
     return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 
 
