@@ -58,9 +58,15 @@ class PairData:
         f = torch.as_tensor(grads.base_output, device=device).to(dtype)
         y = torch.as_tensor(Y[rows, tasks], device=device).to(dtype)
         out: dict[bool, list[TaskBlock]] = {True: [], False: []}
-        for t in range(Y.shape[1]):
-            for split in (True, False):
-                idx = torch.as_tensor(np.flatnonzero((tasks == t) & (is_train == split)), device=device)
+        # One stable sort by (split, task) instead of a scan of every pair per task: the blocks
+        # are contiguous runs of it, in the pairs' own order.
+        n_tasks = Y.shape[1]
+        key = np.where(is_train, 0, n_tasks) + tasks
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(key[order], np.arange(2 * n_tasks + 1))
+        for split, offset in ((True, 0), (False, n_tasks)):
+            for t in range(n_tasks):
+                idx = torch.as_tensor(order[bounds[offset + t]:bounds[offset + t + 1]], device=device)
                 out[split].append(TaskBlock(G[idx], f[idx], y[idx], bool(binary_tasks[t])))
         return cls(train=out[True], val=out[False])
 

@@ -251,3 +251,23 @@ def test_regression_targets_far_from_zero(rng):
         w_ref, f_ref = reference_fit(G, f, y, np.zeros(len(f), dtype=bool), weight, l2)
         assert abs(float(ours[b]) - f_ref) <= 1e-9 * abs(f_ref)
         np.testing.assert_allclose(W[b].numpy(), w_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_pair_data_blocks_hold_each_task_and_split(rng):
+    """PairData.build: task t's training (validation) block is exactly its training (validation)
+    pairs, in the pairs' order."""
+    from affinity.estimate import PairData
+    from affinity.gradients import GradientFeatures
+    n, T = 2000, 13
+    tasks, rows = rng.integers(0, T, n), rng.integers(0, 300, n)
+    Y, train = rng.random((300, T)), rng.random((300, T)) < 0.7
+    grads = GradientFeatures(features=rng.standard_normal((n, 4)).astype(np.float32),
+                             base_output=rng.standard_normal(n).astype(np.float32), rows=rows, tasks=tasks, n_params=4)
+    data = PairData.build(grads, Y, train, np.arange(T) % 2 == 0, torch.device("cpu"), torch.float64)
+    is_train = train[rows, tasks]
+    for t in range(T):
+        for split, blocks in ((True, data.train), (False, data.val)):
+            idx = np.flatnonzero((tasks == t) & (is_train == split))
+            np.testing.assert_array_equal(blocks[t].G.numpy(), grads.features[idx])
+            np.testing.assert_array_equal(blocks[t].y.numpy(), Y[rows[idx], t])
+            assert blocks[t].binary == (t % 2 == 0)
