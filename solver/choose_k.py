@@ -16,9 +16,11 @@ Q has modularity's resolution limit: merging two groups whose cross affinity is 
 changes Q by almost nothing, so with many small groups it hardly tells k apart (planted n = 1000
 in 100 groups of 10: a 77-group partition scores higher than the planted one;
 `benchmarks/k_selection.py`). So Q's choice is followed by a merge check (``undo_merges``):
-each group is bisected along the leading direction of its centered block, and a group whose
+each group is bisected by 2-means on the rows of its centered block, and a group whose
 halves are no more related than average (cross affinity below MERGE_RATIO of their internal
-one) counts as two groups merged; with m such groups, k + m is solved and kept if it has fewer.
+one) counts as groups merged, as many as repeated bisection of its halves finds; with m such
+groups holding p parts, k + p − m is solved and kept if it misses fewer groups by the same
+count.
 
 Each candidate's record also carries its centered density
 D(P) = Σ_G (1/|G|) Σ_{i≠j ∈ G} (T_ij − m) / s, s = Σ_{i≠j} |T_ij − m| / n (the average-
@@ -33,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from .validation import candidate_ks
 
@@ -127,54 +130,84 @@ def select_k_screened(T: np.ndarray, ks: list[int], screen: Callable[[int], np.n
 MERGE_RATIO = 0.5
 
 
-def merged_groups(T: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
-    """Groups of the partition that look like two groups merged.
+def _bisect(C: np.ndarray, idx: np.ndarray) -> dict[str, Any] | None:
+    """Bisect the tasks ``idx`` by 2-means on the rows of their block of the centered matrix C
+    (with the mean direction projected out): each task's affinity profile within the block. Tasks
+    of one planted group have nearly the same profile, so a cut keeps such groups whole however
+    many the block holds (the sign of the leading eigenvector does too for two, but with more the
+    top eigenvalues are nearly equal and the eigenvector is an arbitrary mix that can cut through
+    a group). None below 4 tasks or when a half has fewer than 2."""
+    if len(idx) < 4:
+        return None
+    S = C[np.ix_(idx, idx)]
+    S = S - S.mean(axis=0, keepdims=True)
+    S = S - S.mean(axis=1, keepdims=True)
+    side = KMeans(n_clusters=2, n_init=4, random_state=0).fit(S).labels_ == 1
+    a, b = idx[side], idx[~side]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    inside = (C[np.ix_(a, a)].sum() / (len(a) * (len(a) - 1))
+              + C[np.ix_(b, b)].sum() / (len(b) * (len(b) - 1))) / 2
+    across = float(C[np.ix_(a, b)].mean())
+    return {"a": a, "b": b, "inside": float(inside), "across": across,
+            "merged": bool(inside > 0 and across < MERGE_RATIO * inside)}
 
-    Each group of at least 4 tasks is bisected by the sign of the leading eigenvector of its block
-    of T − m (m = mean off-diagonal entry) with the mean direction projected out; it reads as
-    merged when the halves' mean cross entry of
-    T − m is below MERGE_RATIO × their mean internal one (and that is positive): tasks that were
-    put together although their affinity is no more than average."""
+
+def _parts(C: np.ndarray, idx: np.ndarray) -> int:
+    """How many groups the tasks ``idx`` hold, by repeated bisection: one if neither their bisection
+    nor any below it reads as merged, else the parts of the two halves. (A block of many groups
+    can read as one at the top: each half's internal mean is then mostly pairs from different
+    groups; its halves' halves still show them.) Pieces below 6 tasks are not bisected further:
+    halves of 2 give a one-entry internal mean, too noisy to judge."""
+    cut = _bisect(C, idx) if len(idx) >= 6 else None
+    if cut is None:
+        return 1
+    a, b = _parts(C, cut["a"]), _parts(C, cut["b"])
+    return a + b if cut["merged"] or a > 1 or b > 1 else 1
+
+
+def merged_groups(T: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """Groups of the partition that look like groups merged.
+
+    Each group of at least 4 tasks is bisected (``_bisect``); it reads as merged when the halves'
+    mean cross entry of T − m (m = mean off-diagonal entry) is below MERGE_RATIO × their mean
+    internal one (and that is positive): tasks that were put together although their affinity is
+    no more than average. ``parts``: how many groups it holds when its halves are bisected again
+    in turn (a group can be several merged, when the chosen k is far below the true one)."""
     C = _centered(T)
     labels = np.asarray(labels)
     out = []
     for g in np.unique(labels):
         idx = np.flatnonzero(labels == g)
-        if len(idx) < 4:
-            continue
-        # The leading eigenvector of the block with its mean direction projected out: for two
-        # merged groups that is their difference (the top two eigenvalues of the block itself are
-        # nearly equal there, so its second eigenvector is an arbitrary mix).
-        S = C[np.ix_(idx, idx)]
-        S = S - S.mean(axis=0, keepdims=True)
-        S = S - S.mean(axis=1, keepdims=True)
-        side = np.linalg.eigh(S)[1][:, -1] > 0
-        a, b = idx[side], idx[~side]
-        if len(a) < 2 or len(b) < 2:
-            continue
-        inside = (C[np.ix_(a, a)].sum() / (len(a) * (len(a) - 1))
-                  + C[np.ix_(b, b)].sum() / (len(b) * (len(b) - 1))) / 2
-        across = float(C[np.ix_(a, b)].mean())
-        if inside > 0 and across < MERGE_RATIO * inside:
-            out.append({"group": int(g), "size": len(idx), "inside": float(inside), "across": across})
+        cut = _bisect(C, idx)
+        if cut is not None and cut["merged"]:
+            out.append({"group": int(g), "size": len(idx), "inside": cut["inside"], "across": cut["across"],
+                        "parts": _parts(C, cut["a"]) + _parts(C, cut["b"])})
     return out
 
 
 def undo_merges(T: np.ndarray, best: Any, solve: Callable[[int], Any], k_max: int, rounds: int = 3
                 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Q's resolution limit (module docstring) shows as groups that are two groups merged: while the
-    chosen partition has m such groups, solve k + m and keep it if it has fewer (at most
-    ``rounds`` times, never above k_max). Returns the grouping and a record of each round."""
+    """Q's resolution limit (module docstring) shows as groups that are groups merged: while the
+    chosen partition has such groups, holding p parts in all, the partition misses p − (their
+    number) groups; solve k + that and keep it if it misses fewer (at most ``rounds`` times, never
+    above k_max). Returns the grouping and a record of each round."""
+    def missing(merged: list[dict[str, Any]]) -> int:
+        return sum(m["parts"] - 1 for m in merged)
+
     record = []
     merged = merged_groups(T, best.labels)
     for _ in range(rounds):
-        if not merged or best.k + len(merged) > k_max:
+        target = min(best.k + missing(merged), k_max)
+        if not merged or target <= best.k:
             break
-        trial = solve(best.k + len(merged))
+        trial = solve(target)
         trial_merged = merged_groups(T, trial.labels)
-        record.append({"k": best.k, "merged_groups": len(merged), "tried_k": trial.k,
-                       "merged_groups_after": len(trial_merged), "kept": len(trial_merged) < len(merged)})
-        if len(trial_merged) >= len(merged):
+        kept = missing(trial_merged) < missing(merged)
+        record.append({"k": best.k, "merged_groups": len(merged), "missing": missing(merged), "tried_k": trial.k,
+                       "merged_groups_after": len(trial_merged), "missing_after": missing(trial_merged),
+                       "kept": kept})
+        if not kept:
             break
         best, merged = trial, trial_merged
     return best, record

@@ -352,9 +352,20 @@ def test_merged_groups_are_found_and_undone() -> None:
 
     best, record = undo_merges(T, start, solve, k_max=60)
     assert calls == [12] and best.k == 12 and adjusted_rand_score(truth, best.labels) == 1.0
-    assert record == [{"k": 11, "merged_groups": 1, "tried_k": 12, "merged_groups_after": 0, "kept": True}]
+    assert record == [{"k": 11, "merged_groups": 1, "missing": 1, "tried_k": 12, "merged_groups_after": 0,
+                       "missing_after": 0, "kept": True}]
     # A k range that does not allow more groups leaves the choice alone.
     assert undo_merges(T, start, solve, k_max=11)[0].k == 11
+    # Far below the true k each group holds several planted ones: repeated bisection counts them,
+    # and one solve at the true k undoes all the merges.
+    coarse = truth // 4  # 3 groups of 4 planted groups each
+    found = merged_groups(T, coarse)
+    assert [f["parts"] for f in found] == [4, 4, 4]
+    calls.clear()
+    start = Grouping.from_labels(T, coarse, method="spectral", relaxation_objective=None, seconds=0.0)
+    best, record = undo_merges(T, start, solve, k_max=60)
+    assert calls == [12] and adjusted_rand_score(truth, best.labels) == 1.0
+    assert all(f["size"] == 40 for f in found)
 
 
 def test_k_selection_undoes_the_merges_of_the_resolution_limit() -> None:
