@@ -18,9 +18,11 @@ from .sdp import solve_sdp
 from .validation import check_affinity, check_k, check_method, standardize
 
 AUTO_SDP_MAX_N = 150
-# k selection with lowrank above this n (where the polish stops): candidates screened on the
-# spectral start partition, only the SCREEN_KEEP best solved.
-SCREEN_MIN_N = FULL_CONE_MAX_N
+# k selection with lowrank above this n (where method "auto" turns to lowrank): candidates
+# screened on the spectral start partition, only the SCREEN_KEEP best solved (each with the
+# polish up to FULL_CONE_MAX_N). From n = 150 rather than 300 since session 5: planted n = 200
+# and 300 chose the same k in a sixth to a third of the time (benchmarks/README.md, choosing k).
+SCREEN_MIN_N = AUTO_SDP_MAX_N
 SCREEN_KEEP = 4
 
 

@@ -296,7 +296,7 @@ def test_lowrank_penalty_does_not_run_away_from_a_bad_start() -> None:
 
 
 def test_k_selection_screens_candidates_at_large_n() -> None:
-    """Above the polish limit, k selection with lowrank scores every candidate on the spectral
+    """Above n = 150, k selection with lowrank scores every candidate on the spectral
     start partition and solves only the best few; the planted k is still found."""
     T, truth = planted(400, 10, sigma=0.2, seed=3)
     g = cluster(T, (2, 20), method="lowrank")
