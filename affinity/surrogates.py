@@ -247,11 +247,11 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         new_obj = obj.clone()
         trial_grad = None
         # Backtracking per subset, without new products G·p. A step is taken when the objective
-        # fell by more than its rounding and by the Armijo fraction of the decrement; when the
+        # fell by more than its rounding and by the Armijo fraction of the decrement. When the
         # change is within rounding (near the optimum, where objective values cannot tell steps
-        # apart) when the directional derivative at the trial, -pᵀ∇F, is at most 0.8 of the
-        # decrement: the approximate Wolfe condition of Hager and Zhang (2005), from the gradient
-        # that the next iteration needs anyway. A rise beyond rounding halves the step.
+        # apart), it is taken when the directional derivative at the trial, -pᵀ∇F, is at most 0.8
+        # of the decrement: the approximate Wolfe condition of Hager and Zhang (2005), from the
+        # gradient that the next iteration needs anyway. A rise beyond rounding halves the step.
         for _ in range(40):
             trial = [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
             W_trial = W - alpha[:, None] * step
