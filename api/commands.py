@@ -52,6 +52,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=0, help="Embedded worker processes (0: run workers elsewhere).")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    api_processes: Annotated[int, typer.Option(min=1, help="API processes sharing the port (one handles a few "
+                                                           "hundred polls/s; all state is in the database).")] = 1,
 ) -> None:
     """Run the API (and, by default, one embedded worker process)."""
     import uvicorn
@@ -79,10 +81,16 @@ def serve(
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    app = create_app(settings)
-    app.router.on_shutdown.append(stop_workers)  # runs before uvicorn re-raises SIGTERM/SIGINT
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+        if api_processes > 1:
+            # uvicorn's supervisor starts the processes, each building its app from the same
+            # environment settings; on SIGTERM/SIGINT it stops them and returns here.
+            uvicorn.run("api.app:create_app", factory=True, workers=api_processes, host=host, port=port,
+                        log_level="info", access_log=access_log)
+        else:
+            app = create_app(settings)
+            app.router.on_shutdown.append(stop_workers)  # runs before uvicorn re-raises SIGTERM/SIGINT
+            uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     finally:
         stop_workers()
 

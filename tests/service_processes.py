@@ -35,9 +35,11 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def start_server(env: dict[str, str], port: int, log: Path, workers: int = 0) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, log: Path, workers: int = 0, api_processes: int = 1
+                 ) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "affinity.cli", "serve", "--port", str(port),
-                             "--workers", str(workers)], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                             "--workers", str(workers), "--api-processes", str(api_processes)],
+                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

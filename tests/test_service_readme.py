@@ -32,3 +32,35 @@ def test_readme_service_flow_with_curl(tmp_path, repo_root):
     server = start_server(env, port, tmp_path / "serve2.log", workers=0)
     stop(server)
     assert "ta_" not in (tmp_path / "serve2.log").read_text()
+
+
+def test_the_flow_through_two_api_processes_on_one_port(tmp_path, repo_root):
+    """`serve --api-processes 2`: two uvicorn processes share the port (all state is in the
+    database), the same flow succeeds through them, and SIGTERM stops them all."""
+    import os
+    import re
+
+    env = service_env(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'db.sqlite'}")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    server = start_server(env, port, log, workers=1, api_processes=2)
+    try:
+        key = printed_key(log)
+        out = tmp_path / "groups.json"
+        done = subprocess.run(["bash", str(repo_root / "examples" / "service_demo.sh"), f"http://127.0.0.1:{port}",
+                               str(repo_root / "examples" / "planted.json"), str(out)],
+                              env={**env, "TASK_AFFINITY_KEY": key}, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(out.read_text())["k"] == 4
+        api = set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))
+        assert len(api) == 2, log.read_text()[-3000:]
+    finally:
+        stop(server)
+    assert server.returncode == 0, log.read_text()[-3000:]
+    for pid in api:  # the supervisor took its API processes down with it
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, pid
