@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -85,6 +86,16 @@ def install(app: FastAPI) -> None:
             errors.append({"field": field, "message": f"{field}: {msg}", "value": e.get("input")})
         detail = "; ".join(x["message"] for x in errors) or "invalid request"
         return problem_response(request, 422, detail, errors)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(DisconnectionError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away (restart, network, a SQLite lock held too long): a 503 the
+        # client can retry, not a 500; the pool reconnects (pre-ping) once it is back.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 503, f"database unavailable ({type(exc).__name__}); retry shortly",
+                                headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -175,3 +175,45 @@ def test_cancelling_a_running_job_stops_it_between_batches(db_url, tmp_path):
     finally:
         stop(worker)
     assert _job(store, job_id).error == "cancelled by request"
+
+
+def test_a_database_outage_gives_503s_and_the_api_recovers(db_url, tmp_path):
+    """The database refuses connections after the API started (PostgreSQL: connections disallowed
+    and the open ones terminated, as in a restart): readyz and the routes answer 503 problem+json
+    with Retry-After, never a 500; once it is back, the same process answers 200 again."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the outage is made on PostgreSQL (a SQLite file does not go away)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from service_processes import printed_key
+
+    name = make_url(db_url).database
+    admin = create_engine(make_url(db_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    env = service_env(tmp_path / "home", db_url, TASK_AFFINITY_KEY_CACHE_SECONDS="0")
+    port, log = free_port(), tmp_path / "serve.log"
+    server = start_server(env, port, log, workers=0)
+    base, key = f"http://127.0.0.1:{port}", printed_key(log)
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        assert httpx.get(f"{base}/v1/jobs", headers=auth).status_code == 200
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+        for path in ("/readyz", "/v1/jobs"):
+            r = httpx.get(base + path, headers=auth)
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert "database" in r.json()["detail"]
+        assert httpx.get(f"{base}/v1/jobs", headers=auth).headers.get("retry-after") == "5"
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        assert httpx.get(f"{base}/v1/jobs", headers=auth).status_code == 200
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop(server)
+        with admin.connect() as conn:  # the fixture drops it: it must accept the drop's connection
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        admin.dispose()
