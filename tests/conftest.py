@@ -34,12 +34,8 @@ def _postgres_admin_url() -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A URL to an empty database that is dropped after the test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
+def _postgres_database():
+    """An empty PostgreSQL database, dropped afterwards: yields its URL."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -57,6 +53,21 @@ def db_url(request, tmp_path):
         with eng.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A URL to an empty database that is dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL to an empty PostgreSQL database that is dropped after the test."""
+    yield from _postgres_database()
 
 
 @pytest.fixture

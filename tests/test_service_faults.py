@@ -177,12 +177,12 @@ def test_cancelling_a_running_job_stops_it_between_batches(db_url, tmp_path):
     assert _job(store, job_id).error == "cancelled by request"
 
 
-def test_a_database_outage_gives_503s_and_the_api_recovers(db_url, tmp_path):
+def test_a_database_outage_gives_503s_and_the_api_recovers(postgres_url, tmp_path):
     """The database refuses connections after the API started (PostgreSQL: connections disallowed
-    and the open ones terminated, as in a restart): readyz and the routes answer 503 problem+json
-    with Retry-After, never a 500; once it is back, the same process answers 200 again."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("the outage is made on PostgreSQL (a SQLite file does not go away)")
+    and the open ones terminated, as in a restart; a SQLite file does not go away): readyz and the
+    routes answer 503 problem+json with Retry-After, never a 500; once it is back, the same
+    process answers 200 again."""
+    db_url = postgres_url
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
