@@ -28,6 +28,17 @@ def reference_fit(G, f, y, binary, weight, l2):
     return res.x, res.fun
 
 
+def reference_subset_fit(raw, s, l2):
+    """``reference_fit`` on subset ``s`` of the per-task arrays ``raw`` ((G, f, y, binary) per task),
+    each task weighted 1/|S| and its rows equally, as the solver does."""
+    G = np.concatenate([raw[t][0] for t in s])
+    f = np.concatenate([raw[t][1] for t in s])
+    y = np.concatenate([raw[t][2] for t in s])
+    binary = np.concatenate([np.full(len(raw[t][1]), raw[t][3]) for t in s])
+    weight = np.concatenate([np.full(len(raw[t][1]), 1 / (len(s) * len(raw[t][1]))) for t in s])
+    return reference_fit(G, f, y, binary, weight, l2)
+
+
 def make_problem(rng, n_tasks=6, rows=60, d=12, scale=1.0):
     binary = [True, True, True, True, False, False][:n_tasks]
     blocks, raw = [], []
@@ -47,12 +58,7 @@ def test_batched_fit_matches_scipy(rng, l2):
     W, iters = fit_subsets(blocks, subsets, l2)
     ours = subset_objective(W, blocks, subsets, l2)
     for b, s in enumerate(subsets):
-        G = np.concatenate([raw[t][0] for t in s])
-        f = np.concatenate([raw[t][1] for t in s])
-        y = np.concatenate([raw[t][2] for t in s])
-        binary = np.concatenate([np.full(len(raw[t][1]), raw[t][3]) for t in s])
-        weight = np.concatenate([np.full(len(raw[t][1]), 1 / (len(s) * len(raw[t][1]))) for t in s])
-        w_ref, f_ref = reference_fit(G, f, y, binary, weight, l2)
+        w_ref, f_ref = reference_subset_fit(raw, s, l2)
         assert abs(float(ours[b]) - f_ref) <= 1e-6 * abs(f_ref)  # the issue's criterion
         assert float(ours[b]) <= f_ref + 1e-12  # and in fact at least as close
         np.testing.assert_allclose(W[b].numpy(), w_ref, rtol=1e-3, atol=1e-5)  # w is flat near the optimum when λ is small
@@ -238,17 +244,13 @@ def test_regression_targets_far_from_zero(rng):
         G = rng.standard_normal((50, d))
         y = 1e4 + 10 * t + rng.standard_normal(50)
         f = y + rng.standard_normal(50)  # a base model that is close, as trained ones are
-        raw.append((G, f, y))
+        raw.append((G, f, y, False))
         blocks.append(TaskBlock(torch.as_tensor(G), torch.as_tensor(f), torch.as_tensor(y), False))
     subsets = [(0, 1), (1, 2), (0, 1, 2)]
     W, _ = fit_subsets(blocks, subsets, l2)
     ours = subset_objective(W, blocks, subsets, l2)
     for b, s in enumerate(subsets):
-        G = np.concatenate([raw[t][0] for t in s])
-        f = np.concatenate([raw[t][1] for t in s])
-        y = np.concatenate([raw[t][2] for t in s])
-        weight = np.full(len(f), 1 / len(f))
-        w_ref, f_ref = reference_fit(G, f, y, np.zeros(len(f), dtype=bool), weight, l2)
+        w_ref, f_ref = reference_subset_fit(raw, s, l2)
         assert abs(float(ours[b]) - f_ref) <= 1e-9 * abs(f_ref)
         np.testing.assert_allclose(W[b].numpy(), w_ref, rtol=1e-5, atol=1e-7)
 
