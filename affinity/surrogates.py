@@ -173,18 +173,25 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
     # line search then decides on the directional derivative instead (see the loop).
     noise = 100.0 * torch.finfo(products).eps
     active = np.arange(B)  # the subsets still iterating (positions in ``subsets``)
-    slots = pack_slots(packs, subsets)
-    flat = [s.index.reshape(-1) for s in slots]
-    weights = [s.weight.to(products)[:, None, :] for s in slots]
+
+    def lay_out(batch: list[tuple[int, ...]]) -> tuple[list[PackSlots], list[torch.Tensor], list[torch.Tensor],
+                                                     list[torch.Tensor]]:
+        """The batch on the packs, and per PackSlots what the passes read: the flat subset index of
+        each slot, the slot weights and the task rows' mask in the products' dtype."""
+        slots = pack_slots(packs, batch)
+        return (slots, [s.index.reshape(-1) for s in slots], [s.weight.to(products)[:, None, :] for s in slots],
+                [s.pack.mask.to(products)[:, None, :] for s in slots])
+
+    slots, flat, weights, masks = lay_out(subsets)
     W_done = torch.zeros(B, d, dtype=dtype, device=device)
     W = W_done.clone()
     V = [s.pack.f.to(products)[:, :, None].expand(-1, -1, s.index.shape[1]).clone() for s in slots]
 
     def objective(V: list[torch.Tensor], W: torch.Tensor) -> torch.Tensor:
         obj = torch.zeros(B + 1, dtype=dtype, device=device)
-        for s, i, v in zip(slots, flat, V):
+        for s, i, v, mask in zip(slots, flat, V, masks):
             # Σ over each task's real rows, weighted per slot: (k·m,)
-            sums = torch.bmm(s.pack.mask.to(products)[:, None, :], pack_loss(s.pack, v)).squeeze(1)
+            sums = torch.bmm(mask, pack_loss(s.pack, v)).squeeze(1)
             obj.index_add_(0, i, (s.weight * sums.to(dtype)).reshape(-1))
         return obj[:B] + 0.5 * l2 * (W * W).sum(1)
 
@@ -208,6 +215,10 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         """Per-subset values ``v`` (B,) at each slot of ``s`` (an empty slot gets 0), as (k, 1, m)."""
         return s.gather(torch.cat([v, v.new_zeros(1)]))[:, None, :]
 
+    def outputs(alpha: torch.Tensor) -> list[torch.Tensor]:
+        """The per-row outputs after each subset's step of length ``alpha`` (B,) along ``U``."""
+        return [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
+
     obj, grad = objective(V, W), gradient(V, W)
     it = 0
     for it in range(1, max_iter + 1):
@@ -229,11 +240,9 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
             done = torch.as_tensor(active[~pending_fit.cpu().numpy()], device=device)
             W_done[done] = W[~pending_fit]
             active = active[kept]
-            new_slots = pack_slots(packs, [subsets[a] for a in active])
-            V = [V[q][I, :, J].permute(0, 2, 1).contiguous() for q, I, J in slot_sources(slots, new_slots, kept)]
-            slots = new_slots
-            flat = [s.index.reshape(-1) for s in slots]
-            weights = [s.weight.to(products)[:, None, :] for s in slots]
+            old_slots = slots
+            slots, flat, weights, masks = lay_out([subsets[a] for a in active])
+            V = [V[q][I, :, J].permute(0, 2, 1).contiguous() for q, I, J in slot_sources(old_slots, slots, kept)]
             W, grad, obj, step, decrement, scale = (x[keep] for x in (W, grad, obj, step, decrement, scale))
             pending_fit = pending_fit[keep]
             lbfgs.select(keep)
@@ -245,7 +254,6 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         alpha = pending_fit.to(dtype)  # converged subsets stay where they are
         pending = pending_fit.clone()
         new_obj = obj.clone()
-        trial_grad = None
         # Backtracking per subset, without new products G·p. A step is taken when the objective
         # fell by more than its rounding and by the Armijo fraction of the decrement. When the
         # change is within rounding (near the optimum, where objective values cannot tell steps
@@ -253,7 +261,7 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
         # of the decrement: the approximate Wolfe condition of Hager and Zhang (2005), from the
         # gradient that the next iteration needs anyway. A rise beyond rounding halves the step.
         for _ in range(40):
-            trial = [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
+            trial = outputs(alpha)
             W_trial = W - alpha[:, None] * step
             cand = objective(trial, W_trial)
             ok = pending & (cand <= obj - 1e-4 * alpha * decrement) & (obj - cand > noise * scale)
@@ -269,7 +277,7 @@ def fit_packed(packs: list[TaskPack], subsets: list[tuple[int, ...]], l2: float,
             alpha = torch.where(pending, alpha * 0.5, alpha)
         if bool(pending.any()):  # no decrease found: these stay where they are
             alpha = torch.where(pending, torch.zeros_like(alpha), alpha)
-            trial = [torch.addcmul(v, per_slot(-alpha, s).to(products), u) for s, v, u in zip(slots, V, U)]
+            trial = outputs(alpha)
             trial_grad = None
         # The last trial used every subset's final step length: its outputs are the new ones.
         V, obj = trial, new_obj
