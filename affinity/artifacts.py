@@ -56,6 +56,15 @@ def groups_record(result: "JobResult") -> dict[str, Any]:
     record["groups"] = [[names[i] for i in members] for members in g.groups]
     record["solver"] = g.method
     record["truth"] = truth_report(names, np.asarray(g.labels), result.data.truth_groups)
+    if result.advice is not None:
+        advice = dict(result.advice)
+        per_task = advice.pop("predicted_task_val_loss", None)
+        if per_task is not None:
+            advice["predicted_task_val_loss"] = dict(zip(names, per_task))
+        record["advice"] = advice
+        record["verdict"] = advice["verdict"]
+        record["recommendation"] = advice["recommendation"]
+        record["predicted_gain"] = advice["predicted_gain"]
     return record
 
 
@@ -107,5 +116,6 @@ def write_artifacts(out: Path, result: "JobResult") -> dict[str, Path]:
         "base_training": {"best_epoch": tr.best_epoch, "epochs_run": tr.epochs_run,
                           "best_val_loss": tr.best_val_loss},
         "groups": groups["groups"], "truth_ari": groups["truth"]["ari"] if groups["truth"] else None,
+        "verdict": groups.get("verdict"), "predicted_gain": groups.get("predicted_gain"),
     })
     return {name: out / name for name in ARTIFACTS if (out / name).exists()}

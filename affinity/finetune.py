@@ -22,7 +22,7 @@ from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
-from affinity.training import TensorData, train_model
+from affinity.training import TensorData, evaluate_losses, train_model
 
 
 def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0.999), eps=1e-8) -> None:
@@ -45,16 +45,20 @@ def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0
 
 def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
                      batch_subsets: int = 16, progress: Progress | None = None,
-                     backend: Backend | None = None, stage: str = "exact fine-tuning") -> np.ndarray:
-    """Validation loss of every task of every subset after really fine-tuning θ* on the subset.
+                     backend: Backend | None = None, stage: str = "exact fine-tuning",
+                     return_test: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Validation loss of every task of every subset after really training ``model`` on the subset.
 
-    Returns ``(len(subsets), max size)`` with NaN padding. Batches of ``batch_subsets`` subsets
+    ``model`` is θ* (fine-tuning: the exact estimator) or a fresh initialization (training from
+    scratch: the scratch estimator, group models). Returns ``(len(subsets), max size)`` with NaN
+    padding; with ``return_test`` also the held-out test losses of the same (best-validation)
+    states. Batches of ``batch_subsets`` subsets
     are shards (:func:`finetune_shard`) run on the backend. Models with buffers (per-task
     normalization statistics), and any ``spec.mtl_method`` other than equal weighting, are
     fine-tuned one subset at a time with ``train_model`` inside their shard.
     """
     size = max(len(s) for s in subsets)
-    out = np.full((len(subsets), size), np.nan)
+    out = np.full((2, len(subsets), size), np.nan)
     backend = backend or LocalBackend()
     batch_subsets = shard_batch(backend, len(subsets), batch_subsets)
     progress = progress or Progress()
@@ -67,36 +71,42 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     results = backend.map(finetune_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
     for chunk, losses in zip(chunks, results):
-        out[start:start + len(chunk), :losses.shape[1]] = losses
+        out[:, start:start + len(chunk), :losses.shape[2]] = losses
         start += len(chunk)
     progress.finish()
-    return out
+    return (out[0], out[1]) if return_test else out[0]
 
 
 def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None,
                    chunk: list[tuple[int, ...]], progress: Progress | None = None) -> np.ndarray:
-    """Per subset of ``chunk``, its tasks' validation losses after fine-tuning ``model`` on it (NaN-padded).
+    """Per subset of ``chunk``, its tasks' validation and test losses after training ``model`` on it.
 
+    Returns ``(2, len(chunk), max size)``: [0] validation, [1] held-out test (NaN-padded; NaN
+    where a task has no test rows).
     ``model`` is left as it came. ``device`` "auto" moves model and data to this node's GPU when present.
     """
     if device == "auto" and torch.cuda.is_available():
         model, data = model.to("cuda"), data.to("cuda")
     size = max(len(s) for s in chunk)
-    out = np.full((len(chunk), size), np.nan)
+    out = np.full((2, len(chunk), size), np.nan)
     base_state = copy.deepcopy(model.state_dict())
+    has_test = bool(data.test.any())
     if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
         for i, s in enumerate(chunk):
             model.load_state_dict(base_state)
             res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device), stage="exact")
-            out[i, :len(s)] = res.task_val_loss[list(s)]
+            out[0, i, :len(s)] = res.task_val_loss[list(s)]
+            if has_test:
+                out[1, i, :len(s)] = evaluate_losses(model, data, data.test).cpu().numpy()[list(s)]
             if progress is not None:
                 progress.advance()
                 progress.check_cancelled()
         model.load_state_dict(base_state)
         return out
-    losses = _finetune_chunk(model, data, chunk, spec)
+    losses, test_losses = _finetune_chunk(model, data, chunk, spec)
     for b, s in enumerate(chunk):
-        out[b, :len(s)] = losses[b, list(s)]
+        out[0, b, :len(s)] = losses[b, list(s)]
+        out[1, b, :len(s)] = test_losses[b, list(s)]
     model.load_state_dict(base_state)
     if progress is not None:
         progress.advance(len(chunk))
@@ -104,7 +114,8 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     return out
 
 
-def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:
+def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]],
+                    spec: TrainingSpec) -> tuple[np.ndarray, np.ndarray]:
     device = data.X.device
     n_copies, n_tasks = len(subsets), data.Y.shape[1]
     sel = torch.zeros(n_copies, n_tasks, dtype=torch.bool, device=device)
@@ -128,18 +139,19 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
 
     copy_grads = vmap(grad(copy_loss), randomness="different")
 
-    def val_scores(p) -> torch.Tensor:
+    def val_scores(p, split: torch.Tensor | None = None) -> torch.Tensor:
+        split = data.val if split is None else split
         per_task = torch.zeros(n_copies, n_tasks, dtype=torch.float64, device=device)
         with torch.no_grad():
             base.eval()
-            val_rows = torch.nonzero((data.val & sel.any(0)).any(dim=1)).squeeze(1)
+            val_rows = torch.nonzero((split & sel.any(0)).any(dim=1)).squeeze(1)
             for s0 in range(0, len(val_rows), 4096):
                 r = val_rows[s0:s0 + 4096]
                 out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
-                loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * data.val[r]
+                loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * split[r]
                 per_task += loss.sum(1).to(torch.float64)
             base.train()
-        per_task /= data.val.sum(0).clamp_min(1).to(torch.float64)
+        per_task /= split.sum(0).clamp_min(1).to(torch.float64)
         return per_task
 
     per_task = val_scores(params)
@@ -178,7 +190,11 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
         if not bool(running.any()):
             break
     model.eval()
-    return best_task.cpu().numpy()
+    test = np.full(best_task.shape, np.nan)
+    if bool(data.test.any()):
+        test = val_scores(best_params, data.test).cpu().numpy()
+        test[:, ~data.test.any(0).cpu().numpy()] = np.nan
+    return best_task.cpu().numpy(), test
 
 
 def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:

@@ -78,6 +78,13 @@ class DatasetSpec(_Section):
     val_fraction: float = Field(
         0.3, gt=0.0, lt=1.0, description="Share of each task's labelled rows held out for validation."
     )
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=0.9,
+        description=(
+            "Share of the labelled rows held out as test rows for every task, never trained, stopped or "
+            "selected on; `evaluate` and `validate` score on them (they use 0.2 when this is 0)."
+        ),
+    )
     split: Literal["task", "row"] = Field(
         "task",
         description=(
@@ -169,11 +176,12 @@ class TrainingSpec(_Section):
 class EstimationSpec(_Section):
     """Grad-TAG: projected per-sample gradients and linearized fine-tuning on sampled subsets."""
 
-    method: Literal["grad_tag", "exact", "tag_lookahead", "gradient_cosine"] = Field(
+    method: Literal["grad_tag", "exact", "scratch", "tag_lookahead", "gradient_cosine"] = Field(
         "grad_tag",
         description=(
-            "grad_tag: linearized fine-tuning on projected gradients; exact: really fine-tune on every subset "
-            "(ground truth, expensive); tag_lookahead: Fifty et al. 2021; gradient_cosine: cosine of mean gradients."
+            "grad_tag: linearized fine-tuning on projected gradients; exact: really fine-tune θ* on every subset "
+            "(Grad-TAG's ground truth, expensive); scratch: train a fresh model on every subset (what training "
+            "a group gives); tag_lookahead: Fifty et al. 2021; gradient_cosine: cosine of mean gradients."
         ),
     )
     projection_dim: int = Field(200, ge=1, le=100_000, description="d, the projected gradient dimension.")
@@ -218,7 +226,25 @@ class GroupingSpec(_Section):
 
     method: Literal["auto", "sdp", "lowrank", "spectral", "agglomerative"] = "auto"
     k: int | Literal["auto"] | list[int] = Field(
-        "auto", description="Number of groups: an integer, 'auto', or [k_min, k_max] to choose from."
+        "auto", description="Number of groups: an integer, 'auto' (1 … number of tasks), or [k_min, k_max]."
+    )
+    selection: Literal["outcome", "affinity"] = Field(
+        "outcome",
+        description=(
+            "How k is chosen. outcome: each candidate grouping (T clustered at several k, plus one model for all "
+            "and one model per task) is trained from scratch, one model per group, and scored by its summed "
+            "validation loss (the predicted loss); affinity: the affinity matrix's own criterion, no models "
+            "trained (cheaper, no predicted loss)."
+        ),
+    )
+    candidates: int = Field(6, ge=1, le=64, description="outcome: k values tried between 2 and n − 1 (geometric grid).")
+    min_gain: float = Field(
+        0.01, ge=0.0, lt=1.0,
+        description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
+    )
+    tolerance: float = Field(
+        0.005, ge=0.0, lt=1.0,
+        description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",
     )
     seed: int = Field(0, ge=0)
 

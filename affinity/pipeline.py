@@ -42,6 +42,7 @@ class JobResult:
     device: str
     gradients: GradientFeatures | None = None
     backend: str = "local"
+    advice: dict[str, Any] | None = None
 
     @property
     def priority(self) -> dict[str, Any] | None:
@@ -124,6 +125,16 @@ def prepare(manifest: Manifest, progress: Progress, record_lookahead: bool = Fal
                     make_backend(manifest.compute))
 
 
+def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
+              progress: Progress) -> tuple[Any, dict[str, Any]]:
+    """Stage 3: candidate groupings of the affinity, each checked as the user would train it (affinity.advice)."""
+    from affinity.advice import advise
+
+    check_grouping_k(manifest.grouping, prep.data.n_tasks)
+    return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
+                  progress, prep.backend)
+
+
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:
     return EstimationContext(prep.data, prep.tensors, prep.model, manifest, prep.device, prep.subsets, progress,
                              prep.lookahead, prep.backend, work_dir)
@@ -143,12 +154,11 @@ def run_job(manifest: Manifest, out_dir: Path | None = None, progress: Progress 
         estimate = ESTIMATORS[manifest.estimation.method](ctx)
     seconds["estimation"] = time.perf_counter() - t
     t = time.perf_counter()
-    progress.start("grouping", 1)
-    grouping = group_tasks(estimate.matrix, manifest.grouping)
-    progress.finish()
+    grouping, advice = recommend(prep, manifest, estimate, progress)
     seconds["grouping"] = time.perf_counter() - t
     result = JobResult(manifest, prep.data, prep.model, prep.training, estimate, grouping, seconds,
-                       str(prep.device), grads, backend=prep.backend.name if prep.backend else "local")
+                       str(prep.device), grads, backend=prep.backend.name if prep.backend else "local",
+                       advice=advice)
     if out_dir is not None:
         from affinity.artifacts import write_artifacts
 

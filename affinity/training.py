@@ -33,10 +33,15 @@ class TensorData:
     train: torch.Tensor
     val: torch.Tensor
     binary: torch.Tensor
+    test: torch.Tensor | None = None  # held-out test pairs (rows × tasks); scored only, never trained on
+
+    def __post_init__(self) -> None:
+        if self.test is None:
+            self.test = torch.zeros_like(self.train)
 
     def to(self, device: torch.device | str) -> "TensorData":
         return TensorData(self.X.to(device), self.Y.to(device), self.train.to(device), self.val.to(device),
-                          self.binary.to(device))
+                          self.binary.to(device), self.test.to(device))
 
     @classmethod
     def from_split(cls, data: SplitTable, device: torch.device) -> "TensorData":
@@ -46,6 +51,7 @@ class TensorData:
             train=torch.as_tensor(data.train, device=device),
             val=torch.as_tensor(data.val, device=device),
             binary=torch.as_tensor(data.is_binary, device=device),
+            test=torch.as_tensor(data.test, device=device),
         )
 
 

@@ -26,7 +26,8 @@ def read_table(spec: DatasetSpec) -> TaskTable:
 
 def load_dataset(spec: DatasetSpec) -> SplitTable:
     """Read, check, split and standardize the dataset of a manifest."""
-    return split_table(read_table(spec), spec.val_fraction, spec.seed, spec.standardize, spec.split)
+    return split_table(read_table(spec), spec.val_fraction, spec.seed, spec.standardize, spec.split,
+                       spec.test_fraction)
 
 
 __all__ = ["BUILTINS", "DataError", "SplitTable", "TaskTable", "load_dataset", "read_table"]

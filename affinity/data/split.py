@@ -8,8 +8,13 @@ from affinity.data.table import DataError, SplitTable, TaskTable
 
 
 def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: bool = True,
-                by: str = "task") -> SplitTable:
-    """Split the labelled (row, task) pairs into train and validation.
+                by: str = "task", test_fraction: float = 0.0) -> SplitTable:
+    """Split the labelled (row, task) pairs into train and validation (and held-out test rows).
+
+    test_fraction > 0 first holds out a seeded share of the labelled rows for every task at once
+    (``test``): nothing is trained, stopped or selected on them; they score what a grouping buys
+    (``evaluate``, ``validate``, the outcome suite). A task left without test rows is refused.
+    The rest is split as below.
 
     by="task": every task's labelled rows are split on their own (stratified for binary tasks),
     each task with its own stream of a seeded generator, so adding a task does not change the
@@ -22,6 +27,21 @@ def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: b
     """
     n, t = table.Y.shape
     labelled = ~np.isnan(table.Y)
+    test = np.zeros((n, t), dtype=bool)
+    if test_fraction > 0:
+        rows = np.flatnonzero(labelled.any(axis=1))
+        perm = np.random.default_rng([seed, 0x7E57]).permutation(rows)
+        held = np.zeros(n, dtype=bool)
+        held[perm[:int(round(test_fraction * len(perm)))]] = True
+        test = labelled & held[:, None]
+        labelled = labelled & ~held[:, None]
+        for j in range(t):
+            if test[:, j].sum() == 0 or labelled[:, j].sum() < 4:
+                raise DataError(
+                    f"the held-out test share {test_fraction} leaves task '{table.task_names[j]}' with "
+                    f"{int(test[:, j].sum())} test and {int(labelled[:, j].sum())} train/validation rows; "
+                    f"label more rows of it or drop it"
+                )
     if by == "row":
         rows = np.flatnonzero(labelled.any(axis=1))
         perm = np.random.default_rng(seed).permutation(rows)
@@ -68,5 +88,5 @@ def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: b
     return SplitTable(
         X=Xs, Y=table.Y.astype(np.float32), train=train, val=val, task_names=list(table.task_names),
         task_types=list(table.task_types), feature_names=list(table.feature_names), feature_mean=mean,
-        feature_std=std, truth_groups=table.truth_groups, metadata=dict(table.metadata),
+        feature_std=std, truth_groups=table.truth_groups, metadata=dict(table.metadata), test=test,
     )

@@ -50,6 +50,11 @@ class SplitTable:
     feature_std: np.ndarray
     truth_groups: list[list[str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    test: np.ndarray | None = None  # (rows × tasks) held-out test pairs, never trained or selected on
+
+    def __post_init__(self) -> None:
+        if self.test is None:
+            self.test = np.zeros_like(self.train)
 
     @property
     def n_tasks(self) -> int:
@@ -66,6 +71,7 @@ class SplitTable:
             "tasks": self.n_tasks,
             "train_labels": int(self.train.sum()),
             "val_labels": int(self.val.sum()),
+            "test_labels": int(self.test.sum()),
         }
 
 

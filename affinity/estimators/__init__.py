@@ -1,19 +1,21 @@
 """Affinity estimators behind one interface, chosen by name (``estimation.method``).
 
 - ``grad_tag``: projected gradients + linearized fine-tuning on sampled subsets (the product);
-- ``exact``: really fine-tuning θ* on every sampled subset (the ground truth, expensive);
+- ``exact``: really fine-tuning θ* on every sampled subset (the ground truth of Grad-TAG's approximation);
+- ``scratch``: training a fresh model on every sampled subset (what training a group from scratch gives);
 - ``tag_lookahead``: Fifty et al.'s lookahead, recorded during base training (pairwise only);
 - ``gradient_cosine``: cosine of the tasks' mean gradients at θ* (pairwise only).
 """
 
 from __future__ import annotations
 
-from affinity.estimators import exact, grad_tag, gradient_cosine, tag_lookahead
+from affinity.estimators import exact, grad_tag, gradient_cosine, scratch, tag_lookahead
 from affinity.estimators.base import AffinityEstimate, EstimationContext
 
 ESTIMATORS = {
     "grad_tag": lambda ctx: grad_tag.estimate(ctx)[0],
     "exact": exact.estimate,
+    "scratch": scratch.estimate,
     "tag_lookahead": tag_lookahead.estimate,
     "gradient_cosine": gradient_cosine.estimate,
 }

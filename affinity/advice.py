@@ -1,0 +1,199 @@
+"""The advice: which grouping to train, how much it is predicted to buy, and how sure that is.
+
+Candidates: the affinity matrix T clustered at a grid of k (and at the k that T's own criterion
+picks, ``solver.choose_k``), with k = 1 (one model for all tasks) and k = n (one model per task)
+always among them when the manifest's k range allows. ``grouping.selection``:
+
+- ``outcome`` (default): every candidate grouping is trained as the user would train it — one
+  model per group, from scratch (``affinity.group_models``) — on the training rows, and scored by
+  the summed validation loss of its tasks: the **predicted summed loss**. k = 1 is the base
+  model itself (trained on all tasks from the same initialization, so it costs nothing more).
+  The chosen grouping is the one with the lowest predicted loss, unless it is predicted to gain
+  less than ``grouping.min_gain`` over one model for all (then: train together); among
+  candidates within ``grouping.tolerance`` of the best, the one with fewest groups.
+- ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
+
+Reliability, recorded beside the choice: the split-half correlation of T (T from the even and
+from the odd sampled subsets, Pearson over pairs, and its Spearman–Brown value for all subsets)
+and the stability of the chosen groups (adjusted Rand index between them and the groups of T
+recomputed on bootstrap resamples of the subsets, same k). A plain verdict sums it up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from affinity.affinities import pairwise_affinity
+from affinity.compute.base import Backend
+from affinity.data.table import SplitTable
+from affinity.estimators.base import AffinityEstimate
+from affinity.group_models import train_groups
+from affinity.manifest import GroupingSpec, Manifest
+from affinity.progress import Progress
+from affinity.training import TensorData
+
+STABLE_ARI = 0.8  # mean resampling ARI from which groups are called stable
+RELIABLE_SPLIT_HALF = 0.3  # split-half correlation of T (Spearman–Brown) from which T is called informative
+BOOTSTRAPS = 5
+
+
+def candidate_ks(spec: GroupingSpec, n: int) -> list[int]:
+    """k values to try: the manifest's k, or a geometric grid over its range with both ends."""
+    if isinstance(spec.k, int):
+        return [min(spec.k, n)]
+    lo, hi = (1, n) if spec.k == "auto" else (spec.k[0], min(spec.k[1], n))
+    if hi - lo + 1 <= spec.candidates + 2:
+        return list(range(lo, hi + 1))
+    inner = np.unique(np.round(np.geomspace(max(lo, 2), min(hi, n - 1), spec.candidates)).astype(int))
+    return sorted({lo, hi, *inner.tolist()})
+
+
+def _cluster(T: np.ndarray, k: Any, spec: GroupingSpec):
+    from solver import cluster
+
+    return cluster(T, k, method=spec.method, seed=spec.seed)
+
+
+def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, Any], int | None]:
+    """One grouping per candidate k, and the k that T's own criterion chooses (None if not asked)."""
+    n = T.shape[0]
+    ks = candidate_ks(spec, n)
+    out = {k: _cluster(T, k, spec) for k in ks}
+    criterion_k = None
+    inner = [k for k in ks if 1 < k < n]
+    if not isinstance(spec.k, int) and len(inner) >= 2:
+        by_criterion = _cluster(T, (min(inner), max(inner)), spec)
+        criterion_k = by_criterion.k
+        out[criterion_k] = by_criterion
+    return dict(sorted(out.items())), criterion_k
+
+
+def split_half(estimate: AffinityEstimate) -> dict[str, Any] | None:
+    """Correlation of T from the even and from the odd subsets (None for pairwise-only estimators)."""
+    table = estimate.table
+    n = len(estimate.task_names)
+    if table is None or len(table.subsets) < 4 or n < 3:
+        return None
+    idx = np.arange(len(table.subsets))
+    halves = []
+    for part in (idx[0::2], idx[1::2]):
+        T, counts, _ = pairwise_affinity([table.subsets[i] for i in part], table.val_loss[part],
+                                         estimate.base_val_loss, n)
+        halves.append((T, (counts > 0) & (counts.T > 0)))
+    upper = np.triu(np.ones((n, n), dtype=bool), 1) & halves[0][1] & halves[1][1]
+    a, b = halves[0][0][upper], halves[1][0][upper]
+    if upper.sum() < 3 or a.std() == 0 or b.std() == 0:
+        return {"pairs": int(upper.sum()), "correlation": None, "spearman_brown": None}
+    r = float(np.corrcoef(a, b)[0, 1])
+    return {"pairs": int(upper.sum()), "correlation": r,
+            "spearman_brown": float(2 * r / (1 + r)) if r > -1 else None}
+
+
+def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec, seed: int = 0) -> dict[str, Any] | None:
+    """ARI between the chosen groups and those of T recomputed on bootstrap resamples of the subsets."""
+    table = estimate.table
+    k = int(labels.max()) + 1
+    n = len(labels)
+    if table is None or k in (1, n):
+        return None
+    rng = np.random.default_rng(seed)
+    aris = []
+    for _ in range(BOOTSTRAPS):
+        pick = rng.integers(0, len(table.subsets), len(table.subsets))
+        T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n)
+        aris.append(float(adjusted_rand_score(labels, _cluster(T, k, spec).labels)))
+    return {"resamples": BOOTSTRAPS, "mean_ari": float(np.mean(aris)), "min_ari": float(np.min(aris))}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
+            stable: dict[str, Any] | None) -> tuple[str, str]:
+    """(recommendation, one plain sentence) for the chosen k."""
+    informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
+    if k == 1:
+        if not informative:
+            return "together", "no reliable structure: train these tasks together (one model for all)"
+        return "together", ("train these tasks together: no grouping is predicted to beat one model for all "
+                            "by enough to be worth it")
+    gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
+        "no predicted loss (grouping.selection: affinity)"
+    if k == n:
+        return "separately", f"train each task on its own: {gain_text}"
+    if stable is not None and stable["mean_ari"] >= STABLE_ARI:
+        return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
+    ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
+    return "groups", f"{k} groups{ari}; which tasks go together is not certain, but {gain_text}"
+
+
+def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
+           base_val_loss: np.ndarray, progress: Progress | None = None,
+           backend: Backend | None = None) -> tuple[Any, dict[str, Any]]:
+    """The recommended grouping and the advice record (candidates, predicted losses, reliability, verdict).
+
+    ``base_val_loss``: per-task validation loss of the base model (one model for all tasks)."""
+    progress = progress or Progress()
+    spec = manifest.grouping
+    n = data.n_tasks
+    t0 = time.perf_counter()
+    progress.start("grouping", 1)
+    groupings, criterion_k = candidate_groupings(T, spec)
+    progress.finish()
+    reference = float(np.sum(base_val_loss))
+    candidates: list[dict[str, Any]] = []
+    predicted: dict[int, np.ndarray] = {}
+    if spec.selection == "outcome":
+        for k, g in groupings.items():
+            if k == 1:
+                predicted[k] = np.asarray(base_val_loss, dtype=float)
+            else:
+                predicted[k], _ = train_groups(data, tensors, manifest, [list(m) for m in g.groups], progress,
+                                               backend, stage=f"checking k = {k}")
+        for k, g in groupings.items():
+            total = float(predicted[k].sum())
+            candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),
+                               "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
+                               "from_criterion": k == criterion_k})
+        best = min(candidates, key=lambda c: c["predicted_val_loss"])
+        near = [c for c in candidates if c["predicted_val_loss"] <= best["predicted_val_loss"] + spec.tolerance * reference]
+        chosen = min(near, key=lambda c: c["k"])
+        if chosen["k"] != 1 and chosen["predicted_gain"] < spec.min_gain and 1 in groupings:
+            chosen = next(c for c in candidates if c["k"] == 1)
+        k = chosen["k"]
+        gain = (reference - float(predicted[k].sum())) / reference
+    else:
+        k = criterion_k if criterion_k is not None else next(iter(groupings))
+        candidates = [{"k": kk, "sizes": sorted((len(m) for m in g.groups), reverse=True),
+                       "from_criterion": kk == criterion_k} for kk, g in groupings.items()]
+        gain = None
+    grouping = groupings[k]
+    reliability = split_half(estimate)
+    stable = stability(estimate, grouping.labels, spec, spec.seed)
+    recommendation, text = verdict(k, n, gain, reliability, stable)
+    record = {
+        "selection": spec.selection,
+        "recommendation": recommendation,
+        "verdict": text,
+        "k": k,
+        "predicted_gain": gain,
+        "one_model_for_all_val_loss": reference,
+        "predicted_val_loss": float(predicted[k].sum()) if k in predicted else None,
+        "predicted_task_val_loss": predicted[k].tolist() if k in predicted else None,
+        "candidates": candidates,
+        "criterion_k": criterion_k,
+        "reliability": {"split_half": reliability, "stability": stable},
+        "min_gain": spec.min_gain, "tolerance": spec.tolerance,
+        "seconds": time.perf_counter() - t0,
+        "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "
+                        "the training rows; predicted_gain: its reduction relative to one model for all tasks"),
+    }
+    return grouping, record
+
+
+__all__ = ["advise", "candidate_ks", "split_half", "stability", "verdict"]
