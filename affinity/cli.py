@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -58,6 +59,14 @@ def print_summary(result, out: Optional[Path]) -> None:
     info.add_row("estimator", f"{est.method}: {est.info.get('num_subsets')} subsets of {est.info.get('subset_size')}, "
                  f"d = {est.info.get('projection_dim')}, p = {est.info.get('n_params')}")
     info.add_row("grouping", f"{g.method}, k = {g.k}, objective {g.objective:.4f}")
+    advice = getattr(result, "advice", None)
+    if advice:
+        info.add_row("advice", advice["verdict"])
+        split_half = (advice["reliability"].get("split_half") or {}).get("spearman_brown")
+        if split_half is not None:
+            info.add_row("reliability", f"split-half correlation of the affinity {split_half:.2f}"
+                         + (f", groups' resampling ARI {advice['reliability']['stability']['mean_ari']:.2f}"
+                            if advice["reliability"].get("stability") else ""))
     truth = truth_report(data.task_names, g.labels, data.truth_groups)
     if truth:
         info.add_row("vs planted groups", f"ARI {truth['ari']:.3f}")
@@ -129,24 +138,38 @@ def validate(
 def evaluate(
     manifest: Annotated[Optional[str], typer.Argument(help="Manifest or built-in job name; default: planted.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/evaluation"),
-    random_seeds: Annotated[int, typer.Option(min=0, help="Random groupings to average.")] = 5,
+    estimator: Annotated[Optional[list[str]], typer.Option(
+        "--estimator", "-e", help="Estimator(s) whose advice to score (repeatable); default: the manifest's.")] = None,
+    random_seeds: Annotated[int, typer.Option(min=0, help="Random partitions of the recommended sizes.")] = 20,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Train one model per group for every estimator's grouping and the baselines; sum the losses."""
-    from affinity.outcome import evaluate as run_evaluation
+    """Score the advice on held-out test rows: the recommended groups against one model for all, one per task, random."""
+    from affinity.outcome import ESTIMATOR_ORDER, evaluate as run_evaluation
     from affinity.progress import RichProgress
 
     with user_errors(debug):
         m = resolve_manifest(manifest)
+        bad = [e for e in estimator or [] if e not in ESTIMATOR_ORDER]
+        if bad:
+            raise ValueError(f"--estimator {bad[0]!r} is not an estimator; use one of {', '.join(ESTIMATOR_ORDER)}")
         with RichProgress() as progress:
-            report = run_evaluation(m, out, progress, random_seeds=random_seeds)
-    table = Table(title=f"Grouping outcome (k = {report['k']}): sum of per-task validation losses")
+            report = run_evaluation(m, out, progress, random_seeds=random_seeds,
+                                    estimators=tuple(estimator) if estimator else None)
+    table = Table(title=f"Grouping outcome: sum of per-task test losses ({report['test_fraction']:.0%} of rows held out)")
     table.add_column("grouping")
-    table.add_column("sum val loss", justify="right")
-    for name, v in report["summary"].items():
-        if v is not None:
-            table.add_row(name, f"{v:.4f}")
+    table.add_column("k", justify="right")
+    table.add_column("sum test loss", justify="right")
+    for name, row in report["groupings"].items():
+        table.add_row(name, str(row["k"]), f"{row['sum_test_loss']:.4f}")
+    if report["random_test_losses"]:
+        table.add_row(f"random (median of {len(report['random_test_losses'])})", "",
+                      f"{float(np.median(report['random_test_losses'])):.4f}")
     console.print(table)
+    for name, s in report["summary"].items():
+        pct = f", beats {s['percentile']:.0%} of random partitions" if s["percentile"] is not None else ""
+        predicted = f"{s['predicted_gain']:+.1%}" if s["predicted_gain"] is not None else "n/a"
+        console.print(f"{name}: {report['advice'][name]['verdict']}; measured gain over one model for all "
+                      f"{s['measured_gain']:+.1%} (predicted {predicted}), regret {s['regret']:+.1%}{pct}")
     console.print(f"written: {out / 'evaluation.json'}, {out / 'evaluation.png'}")
 
 

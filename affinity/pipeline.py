@@ -56,7 +56,9 @@ def train_base(data: SplitTable, manifest: Manifest, tensors: TensorData, progre
                on_batch=None) -> tuple[nn.Module, TrainResult]:
     """Stage 1: the base model θ* on all tasks."""
     model = build_model(manifest.model, data.X.shape[1], data.n_tasks, manifest.training.seed).to(tensors.X.device)
-    return model, train_model(model, tensors, manifest.training, progress=progress, on_batch=on_batch)
+    keep = manifest.estimation.method == "grad_tag" and manifest.estimation.checkpoint < 1.0
+    return model, train_model(model, tensors, manifest.training, progress=progress, on_batch=on_batch,
+                              keep_checkpoints=keep)
 
 
 def sampled_subsets(n_tasks: int, spec: EstimationSpec, task_names: list[str]) -> list[tuple[int, ...]]:
@@ -137,7 +139,7 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:
     return EstimationContext(prep.data, prep.tensors, prep.model, manifest, prep.device, prep.subsets, progress,
-                             prep.lookahead, prep.backend, work_dir)
+                             prep.lookahead, prep.backend, work_dir, prep.training)
 
 
 def run_job(manifest: Manifest, out_dir: Path | None = None, progress: Progress | None = None) -> JobResult:

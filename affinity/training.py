@@ -64,6 +64,27 @@ class TrainResult:
     task_val_loss: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
     priority: dict[str, Any] | None = None  # connection_strength: the learned task priority (by task index)
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # epoch -> state (CPU)
+
+    def checkpoint(self, fraction: float) -> tuple[int, dict[str, torch.Tensor]]:
+        """The kept state nearest to ``fraction`` of the best epoch (the best state for fraction 1)."""
+        if fraction >= 1.0 or not self.checkpoints:
+            return self.best_epoch, self.state
+        target = fraction * self.best_epoch
+        epoch = min((e for e in self.checkpoints if e <= max(self.best_epoch, 1)), key=lambda e: abs(e - target),
+                    default=None)
+        if epoch is None:
+            return self.best_epoch, self.state
+        return epoch, self.checkpoints[epoch]
+
+
+def checkpoint_epochs(epochs: int) -> set[int]:
+    """Epochs whose state base training keeps: 1, 2, 3, 4, 6, 8, 11, 16, ... (about 15 per 200 epochs)."""
+    out, e = set(), 1.0
+    while e <= epochs:
+        out.add(int(round(e)))
+        e = max(e * 1.4, e + 1)
+    return out
 
 
 @torch.no_grad()
@@ -91,6 +112,7 @@ def train_model(
     progress: Progress | None = None,
     stage: str = "base training",
     on_batch: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    keep_checkpoints: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``tasks`` (all by default) and load the best-validation state.
 
@@ -100,6 +122,7 @@ def train_model(
     (connection strength) reports the learned task priority of the best state in ``priority``. Early stopping
     on the mean over selected tasks of the validation loss, with ``spec.patience``. ``on_batch``
     sees (model, x, y, training mask) before each update (e.g. to record TAG lookaheads).
+    ``keep_checkpoints`` keeps the state (on the CPU) after the epochs of ``checkpoint_epochs``.
     """
     device = data.X.device
     n_tasks = data.Y.shape[1]
@@ -122,6 +145,8 @@ def train_model(
     best, per_task = val_score()
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, since_best, history = 0, 0, []
+    keep = checkpoint_epochs(spec.epochs) if keep_checkpoints else set()
+    checkpoints: dict[int, dict[str, torch.Tensor]] = {}
     epoch = 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
@@ -136,6 +161,8 @@ def train_model(
             method.step(batch, optimizer, epoch, spec.epochs)
         score, task_scores = val_score()
         history.append({"epoch": epoch, "val_loss": score})
+        if epoch in keep:
+            checkpoints[epoch] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if score < best - 1e-6 * abs(best):
             best, per_task, best_epoch, since_best = score, task_scores, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -152,7 +179,7 @@ def train_model(
     return TrainResult(
         state=best_state, best_epoch=best_epoch, epochs_run=epoch, best_val_loss=best,
         task_val_loss=per_task.cpu().numpy(), history=history,
-        priority=report(model, selected) if callable(report) else None,
+        priority=report(model, selected) if callable(report) else None, checkpoints=checkpoints,
     )
 
 

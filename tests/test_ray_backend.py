@@ -70,13 +70,14 @@ def test_ray_gives_the_local_result(cluster, method, tmp_path):
 
 
 def test_group_models_on_ray_equal_local(cluster):
-    from affinity.outcome import train_groups
+    from affinity.group_models import train_groups
     from affinity.pipeline import prepare
 
     groups = [[0, 2, 4], [1, 3, 5]]
     m_local, m_ray = manifest("local"), manifest("ray", cluster)
-    a = train_groups(prepare(m_local, Progress()), m_local, groups, Progress())
-    b = train_groups(prepare(m_ray, Progress()), m_ray, groups, Progress())
+    p_local, p_ray = prepare(m_local, Progress()), prepare(m_ray, Progress())
+    a = train_groups(p_local.data, p_local.tensors, m_local, groups, Progress(), p_local.backend)
+    b = train_groups(p_ray.data, p_ray.tensors, m_ray, groups, Progress(), p_ray.backend)
     np.testing.assert_allclose(b, a, rtol=1e-5)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from affinity.data.digits import make_digits
 from affinity.data.files import read_table_file
 from affinity.data.planted import make_planted
+from affinity.data.real import make_yeast
+from affinity.data.synthetic import make_synthetic
 from affinity.data.split import split_table
 from affinity.data.table import DataError, SplitTable, TaskTable, check_table
 from affinity.manifest import DatasetSpec
 
-BUILTINS = {"planted": make_planted, "digits": make_digits}
+BUILTINS = {"planted": make_planted, "digits": make_digits, "synthetic": make_synthetic, "yeast": make_yeast}
 
 
 def read_table(spec: DatasetSpec) -> TaskTable:

@@ -48,3 +48,4 @@ class EstimationContext:
     lookahead: np.ndarray | None = None  # TAG lookahead affinities recorded during base training
     backend: Backend | None = None  # where shards run (default: this process)
     work_dir: Path | None = None  # where memory-mapped features go (compute.memmap)
+    training: Any = None  # the base model's TrainResult (kept checkpoints for estimation.checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -65,14 +66,28 @@ def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: Esti
     )
 
 
+def linearization_point(ctx: EstimationContext) -> tuple[nn.Module, int | None]:
+    """θ* itself, or a copy at the kept base-training state of ``estimation.checkpoint`` (and its epoch)."""
+    fraction = ctx.manifest.estimation.checkpoint
+    if fraction >= 1.0 or ctx.training is None or not ctx.training.checkpoints:
+        return ctx.model, None
+    epoch, state = ctx.training.checkpoint(fraction)
+    model = copy.deepcopy(ctx.model)
+    model.load_state_dict(state)
+    model.eval()
+    return model, epoch
+
+
 def estimate(ctx: EstimationContext) -> tuple[AffinityEstimate, GradientFeatures]:
     t0 = time.perf_counter()
     spec = ctx.manifest.estimation
-    grads = gradient_features(ctx.model, ctx.data, spec, ctx.device, ctx.progress, ctx.backend,
+    model, epoch = linearization_point(ctx)
+    grads = gradient_features(model, ctx.data, spec, ctx.device, ctx.progress, ctx.backend,
                               ctx.manifest.compute, ctx.work_dir)
     gradient_seconds = time.perf_counter() - t0
     est = estimate_from_features(grads, ctx.data, spec, ctx.device, ctx.subsets, ctx.progress, ctx.backend)
     est.info["gradient_seconds"] = gradient_seconds
+    est.info["linearized_at_epoch"] = epoch if epoch is not None else (ctx.training.best_epoch if ctx.training else None)
     est.info["fit_seconds"] = est.seconds
     est.seconds = time.perf_counter() - t0
     return est, grads

@@ -1,0 +1,117 @@
+"""The outcome suite: does the advice hold on data nobody tuned for?
+
+For every dataset and seed: the job at default settings (only the dataset section is given)
+with 20% of the rows held out as test rows, then one model per recommended group trained from
+scratch and scored on the test rows, against one model for all tasks, one model per task, random
+partitions of the recommended sizes and the planted grouping where there is one
+(affinity/outcome.py). Prints one line per (dataset, seed) and the criteria of "advice that
+holds" over the suite.
+
+    python benchmarks/outcome.py                      # every dataset, seeds 0 1 2
+    python benchmarks/outcome.py --datasets planted digits --seeds 0 --estimator scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from affinity.manifest import parse_manifest
+from affinity.outcome import ESTIMATOR_ORDER, evaluate
+
+
+def synthetic(mechanism: str, **params: Any):
+    return lambda seed: {"source": "synthetic", "params": {"mechanism": mechanism, "seed": seed, **params}}
+
+
+DATASETS: dict[str, Any] = {
+    "planted": lambda seed: {"source": "planted", "params": {"seed": seed}},
+    "pooling": synthetic("pooling"),
+    "conflict": synthetic("conflict"),
+    "mixed": synthetic("mixed"),
+    "regression": synthetic("regression"),
+    "shared_rows": synthetic("shared_rows"),
+    "unrelated": synthetic("unrelated"),
+    "digits": lambda seed: {"source": "digits", "params": {"label_fraction": 0.5, "seed": seed}},
+    "yeast": lambda seed: {"source": "yeast", "params": {"seed": seed}},
+}
+
+
+def manifest_for(name: str, seed: int, overrides: dict[str, Any]) -> Any:
+    raw: dict[str, Any] = {"dataset": {**DATASETS[name](seed), "seed": seed}, "training": {"seed": seed}}
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return parse_manifest(raw)
+
+
+def fmt(v: float | None, spec: str = ".3f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The done-when criteria of the advice, over all (dataset, seed) rows."""
+    within_all = [r["vs_one_for_all"] <= 0.01 for r in rows]
+    within_alone = [r["vs_one_per_task"] <= 0.01 for r in rows]
+    split = [r["percentile"] > 0.5 for r in rows if r["percentile"] is not None]
+    gaps: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("gap_closed") is not None:
+            gaps.setdefault(r["dataset"], []).append(r["gap_closed"])
+    errors = [abs(r["predicted_gain"] - r["measured_gain"]) for r in rows if r["predicted_gain"] is not None]
+    return {
+        "within_1pct_of_one_for_all": f"{sum(within_all)}/{len(rows)}",
+        "within_1pct_of_one_per_task": f"{sum(within_alone)}/{len(rows)}",
+        "beats_median_random_when_split": f"{sum(split)}/{len(split)}",
+        "median_gap_closed": {d: float(np.median(g)) for d, g in gaps.items()},
+        "median_abs_gain_error_pp": 100 * float(np.median(errors)) if errors else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--estimator", default=None, choices=ESTIMATOR_ORDER,
+                    help="estimation.method (default: the product's default)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
+                    help="override a manifest setting, e.g. estimation.l2=1.0 grouping.min_gain=0.02")
+    ap.add_argument("--random", type=int, default=20, help="random partitions per (dataset, seed)")
+    ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
+    args = ap.parse_args()
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        overrides.setdefault(section, {})[field] = json.loads(value)
+    if args.estimator:
+        overrides.setdefault("estimation", {})["method"] = args.estimator
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, overrides {overrides or 'none'}")
+    print(f"{'dataset':<12}{'seed':>5}{'k':>4} {'advice':>10} {'test':>8} {'all':>8} {'alone':>8} {'planted':>8} "
+          f"{'rand med':>9} {'pctile':>7} {'regret':>8} {'pred gain':>10} {'meas gain':>10} {'sec':>5}")
+    rows = []
+    for name in args.datasets:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            m = manifest_for(name, seed, overrides)
+            report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random)
+            s = report["summary"][m.estimation.method]
+            rows.append({"dataset": name, "seed": seed, **s})
+            print(f"{name:<12}{seed:>5}{s['k']:>4} {s['recommendation']:>10} {s['test_loss']:>8.3f} "
+                  f"{s['one_model_for_all']:>8.3f} {s['one_model_per_task']:>8.3f} {fmt(s['planted']):>8} "
+                  f"{fmt(s['random_median']):>9} {fmt(s['percentile'], '.2f'):>7} {s['regret']:>+8.1%} "
+                  f"{fmt(s['predicted_gain'], '+.1%'):>10} {s['measured_gain']:>+10.1%} "
+                  f"{time.perf_counter() - t0:>5.0f}", flush=True)
+    summary = criteria(rows)
+    print("criteria:", json.dumps(summary))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "outcome.json").write_text(json.dumps({"rows": rows, "criteria": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
