@@ -8,6 +8,7 @@ naming the field, the value and the fix (see :func:`format_validation_error`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MANIFEST_VERSION = 1
 
-BUILTIN_DATASETS = ("planted", "digits")
+BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast")
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
 MTL_METHODS = ("equal", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj",
@@ -28,7 +29,8 @@ class ManifestError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    # allow_inf_nan=False: NaN and ±Infinity are not numbers any field accepts (JSON has no such values).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class TaskSpec(_Section):
@@ -53,7 +55,7 @@ class DatasetSpec(_Section):
     source: str = Field(
         "planted",
         description=(
-            "A built-in dataset name (planted, digits) or a path to a .csv, .parquet or .npz file. "
+            "A built-in dataset name (planted, digits, synthetic, yeast) or a path to a .csv, .parquet or .npz file. "
             "Relative paths are resolved against the manifest's folder."
         ),
     )
@@ -208,6 +210,13 @@ class EstimationSpec(_Section):
         1, ge=0, description="Refuse to run when a pair of tasks is covered by fewer subsets than this."
     )
     l2: float = Field(0.1, gt=0.0, description="L2 penalty of the surrogate fit (mean loss + l2/2 ||w||²).")
+    checkpoint: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description=(
+            "grad_tag: where to linearize, as a share of the base model's best epoch (1: θ* at its best epoch; "
+            "0.3: the kept base-training state nearest 30% of it, which has not yet learned every task)."
+        ),
+    )
     chunk_rows: int = Field(512, ge=1, description="Rows per per-sample-gradient chunk (bounds memory).")
     block_params: int = Field(
         65536, ge=1, description="Parameters per projection block (bounds memory of the projection matrix)."
@@ -332,6 +341,7 @@ _FIXES = {
     "int_type": "give a whole number",
     "float_parsing": "give a number",
     "float_type": "give a number",
+    "finite_number": "give a finite number",
     "bool_parsing": "give true or false",
     "string_type": "give a string",
     "list_type": "give a list",
@@ -363,8 +373,20 @@ def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
         text = f"{field}: {msg}" + (f" (got {value!r})" if e["type"] != "missing" else "")
         if fix and "; " not in msg:
             text += f"; {fix}"
-        problems.append({"field": field, "value": value if e["type"] != "missing" else None, "message": text})
+        problems.append({"field": field, "value": _json_safe(value) if e["type"] != "missing" else None,
+                         "message": text})
     return problems
+
+
+def _json_safe(value: Any) -> Any:
+    """A rejected value as standard JSON can echo it: NaN and ±Infinity become the strings JSON lacks."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 def format_validation_error(err: ValidationError) -> str:
