@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -49,10 +51,28 @@ def problem_response(request: Request, status: int, detail: str, errors: list[di
 
 
 def _jsonable(e: dict[str, Any]) -> dict[str, Any]:
-    value = e.get("value")
-    if not isinstance(value, (str, int, float, bool, type(None), list, dict)):
-        value = repr(value)
-    return {"field": str(e.get("field", "")), "message": str(e.get("message", "")), "value": value}
+    return {"field": str(e.get("field", "")), "message": str(e.get("message", "")), "value": json_safe(e.get("value"))}
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """The echo of a rejected value as standard JSON: NaN and ±Infinity as strings, long strings, lists
+    and mappings cut short, deep nesting and other types as (shortened) text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "…"
+    if depth < ECHO_DEPTH and isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value[:ECHO_ITEMS]] + (["…"] if len(value) > ECHO_ITEMS else [])
+    if depth < ECHO_DEPTH and isinstance(value, dict):
+        items = list(value.items())
+        return {str(k)[:ECHO_CHARS]: json_safe(v, depth + 1) for k, v in items[:ECHO_ITEMS]}
+    text = repr(value) if not isinstance(value, (list, tuple, dict)) else f"<{type(value).__name__} nested too deep>"
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+
+
+ECHO_CHARS, ECHO_ITEMS, ECHO_DEPTH = 200, 20, 4
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -74,11 +94,24 @@ def install(app: FastAPI) -> None:
             allowed = allowed_methods(request)
             headers["Allow"] = ", ".join(allowed)
             detail = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        if exc.status_code == 400 and isinstance(exc.__cause__, (RecursionError, UnicodeDecodeError)):
+            # FastAPI's "error parsing the body": json.loads gave up on arrays or objects nested about a
+            # thousand deep, or on bytes that are not UTF-8.
+            what = (f"nests arrays or objects too deeply to parse (a manifest nests at most {MAX_NESTING} levels)"
+                    if isinstance(exc.__cause__, RecursionError) else "is not UTF-8 text")
+            detail = f"the request body is not valid JSON: it {what}; send a JSON object"
+            return problem_response(request, 422, detail, [{"field": "body", "message": f"body: {detail}",
+                                                            "value": None}])
         return problem_response(request, exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
+        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            detail = not_json_detail(exc.body, bad_json)
+            return problem_response(request, 422, detail, [{"field": "body", "message": f"body: {detail}",
+                                                            "value": None}])
         for e in exc.errors():
             loc = tuple(p for p in e.get("loc", ()) if p not in ("body", "query", "path", "header"))
             field = _loc(loc) or "body"
@@ -103,16 +136,41 @@ def install(app: FastAPI) -> None:
         return problem_response(request, 500, f"internal error ({type(exc).__name__}); it was logged")
 
 
+def not_json_detail(body: Any, error: dict[str, Any]) -> str:
+    """What is wrong with a body that is not JSON, with its line and column (the parser's own words)."""
+    where = ""
+    if isinstance(body, (str, bytes)):
+        try:
+            json.loads(body)
+        except json.JSONDecodeError as exc:
+            where = f"{exc.msg} at line {exc.lineno}, column {exc.colno} (character {exc.pos})"
+        except (ValueError, RecursionError):
+            pass
+    if not where:
+        where = f"{error.get('ctx', {}).get('error', 'invalid JSON')} at character {error.get('loc', ('', '?'))[-1]}"
+    return f"the request body is not valid JSON: {where}; send a JSON object (a manifest: see /v1/schema/manifest)"
+
+
+MAX_NESTING = 32  # arrays and objects in a manifest (its own sections nest 3 deep; dataset.params a few more)
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts on this path (Starlette's 405 names only one route's)."""
+    """Every method some route accepts on this path (Starlette's 405 names only one route's).
+
+    Each method is tried against the router the way a request would be routed, so routes of included
+    routers count as much as the app's own.
+    """
     from starlette.routing import Match
 
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    methods = []
+    for method in HTTP_METHODS:
+        scope = {"type": "http", "method": method, "path": request.scope["path"], "headers": [],
+                 "root_path": request.scope.get("root_path", ""), "query_string": b""}
+        if any(route.matches(dict(scope))[0] == Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return methods
 
 
 def reject_unknown_query(request: Request) -> None:

@@ -1,0 +1,138 @@
+"""Hostile but ordinary key holders (issue 17): every request below used to give a 500, load a zip bomb,
+pass a server limit or be accepted only to fail at the worker. Each must now be a 4xx problem naming the
+field and the fix, decided before anything is stored or queued.
+
+The app runs in-process on SQLite (these tests probe the API's edge, not the database).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import threading
+import time
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from affinity.manifest import Manifest
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """SQLite only (overrides conftest's SQLite + PostgreSQL parameters)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def strict_json(raw: str | bytes):
+    """Parse standard JSON only: NaN, Infinity and -Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(raw, parse_constant=refuse)
+
+
+def assert_problem(r, status: int, *needles: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = strict_json(r.content)
+    assert body["status"] == status and body["detail"]
+    for n in needles:
+        assert n in json.dumps(body, ensure_ascii=False), (n, body)
+    return body
+
+
+def fields_of(problem: dict) -> list[str]:
+    return [e["field"] for e in problem.get("errors") or []]
+
+
+def post_raw(client, headers, body: object):
+    """POST a manifest as Python's json.dumps writes it: NaN and ±Infinity become bare tokens, as a
+    careless client (or JavaScript's JSON5-ish tools) would send them."""
+    return client.post("/v1/jobs", content=json.dumps(body).encode(),
+                       headers={**headers, "content-type": "application/json"})
+
+
+def stored_manifests(store) -> list[str]:
+    with store.engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT manifest FROM jobs"))]
+
+
+def assert_stored_jobs_are_standard_json(store) -> None:
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT json_valid(manifest), manifest FROM jobs")).all()
+    for valid, raw in rows:
+        assert valid == 1, raw[:200]
+        strict_json(raw)
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def upload(client, headers, name: str, content: bytes) -> dict:
+    r = client.post("/v1/datasets", files={"file": (name, content)}, headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def labelled_npz(rows: int, tasks: int) -> bytes:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 3))
+    Y = (rng.random((rows, tasks)) > 0.5).astype(float)
+    return npz_bytes(X=X, Y=Y[:, 0] if tasks == 1 else Y)
+
+
+def succeeded_job(client, store, settings, headers, tiny_job, affinity: dict) -> str:
+    """A job run to success as a worker would leave it: claimed, its affinity.json written, finished."""
+    job_id = client.post("/v1/jobs", json=tiny_job, headers=headers).json()["id"]
+    claim = store.claim("w-test", 30)
+    assert claim is not None and claim.id == job_id
+    folder = settings.artifacts / job_id
+    folder.mkdir(parents=True)
+    (folder / "affinity.json").write_text(json.dumps(affinity))
+    assert store.finish(job_id, "w-test", "succeeded", summary={"groups": []})
+    return job_id
+
+
+# -- 10. a body that is not JSON --------------------------------------------------------------------------
+
+def test_malformed_json_says_where(service):
+    client, _, _, alice, _ = service
+    h = {**alice, "content-type": "application/json"}
+    p = assert_problem(client.post("/v1/jobs", content=b'{"dataset": {"source": x}}', headers=h), 422,
+                       "not valid JSON", "line 1, column 24")
+    assert fields_of(p) == ["body"] and p["errors"][0]["value"] is None
+    p = assert_problem(client.post("/v1/jobs", content=b'{\n  "dataset": {\n    "source": "planted",\n  }\n}',
+                                   headers=h), 422, "not valid JSON", "line 4, column 3")
+    assert fields_of(p) == ["body"]
+    assert_problem(client.post("/v1/jobs", content=b'{"dataset": "\xff\xfe"}', headers=h), 422, "not UTF-8")
+
+
+# -- 12. 405 names the allowed methods ------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("PUT", "/v1/jobs", ["GET", "POST"]),
+    ("PATCH", "/v1/jobs/job_x", ["GET", "DELETE"]),
+    ("GET", "/v1/jobs/job_x/cancel", ["POST"]),
+    ("DELETE", "/healthz", ["GET"]),
+    ("PUT", "/v1/datasets/ds_x", ["GET", "DELETE"]),
+])
+def test_405_names_the_allowed_methods(service, method, path, allowed):
+    client, *_ = service
+    p = assert_problem(client.request(method, path), 405)
+    assert r_allow(client.request(method, path)) == allowed
+    assert p["detail"].endswith("use " + " or ".join(allowed))
+
+
+def r_allow(response) -> list[str]:
+    return [m.strip() for m in response.headers["allow"].split(",")]
