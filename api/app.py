@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api import problems
+from api import limits, problems
 from api.db import engine_for
 from api.keys import KeyCache
 from api.routes import dashboard, datasets, health, jobs, results
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = JobStore(engine_for(settings.db_url))
     app.state.keys = KeyCache(app.state.store.sessions, settings.key_cache_seconds)
     problems.install(app)
+    limits.install(app, settings)
     for module in (health, datasets, jobs, results):
         app.include_router(module.router, dependencies=[Depends(problems.reject_unknown_query)],
                            responses=problems.responses(400, 422))

@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     data_root: Path | None = Field(None, description="Folder whose files manifests may name by path (none: no paths).")
     artifact_dir: Path | None = Field(None, description="Where job artifacts go (default: HOME/artifacts).")
     dataset_dir: Path | None = Field(None, description="Where uploaded datasets go (default: HOME/datasets).")
-    upload_limit_mb: float = Field(200.0, gt=0, description="Largest accepted upload.")
+    upload_limit_mb: float = Field(200.0, gt=0, description="Largest accepted upload, compressed or decompressed "
+                                   "(an NPZ's arrays count at their full size).")
+    body_limit_mb: float = Field(1.0, gt=0, description="Largest request body of every JSON route (a manifest "
+                                 "POSTed to /v1/jobs); larger bodies get 413.")
     max_tasks: int = Field(5000, ge=1, description="Most tasks per job.")
     max_subsets: int = Field(20000, ge=1, description="Most sampled subsets per job.")
     lease_seconds: float = Field(30.0, gt=0, description="A running job's lease; renewed by the worker's heartbeat.")
@@ -56,6 +59,10 @@ class Settings(BaseSettings):
     @property
     def upload_limit_bytes(self) -> int:
         return int(self.upload_limit_mb * 1024 * 1024)
+
+    @property
+    def body_limit_bytes(self) -> int:
+        return int(self.body_limit_mb * 1024 * 1024)
 
 
 @lru_cache

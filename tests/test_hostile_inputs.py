@@ -104,6 +104,52 @@ def succeeded_job(client, store, settings, headers, tiny_job, affinity: dict) ->
     return job_id
 
 
+# -- 6. body limit on every JSON route ---------------------------------------------------------------------
+
+def test_json_bodies_over_the_limit_are_413(service, tiny_job):
+    client, settings, store, alice, _ = service
+    limit = 1024 * 1024  # the default
+    big = {"dataset": {"source": "planted", "params": {"junk": "x" * (2 * limit)}}}
+    p = assert_problem(client.post("/v1/jobs", json=big, headers=alice), 413, str(limit), "TASK_AFFINITY_BODY_LIMIT_MB")
+    assert "errors" not in p
+    # without a Content-Length (chunked): counted as it arrives
+    payload = json.dumps(big).encode()
+    chunks = (payload[i:i + 65536] for i in range(0, len(payload), 65536))
+    assert_problem(client.post("/v1/jobs", content=chunks, headers={**alice, "content-type": "application/json"}),
+                   413, str(limit))
+    # before authentication: an anonymous client cannot make the API read it either
+    assert_problem(client.post("/v1/jobs", json=big), 413)
+    job_id = client.post("/v1/jobs", json=tiny_job, headers=alice).json()["id"]
+    assert_problem(client.post(f"/v1/jobs/{job_id}/cancel", json=big, headers=alice), 413)
+    assert [json.loads(m)["dataset"]["params"] for m in stored_manifests(store)] == [tiny_job["dataset"]["params"]]
+
+
+def test_body_limit_is_a_setting(service_settings, tiny_job):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.keys import create_key
+
+    settings = service_settings.model_copy(update={"body_limit_mb": 0.01})
+    app = create_app(settings)
+    headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, 'a').token}"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/v1/jobs", json=tiny_job, headers=headers).status_code == 201
+        tiny_job["dataset"]["tasks"] = [f"t{i:05d}" for i in range(2000)]  # ~20 KB
+        assert_problem(client.post("/v1/jobs", json=tiny_job, headers=headers), 413, str(settings.body_limit_bytes))
+        # an upload keeps its own limit (the upload limit, 1 MB here)
+        csv = pd.DataFrame({"f": range(2000), "a": [0, 1] * 1000, "b": [1, 0] * 1000}).to_csv(index=False).encode()
+        assert len(csv) > settings.body_limit_bytes
+        assert client.post("/v1/datasets", files={"file": ("t.csv", csv)}, headers=headers).status_code == 201
+        # and a chunked upload past it stops at the limit, as it arrives
+        head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="t.csv"\r\n\r\na,b\n'
+        chunks = iter([head] + [b"1,0\n" * 100_000] * 4 + [b"\r\n--x--\r\n"])
+        assert_problem(client.post("/v1/datasets", content=chunks,
+                                   headers={**headers, "content-type": "multipart/form-data; boundary=x"}), 413,
+                       str(settings.upload_limit_bytes))
+    app.state.store.engine.dispose()
+
+
 # -- 10. a body that is not JSON --------------------------------------------------------------------------
 
 def test_malformed_json_says_where(service):
