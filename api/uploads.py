@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -59,8 +61,12 @@ def save_stream(src: BinaryIO, dest: Path, limit: int, chunk: int = 1 << 20) -> 
     return size
 
 
-def inspect_file(path: Path) -> Inspected:
-    """Format, row count and columns of a stored upload; BadUpload if it cannot be read as a table."""
+def inspect_file(path: Path, limit: int | None = None) -> Inspected:
+    """Format, row count and columns of a stored upload; BadUpload if it cannot be read as a table.
+
+    ``limit`` bounds the decompressed size too (413): an NPZ's arrays or a Parquet file's row groups
+    at their full size, found from headers and metadata without unpacking them.
+    """
     if path.stat().st_size == 0:
         raise BadUpload("the file is empty; upload a CSV, Parquet or NPZ table")
     try:
@@ -72,18 +78,15 @@ def inspect_file(path: Path) -> Inspected:
             import pyarrow.parquet as pq
 
             meta = pq.ParquetFile(path)
+            unpacked = sum(meta.metadata.row_group(i).total_byte_size for i in range(meta.metadata.num_row_groups))
+            if limit is not None and unpacked > limit:
+                raise BadUpload(f"the Parquet file decompresses to {unpacked} bytes, over this server's upload limit "
+                                f"of {limit} bytes (TASK_AFFINITY_UPLOAD_LIMIT_MB)", status=413)
             return Inspected(fmt, int(meta.metadata.num_rows), [str(c) for c in meta.schema_arrow.names])
         if fmt == "npz":
-            with np.load(path, allow_pickle=False) as npz:
-                if not {"X", "Y"} <= set(npz.files):
-                    raise BadUpload(f"an NPZ dataset must hold arrays 'X' and 'Y'; this one holds {sorted(npz.files)}")
-                X, Y = npz["X"], npz["Y"]
-            if X.ndim != 2 or Y.ndim not in (1, 2) or Y.shape[0] != X.shape[0]:
-                raise BadUpload(f"NPZ arrays must be X (rows × features) and Y (rows × tasks) with equal rows; "
-                                f"got X {X.shape}, Y {Y.shape}")
-            n_tasks = 1 if Y.ndim == 1 else Y.shape[1]
-            return Inspected(fmt, int(X.shape[0]), [f"x{i}" for i in range(X.shape[1])]
-                             + [f"task_{i}" for i in range(n_tasks)])
+            arrays = check_npz(path, limit)
+            X, Y = arrays["X"].shape, arrays["Y"].shape
+            return Inspected(fmt, X[0], [f"x{i}" for i in range(X[1])] + [f"task_{i}" for i in range(npz_tasks(Y))])
         frame = pd.read_csv(path, encoding="utf-8")
     except BadUpload:
         raise
@@ -96,6 +99,81 @@ def inspect_file(path: Path) -> Inspected:
         raise BadUpload(f"the CSV has {frame.shape[0]} rows and {frame.shape[1]} columns; a dataset needs feature "
                         "columns and at least one label column")
     return Inspected(fmt, int(frame.shape[0]), [str(c) for c in frame.columns])
+
+
+@dataclass(frozen=True)
+class NpyMember:
+    """One array of an NPZ as its .npy header tells it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    header_bytes: int
+    info: zipfile.ZipInfo
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def npz_tasks(y_shape: tuple[int, ...]) -> int:
+    return 1 if len(y_shape) == 1 else y_shape[1]
+
+
+def npz_members(path: Path) -> dict[str, NpyMember]:
+    """The .npy headers (shape, dtype) of the arrays in an NPZ, read from the zip member streams: only
+    the first bytes of each member are decompressed. BadUpload if it is not an NPZ of X and Y as a
+    dataset needs them (X rows × features, Y rows or rows × tasks, numeric)."""
+    members: dict[str, NpyMember] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-4]
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise BadUpload(f"{name}.npy is in .npy format version {version}; save the arrays with "
+                                    "numpy.savez or numpy.savez_compressed")
+                members[name] = NpyMember(name, tuple(int(n) for n in shape), dtype, f.tell(), info)
+    if not {"X", "Y"} <= set(members):
+        raise BadUpload(f"an NPZ dataset must hold arrays 'X' and 'Y'; this one holds {sorted(members)}")
+    X, Y = members["X"], members["Y"]
+    if len(X.shape) != 2 or len(Y.shape) not in (1, 2) or Y.shape[0] != X.shape[0]:
+        raise BadUpload(f"NPZ arrays must be X (rows × features) and Y (rows × tasks) with equal rows; "
+                        f"got X {X.shape}, Y {Y.shape}")
+    for m in (X, Y):
+        if m.dtype.hasobject or m.dtype.kind not in "biuf":
+            raise BadUpload(f"NPZ array {m.name} has dtype {m.dtype}; a dataset's arrays are numbers (float or int)")
+    return members
+
+
+def check_npz(path: Path, limit: int | None) -> dict[str, NpyMember]:
+    """``npz_members``, refused (413) when the arrays' decompressed size exceeds ``limit``; then each
+    member is streamed through in small blocks (its CRC checked, its length matched to its header),
+    so a corrupt or truncated archive is refused now and memory stays bounded whatever the size."""
+    members = npz_members(path)
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        unpacked = max(sum(i.file_size for i in infos), sum(m.nbytes + m.header_bytes for m in members.values()))
+        if limit is not None and unpacked > limit:
+            shapes = ", ".join(f"{m.name} {m.shape} {m.dtype}" for m in (members["X"], members["Y"]))
+            raise BadUpload(f"the NPZ's arrays decompress to {unpacked} bytes ({shapes}), over this server's upload "
+                            f"limit of {limit} bytes (TASK_AFFINITY_UPLOAD_LIMIT_MB); upload fewer rows or "
+                            "features, or ask the operator to raise the limit", status=413)
+        for m in members.values():
+            if m.header_bytes + m.nbytes != m.info.file_size:
+                raise BadUpload(f"{m.name}.npy holds {m.info.file_size - m.header_bytes} bytes of data but its header "
+                                f"says {m.shape} {m.dtype} ({m.nbytes} bytes); the file is truncated or corrupt")
+        for info in infos:
+            with zf.open(info) as f:
+                while f.read(1 << 20):
+                    pass
+    return members
 
 
 def remove(path: Path) -> None:

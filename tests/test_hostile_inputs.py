@@ -150,6 +150,49 @@ def test_body_limit_is_a_setting(service_settings, tiny_job):
     app.state.store.engine.dispose()
 
 
+# -- 1. NPZ zip bombs: headers read, arrays not unpacked ---------------------------------------------------
+
+def test_npz_zip_bomb_is_refused_from_its_headers(service):
+    client, settings, store, alice, _ = service
+    bomb = npz_bytes(X=np.zeros((6000, 6000)), Y=np.zeros((6000, 1)))  # 288 MB of float64 in ~280 KB
+    assert len(bomb) < settings.upload_limit_bytes  # within the byte limit: only its contents are big
+    tracemalloc.start()
+    start = time.perf_counter()
+    r = client.post("/v1/datasets", files={"file": ("bomb.npz", bomb)}, headers=alice)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    p = assert_problem(r, 413, str(settings.upload_limit_bytes), "(6000, 6000)", "decompress")
+    assert peak < 16 * 2**20, f"checking the upload allocated {peak / 2**20:.0f} MB"
+    assert elapsed < 2.0, elapsed
+    assert "TASK_AFFINITY_UPLOAD_LIMIT_MB" in p["detail"]
+    assert client.get("/v1/datasets", headers=alice).json()["total"] == 0
+    assert not any(settings.datasets.rglob("*.npz")) if settings.datasets.exists() else True
+
+
+def test_npz_uploads_are_checked_member_by_member(service):
+    client, _, _, alice, _ = service
+    # a compressed NPZ within the limit is fine, and its shape is read from the headers
+    ds = upload(client, alice, "ok.npz", labelled_npz(rows=40, tasks=3))
+    assert ds["rows"] == 40 and ds["columns"] == ["x0", "x1", "x2", "task_0", "task_1", "task_2"]
+    # a member whose header promises more data than it holds
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (100, 3)})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("X.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 80)
+        y = io.BytesIO()
+        np.save(y, np.zeros(100))
+        zf.writestr("Y.npy", y.getvalue())
+    assert_problem(client.post("/v1/datasets", files={"file": ("short.npz", buf.getvalue())}, headers=alice),
+                   422, "truncated")
+    # arrays that are not numbers
+    assert_problem(client.post("/v1/datasets", files={"file": ("s.npz", npz_bytes(X=np.array([["a"]]), Y=np.zeros(1)))},
+                               headers=alice), 422, "dtype")
+    assert_problem(client.post("/v1/datasets", files={"file": ("n.npz", npz_bytes(Z=np.zeros(3)))}, headers=alice),
+                   422, "'X' and 'Y'")
+
+
 # -- 10. a body that is not JSON --------------------------------------------------------------------------
 
 def test_malformed_json_says_where(service):

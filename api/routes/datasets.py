@@ -30,7 +30,7 @@ def upload_dataset(request: Request, file: Annotated[UploadFile, File(descriptio
     raw = folder / "upload"
     try:
         size = save_stream(file.file, raw, limit)
-        info = inspect_file(raw)
+        info = inspect_file(raw, limit)
     except UploadTooLarge:
         remove(folder)
         raise ApiError(413, f"upload exceeds this server's limit of {limit} bytes") from None
