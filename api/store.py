@@ -25,6 +25,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+def plausible_id(value: str) -> bool:
+    """Could be an id of this store: no NUL byte (PostgreSQL refuses one in a query: a 500), not
+    longer than the id columns."""
+    return "\x00" not in value and len(value) <= 40
+
+
 class DatasetInUse(Exception):
     """Queued or running jobs still read this dataset."""
 
@@ -88,6 +94,8 @@ class JobStore:
             return s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
 
     def get_job(self, owner: str, job_id: str) -> Job | None:
+        if not plausible_id(job_id):
+            return None
         with self.sessions() as s:
             job = s.get(Job, job_id)
             return job if job is not None and job.owner == owner else None
@@ -197,6 +205,8 @@ class JobStore:
         return ds
 
     def get_dataset(self, owner: str, dataset_id: str) -> Dataset | None:
+        if not plausible_id(dataset_id):
+            return None
         with self.sessions() as s:
             ds = s.get(Dataset, dataset_id)
             return ds if ds is not None and ds.owner == owner else None
@@ -210,6 +220,8 @@ class JobStore:
 
     def delete_dataset(self, owner: str, dataset_id: str) -> Dataset | None:
         """Delete a dataset; DatasetInUse if a queued or running job still needs it."""
+        if not plausible_id(dataset_id):
+            return None
         with self.sessions.begin() as s:
             ds = s.get(Dataset, dataset_id)
             if ds is None or ds.owner != owner:

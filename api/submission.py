@@ -6,16 +6,23 @@ inside the server's data root (anything resolving outside it, symlinks included,
 
 from __future__ import annotations
 
+import math
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from affinity.data import BUILTINS
+from affinity.data import BUILTINS, DataError
+from affinity.data.files import sniff_format
+from affinity.data.planted import planted_params
 from affinity.manifest import Manifest, validation_problems
+from api.problems import MAX_NESTING
 from api.settings import Settings
 from api.store import JobStore
+from api.uploads import BadUpload, npz_members, npz_tasks
 
 
 class SubmissionError(Exception):
@@ -37,28 +44,166 @@ class Checked:
     dataset_id: str | None
 
 
+@dataclass(frozen=True)
+class TaskCount:
+    """How many tasks a job's dataset has, and the field that decides it (for messages)."""
+
+    n: int
+    field: str
+    # False for a table file in the data root: the server does not open it before the job runs, so
+    # a single task there is still found by the worker (tests/test_api.py submits such jobs).
+    refuse_single: bool = True
+
+
 def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -> Checked:
     if not isinstance(body, dict):
         raise SubmissionError([problem("manifest", None, "expected a JSON object with at least a 'dataset' section")])
+    raw = raw_problems(body)
+    if raw:
+        raise SubmissionError(raw)
     try:
         manifest = Manifest.model_validate(body)
     except ValidationError as err:
         raise SubmissionError(validation_problems(err)) from None
+    _check_seeds(manifest)
     dataset_id = None
-    source = manifest.dataset.source
+    spec = manifest.dataset
+    source = spec.source
     if source in BUILTINS:
-        pass
-    elif source.startswith("ds_"):
-        ds = store.get_dataset(owner, source)
-        if ds is None:
-            raise SubmissionError([problem("dataset.source", source, "no uploaded dataset with this id; "
-                                           "upload one with POST /v1/datasets and use the id it returns")])
-        dataset_id = ds.id
-        _check_columns(manifest, ds.columns, ds.format)
+        tasks = builtin_tasks(spec)
     else:
-        resolve_data_path(source, settings)
-    _check_limits(manifest, settings)
+        if spec.params:
+            raise SubmissionError([problem("dataset.params", spec.params, "applies to built-in datasets only "
+                                           f"({', '.join(BUILTINS)}); remove it for a file source")])
+        if source.startswith("ds_"):
+            ds = store.get_dataset(owner, source)
+            if ds is None:
+                raise SubmissionError([problem("dataset.source", source, "no uploaded dataset with this id; "
+                                               "upload one with POST /v1/datasets and use the id it returns")])
+            dataset_id = ds.id
+            _check_columns(manifest, ds.columns, ds.format)
+            if ds.format == "npz":
+                tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
+            else:
+                tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")
+        else:
+            tasks = _path_tasks(spec, resolve_data_path(source, settings))
+    _check_limits(manifest, tasks, settings)
     return Checked(manifest, dataset_id)
+
+
+# -- the raw body, before the schema sees it -------------------------------------------------------
+
+MAX_PROBLEMS = 20
+INT_LIMIT = 2**63 - 1  # every whole number the engine takes is a 64-bit integer
+SEED_LIMIT = 2**32 - 1  # seeds go to NumPy, PyTorch and scikit-learn: the range all of them take
+SEED_RANGE = f"is not a usable seed; give a whole number from 0 to {SEED_LIMIT}"
+
+
+def _path(parent: str, key: Any) -> str:
+    return f"{parent}[{key}]" if isinstance(key, int) else (f"{parent}.{key}" if parent else str(key))
+
+
+def raw_problems(body: Any) -> list[dict[str, Any]]:
+    """What no manifest field may hold, wherever it is (``dataset.params`` included): nesting deeper
+    than MAX_NESTING, NaN or ±Infinity (not JSON; a stored job must stay standard JSON), a NUL
+    character (not a file name, not storable in PostgreSQL), a whole number past 64 bits."""
+    found: list[dict[str, Any]] = []
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    while stack and len(found) < MAX_PROBLEMS:
+        path, value, depth = stack.pop()
+        field = path or "manifest"
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_NESTING:
+                found.append(problem(field, None, f"nests more than {MAX_NESTING} levels of arrays or objects; "
+                                                  "a manifest needs far fewer"))
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in reversed(list(items)):
+                if isinstance(key, str) and "\x00" in key:
+                    found.append(problem(_path(path, key.replace("\x00", "\\0")), None,
+                                         "a key contains a NUL character; remove it"))
+                    continue
+                stack.append((_path(path, key), item, depth + 1))
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(problem(field, value, "is not a finite number (NaN and Infinity are not JSON numbers); "
+                                               "give a finite number"))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            found.append(problem(field, str(value), SEED_RANGE if field.endswith("seed") else
+                                 f"is too large; whole numbers in a manifest lie between -{INT_LIMIT} and {INT_LIMIT}"))
+        elif isinstance(value, str) and "\x00" in value:
+            found.append(problem(field, value.replace("\x00", "\\0"), "contains a NUL character; remove it"))
+    return found
+
+
+def _check_seeds(manifest: Manifest) -> None:
+    """Every ``seed`` of the manifest (training.seed, grouping.seed, ...) within SEED_LIMIT."""
+    problems = []
+    stack: list[tuple[str, Any]] = [("", manifest.model_dump())]
+    while stack:
+        path, node = stack.pop()
+        for key, value in node.items():
+            field = _path(path, key)
+            if isinstance(value, dict) and field != "dataset.params":  # built-ins' params: builtin_tasks
+                stack.append((field, value))
+            elif key == "seed" and isinstance(value, int) and not 0 <= value <= SEED_LIMIT:
+                problems.append(problem(field, value, SEED_RANGE))
+    if problems:
+        raise SubmissionError(sorted(problems, key=lambda p: p["field"]))
+
+
+# -- the dataset's task count ----------------------------------------------------------------------
+
+_PARAM_FIELD = re.compile(r"dataset\.params\.(\w+)")
+
+
+def builtin_tasks(spec: Any) -> TaskCount | None:
+    """Check a built-in dataset's params with the dataset's own checks, now instead of in the worker.
+    The task count of a built-in other than planted and digits is left to the worker (None)."""
+    params = spec.params
+    seed = params.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_LIMIT:
+        raise SubmissionError([problem("dataset.params.seed", seed, SEED_RANGE)])
+    try:
+        if spec.source == "planted":
+            return TaskCount(planted_params(params)["tasks"], "dataset.params.tasks")
+        if spec.source == "digits":
+            fraction = params.get("label_fraction", 1.0)
+            if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+                raise DataError(f"dataset.params.label_fraction={fraction!r} must be a number in (0, 1]")
+            return TaskCount(BUILTINS["digits"](params).n_tasks, "dataset.source")
+    except (DataError, TypeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        match = _PARAM_FIELD.search(message)
+        field = match.group(0) if match else "dataset.params"
+        value = params.get(match.group(1)) if match else params
+        raise SubmissionError([{"field": field, "value": value, "message": message}]) from None
+    return None
+
+
+def _npz_tasks(spec: Any, y_columns: int) -> TaskCount:
+    if spec.tasks is not None and len(spec.tasks) != y_columns:
+        raise SubmissionError([problem("dataset.tasks", len(spec.tasks), f"lists {len(spec.tasks)} tasks but the "
+                                       f"dataset's Y has {y_columns} columns; give one entry per column of Y, "
+                                       "or omit dataset.tasks")])
+    return TaskCount(y_columns, "dataset.source")
+
+
+def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
+    try:
+        npz = sniff_format(path) == "npz"
+    except (DataError, OSError):
+        npz = False  # the worker says what is wrong with the file
+    if npz:
+        try:
+            return _npz_tasks(spec, npz_tasks(npz_members(path)["Y"].shape))
+        except (BadUpload, OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise SubmissionError([problem("dataset.source", spec.source, f"cannot be read as an NPZ dataset: "
+                                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) \
+                from None
+    if spec.tasks is None:
+        return None
+    return TaskCount(len(spec.tasks), "dataset.tasks", refuse_single=False)
 
 
 def resolve_data_path(source: str, settings: Settings) -> Path:
@@ -67,13 +212,25 @@ def resolve_data_path(source: str, settings: Settings) -> Path:
         raise SubmissionError([problem("dataset.source", source, "this server accepts no file paths (no data root "
                                        "is configured); upload the file with POST /v1/datasets and use its id, "
                                        "or use a built-in dataset (planted, digits)")])
+    if "\x00" in source:
+        raise SubmissionError([problem("dataset.source", source.replace("\x00", "\\0"),
+                                       "contains a NUL character; give a path relative to the data root")])
     root = settings.data_root.resolve()
     candidate = Path(source)
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not path.is_relative_to(root):
+    try:
+        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        inside = path.is_relative_to(root)
+        is_file = inside and path.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:
+        # A name longer than the file system allows, a symbolic link loop, ...
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                  else "a symbolic link loop" if isinstance(exc, RuntimeError) else type(exc).__name__)
+        raise SubmissionError([problem("dataset.source", source, f"is not a usable path in the server's data root "
+                                       f"({reason}); give the path of a file inside it")]) from None
+    if not inside:
         raise SubmissionError([problem("dataset.source", source, "resolves outside the server's data root; give a "
                                        "path relative to the data root")])
-    if not path.is_file():
+    if not is_file:
         raise SubmissionError([problem("dataset.source", source, "no such file in the server's data root")])
     return path
 
@@ -93,28 +250,27 @@ def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
         raise SubmissionError(problems)
 
 
-def _check_limits(manifest: Manifest, settings: Settings) -> None:
+def _check_limits(manifest: Manifest, tasks: TaskCount | None, settings: Settings) -> None:
     est = manifest.estimation
     if est.num_subsets > settings.max_subsets:
         raise SubmissionError([problem("estimation.num_subsets", est.num_subsets,
                                        f"exceeds this server's limit of {settings.max_subsets} subsets per job; "
                                        "lower it")])
-    n_tasks = expected_tasks(manifest)
-    if n_tasks is not None and n_tasks > settings.max_tasks:
-        field = "dataset.params.tasks" if manifest.dataset.source == "planted" else "dataset.tasks"
-        raise SubmissionError([problem(field, n_tasks, f"{n_tasks} tasks exceed this server's limit of "
-                                       f"{settings.max_tasks} tasks per job; split the tasks over several jobs")])
-
-
-def expected_tasks(manifest: Manifest) -> int | None:
-    """The number of tasks, when the manifest alone tells it."""
-    spec = manifest.dataset
-    if spec.tasks is not None:
-        return len(spec.tasks)
-    if spec.source == "planted":
-        tasks = spec.params.get("tasks", 16)
-        return tasks if isinstance(tasks, int) else None
-    return None
+    if tasks is None:
+        return
+    n = tasks.n
+    if n > settings.max_tasks:
+        raise SubmissionError([problem(tasks.field, n, f"{n} tasks exceed this server's limit of "
+                                       f"{settings.max_tasks} tasks per job (TASK_AFFINITY_MAX_TASKS); split the "
+                                       "tasks over several jobs")])
+    if n < 2 and tasks.refuse_single:
+        raise SubmissionError([problem(tasks.field, n, f"the dataset has {n} task; task affinity measures how "
+                                       "tasks help each other, so a job needs at least 2 tasks")])
+    k = manifest.grouping.k
+    biggest = max(k) if isinstance(k, list) else k
+    if isinstance(biggest, int) and biggest > n:
+        raise SubmissionError([problem("grouping.k", k, f"asks for up to {biggest} groups but the dataset has {n} "
+                                       f"tasks; give at most {n}, or 'auto'")])
 
 
 def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore, settings: Settings) -> Manifest:

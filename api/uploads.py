@@ -78,10 +78,17 @@ def inspect_file(path: Path, limit: int | None = None) -> Inspected:
             import pyarrow.parquet as pq
 
             meta = pq.ParquetFile(path)
-            unpacked = sum(meta.metadata.row_group(i).total_byte_size for i in range(meta.metadata.num_row_groups))
+            # Its size once read: the columns' uncompressed pages, or the float64 table the engine makes of it
+            # (dictionary and run-length encodings keep a column of zeros a few bytes long on disk).
+            md = meta.metadata
+            pages = sum(md.row_group(i).column(j).total_uncompressed_size
+                        for i in range(md.num_row_groups) for j in range(md.num_columns))
+            unpacked = max(pages, md.num_rows * md.num_columns * 8)
             if limit is not None and unpacked > limit:
-                raise BadUpload(f"the Parquet file decompresses to {unpacked} bytes, over this server's upload limit "
-                                f"of {limit} bytes (TASK_AFFINITY_UPLOAD_LIMIT_MB)", status=413)
+                raise BadUpload(f"the Parquet table ({md.num_rows} rows × {md.num_columns} columns) decompresses to "
+                                f"{unpacked} bytes, over this server's upload limit of {limit} bytes "
+                                "(TASK_AFFINITY_UPLOAD_LIMIT_MB); upload fewer rows or columns, or ask the operator to "
+                                "raise the limit", status=413)
             return Inspected(fmt, int(meta.metadata.num_rows), [str(c) for c in meta.schema_arrow.names])
         if fmt == "npz":
             arrays = check_npz(path, limit)

@@ -104,6 +104,220 @@ def succeeded_job(client, store, settings, headers, tiny_job, affinity: dict) ->
     return job_id
 
 
+# -- 7. NaN / Infinity in numeric fields: 422 naming the field, never stored ---------------------------
+
+@pytest.mark.parametrize("path", ["training.lr", "training.weight_decay", "estimation.l2", "model.dropout",
+                                  "dataset.val_fraction", "compute.cpus_per_task", "training.epochs",
+                                  "estimation.num_subsets", "dataset.params.noise"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_422_naming_the_field(service, tiny_job, path, value):
+    client, _, store, alice, _ = service
+    put(tiny_job, path, value)
+    p = assert_problem(post_raw(client, alice, tiny_job), 422, path)
+    assert path in fields_of(p)
+    assert stored_manifests(store) == []
+
+
+def put(manifest: dict, path: str, value) -> None:
+    """Set a dotted path (``model.hidden[0]`` replaces the list's first item)."""
+    *parents, last = path.split(".")
+    node = manifest
+    for key in parents:
+        node = node.setdefault(key, {})
+    if last.endswith("[0]"):
+        key = last[:-3]
+        base = node.get(key)
+        node[key] = [value, *base[1:]] if isinstance(base, list) and base else [value, value]
+    else:
+        node[last] = value
+
+
+def numeric_fields() -> list[str]:
+    """Every numeric field of the manifest's JSON Schema, found by walking it (``[0]``: a list's items)."""
+    schema = Manifest.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[-1]]
+        return node
+
+    def options(node: dict) -> list[dict]:
+        node = resolve(node)
+        return [resolve(o) for o in node.get("anyOf", [node])]
+
+    found: list[str] = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for name, prop in resolve(node).get("properties", {}).items():
+            path = f"{prefix}{name}"
+            opts = options(prop)
+            if any(o.get("type") in ("integer", "number") for o in opts):
+                found.append(path)
+            for o in opts:
+                if o.get("type") == "array" and any(i.get("type") in ("integer", "number")
+                                                    for i in options(o.get("items", {}))):
+                    found.append(f"{path}[0]")
+                if o.get("type") == "object" and "properties" in o:
+                    walk(o, f"{path}.")
+
+    walk(schema, "")
+    return found
+
+
+PLANTED_PARAMS = ["tasks", "groups", "rows_per_task", "features", "noise", "spread", "shared", "seed"]
+FUZZ_VALUES = [math.nan, math.inf, -math.inf, 1e308, 2**70, -1, -1e308]
+
+
+def test_fuzz_every_numeric_field(service, tiny_job):
+    """NaN, ±Infinity, huge and negative values in every numeric field of the schema and of the
+    built-ins' params: each answer is a 4xx naming the field or a 201, never a 500; whatever was
+    accepted is stored, and listed, as standard JSON."""
+    client, _, store, alice, _ = service
+    fields = numeric_fields()
+    assert {"training.lr", "estimation.l2", "model.hidden[0]", "grouping.k", "compute.gpus_per_task",
+            "training.connection_strength.schedule_epochs"} <= set(fields), fields
+    cases = [(tiny_job, f) for f in fields] + [(tiny_job, f"dataset.params.{p}") for p in PLANTED_PARAMS]
+    digits = {**copy.deepcopy(tiny_job), "dataset": {"source": "digits", "params": {"label_fraction": 0.5}}}
+    cases += [(digits, f"dataset.params.{p}") for p in ("label_fraction", "seed")]
+    accepted = 0
+    for base, path in cases:
+        for value in FUZZ_VALUES:
+            body = copy.deepcopy(base)
+            put(body, path, value)
+            r = post_raw(client, alice, body)
+            assert r.status_code == 201 or 400 <= r.status_code < 500, (path, value, r.status_code, r.text)
+            answer = strict_json(r.content)
+            if r.status_code == 201:
+                accepted += 1
+                continue
+            assert r.headers["content-type"].startswith(PROBLEM), (path, value)
+            stem = path.removesuffix("[0]")
+            assert any(f.startswith(stem) for f in fields_of(answer)), (path, value, answer)
+    assert accepted > 0  # the finite values some fields take (1e308 for weight_decay, -1 for nothing)
+    assert_stored_jobs_are_standard_json(store)
+    listed = client.get("/v1/jobs?limit=200", headers=alice)
+    assert listed.status_code == 200 and strict_json(listed.content)["total"] == accepted
+
+
+def test_nan_inside_builtin_params_is_never_stored(service, tiny_job):
+    client, _, store, alice, _ = service
+    tiny_job["dataset"]["params"]["noise"] = math.nan  # planted's own check let NaN through (NaN < 0 is false)
+    p = assert_problem(post_raw(client, alice, tiny_job), 422, "dataset.params.noise", "finite")
+    assert p["errors"][0]["value"] == "NaN"
+    assert stored_manifests(store) == []
+
+
+# -- 8. inputs that gave a 500 ---------------------------------------------------------------------------
+
+def test_nul_byte_and_overlong_and_looping_sources_are_422(service):
+    client, settings, store, alice, _ = service
+    loop = settings.data_root / "loop.csv"
+    loop.symlink_to(loop)
+    for source in ["t\x00.csv", "ds_\x00", "a" * 300, "sub/" + "b" * 300 + "/x.csv", "loop.csv"]:
+        p = assert_problem(client.post("/v1/jobs", json={"dataset": {"source": source, "tasks": ["y"]}},
+                                       headers=alice), 422, "dataset.source")
+        assert fields_of(p) == ["dataset.source"]
+        assert str(settings.data_root) not in p["detail"]  # the server's own paths stay private
+    assert stored_manifests(store) == []
+
+
+def test_nul_bytes_in_ids_names_and_assets_are_404(service, tiny_job):
+    client, settings, store, alice, _ = service
+    job_id = succeeded_job(client, store, settings, alice, tiny_job, {"tasks": ["a", "b"], "matrix": [[0, 1], [1, 0]]})
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/a%00b", headers=alice), 404, "no artifact")
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/affinity.json%0A", headers=alice), 404)
+    assert client.get(f"/v1/jobs/{job_id}/artifacts/affinity.json", headers=alice).status_code == 200
+    assert_problem(client.get("/static/x%00.js"), 404, "no dashboard file")  # no key: the dashboard is public
+    assert client.get("/static/app.js").status_code == 200
+    assert_problem(client.get("/v1/jobs/job%00x", headers=alice), 404)
+    assert_problem(client.delete("/v1/datasets/ds%00x", headers=alice), 404)
+
+
+def test_deeply_nested_params_are_422(service):
+    client, _, store, alice, _ = service
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    body = {"dataset": {"source": "planted", "params": {"tasks": 4, "junk": deep}}}
+    p = assert_problem(post_raw(client, alice, body), 422, "dataset.params.junk", "nests more than")
+    assert len(json.dumps(p)) < 10_000  # the echo is not the whole structure again
+    # deeper than Python's JSON parser goes (it raises RecursionError)
+    r = client.post("/v1/jobs", content=b'{"dataset": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                    headers={**alice, "content-type": "application/json"})
+    assert_problem(r, 422, "too deeply")
+    assert stored_manifests(store) == []
+
+
+def test_cancel_racing_delete_is_404_not_500(service, tiny_job, monkeypatch):
+    client, _, store, alice, _ = service
+    # The DELETE lands between the cancel's read of the job and its update (seen 3 times in ~480 races).
+    job_id = client.post("/v1/jobs", json=tiny_job, headers=alice).json()["id"]
+    request_cancel = store.request_cancel
+
+    def deleted_meanwhile(owner, jid):
+        assert store.delete_job(owner, jid)
+        return request_cancel(owner, jid)
+
+    monkeypatch.setattr(store, "request_cancel", deleted_meanwhile)
+    assert_problem(client.post(f"/v1/jobs/{job_id}/cancel", headers=alice), 404, "no job")
+    monkeypatch.undo()
+    # two DELETEs: the second one's job vanished after it was read; it is gone (404), not "running" (409)
+    job_id = client.post("/v1/jobs", json=tiny_job, headers=alice).json()["id"]
+    delete_job = store.delete_job
+
+    def other_delete_first(owner, jid):
+        assert delete_job(owner, jid)
+        return delete_job(owner, jid)
+
+    monkeypatch.setattr(store, "delete_job", other_delete_first)
+    assert_problem(client.delete(f"/v1/jobs/{job_id}", headers=alice), 404, "no job")
+    monkeypatch.undo()
+    # and for real, from two threads: only 200, 204, 404 and 409
+    statuses: list[int] = []
+    ids = [client.post("/v1/jobs", json=tiny_job, headers=alice).json()["id"] for _ in range(25)]
+
+    def hammer(method: str) -> None:
+        for jid in ids:
+            r = client.post(f"/v1/jobs/{jid}/cancel", headers=alice) if method == "cancel" else \
+                client.delete(f"/v1/jobs/{jid}", headers=alice)
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=hammer, args=(m,)) for m in ("cancel", "delete")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(statuses) <= {200, 204, 404, 409}, statuses
+
+
+# -- 5. TASK_AFFINITY_MAX_TASKS counts every dataset's tasks ----------------------------------------------
+
+def test_max_tasks_counts_planted_params_and_npz_columns(service):
+    client, settings, store, alice, _ = service
+    limit = settings.max_tasks
+    # dataset.tasks does not apply to a built-in: planted's params.tasks is what runs
+    body = {"dataset": {"source": "planted", "tasks": ["a"], "params": {"tasks": limit + 1, "groups": 2}}}
+    p = assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "dataset.params.tasks", str(limit))
+    assert fields_of(p) == ["dataset.params.tasks"] and "TASK_AFFINITY_MAX_TASKS" in p["detail"]
+    body = {"dataset": {"source": "planted", "params": {"tasks": 1e5}}}
+    assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "dataset.params.tasks")
+    # an uploaded NPZ: the columns of Y
+    ds = upload(client, alice, "wide.npz", labelled_npz(rows=20, tasks=limit + 1))
+    p = assert_problem(client.post("/v1/jobs", json={"dataset": {"source": ds["id"]}}, headers=alice), 422,
+                       "dataset.source", str(limit), f"{limit + 1} tasks")
+    # the same file named by path in the data root: its header is read, not its arrays
+    (settings.data_root / "wide.npz").write_bytes(labelled_npz(rows=20, tasks=limit + 1))
+    assert_problem(client.post("/v1/jobs", json={"dataset": {"source": "wide.npz"}}, headers=alice), 422,
+                   "dataset.source", str(limit))
+    # a CSV: dataset.tasks
+    frame = pd.DataFrame({"f": range(20), **{f"t{i}": [i % 2] * 20 for i in range(limit + 1)}})
+    ds = upload(client, alice, "wide.csv", frame.to_csv(index=False).encode())
+    body = {"dataset": {"source": ds["id"], "tasks": [f"t{i}" for i in range(limit + 1)]}}
+    assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "dataset.tasks", str(limit))
+    assert stored_manifests(store) == []
+
+
 # -- 6. body limit on every JSON route ---------------------------------------------------------------------
 
 def test_json_bodies_over_the_limit_are_413(service, tiny_job):
@@ -193,6 +407,98 @@ def test_npz_uploads_are_checked_member_by_member(service):
                    422, "'X' and 'Y'")
 
 
+def test_parquet_counts_at_its_uncompressed_size(service):
+    client, settings, _, alice, _ = service
+    buf = io.BytesIO()
+    pd.DataFrame({"f": np.zeros(400_000), "a": np.zeros(400_000)}).to_parquet(buf)  # 6.4 MB as numbers
+    assert len(buf.getvalue()) < settings.upload_limit_bytes
+    assert_problem(client.post("/v1/datasets", files={"file": ("z.parquet", buf.getvalue())}, headers=alice), 413,
+                   "Parquet", str(settings.upload_limit_bytes))
+
+
+# -- 9. checked at submit, not at the worker -----------------------------------------------------------------
+
+@pytest.mark.parametrize("params, field", [
+    ({"tasks": "8"}, "dataset.params.tasks"),
+    ({"tasks": -3}, "dataset.params.tasks"),
+    ({"groups": 0}, "dataset.params.groups"),
+    ({"tasks": 4, "groups": 6}, "dataset.params.groups"),
+    ({"noise": -1}, "dataset.params.noise"),
+    ({"shared": 1.5}, "dataset.params.shared"),
+    ({"rows_per_task": 2.5}, "dataset.params.rows_per_task"),
+    ({"seed": "zero"}, "dataset.params.seed"),
+    ({"seed": 2**40}, "dataset.params.seed"),
+    ({"colour": "red"}, "dataset.params"),
+])
+def test_planted_params_are_checked_at_submit(service, params, field):
+    client, _, store, alice, _ = service
+    p = assert_problem(client.post("/v1/jobs", json={"dataset": {"source": "planted", "params": params}},
+                                   headers=alice), 422, field)
+    assert fields_of(p) == [field]
+    assert stored_manifests(store) == []
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"label_fraction": 0}, "dataset.params.label_fraction"),
+    ({"label_fraction": "half"}, "dataset.params.label_fraction"),
+    ({"label_fraction": True}, "dataset.params.label_fraction"),
+    ({"seed": -1}, "dataset.params.seed"),
+    ({"tasks": 3}, "dataset.params"),
+])
+def test_digits_params_are_checked_at_submit(service, params, field):
+    client, _, _, alice, _ = service
+    p = assert_problem(client.post("/v1/jobs", json={"dataset": {"source": "digits", "params": params}},
+                                   headers=alice), 422, field)
+    assert fields_of(p) == [field]
+
+
+def test_params_of_a_file_source_are_refused(service):
+    client, _, _, alice, _ = service
+    ds = upload(client, alice, "ok.npz", labelled_npz(rows=40, tasks=3))
+    assert_problem(client.post("/v1/jobs", json={"dataset": {"source": ds["id"], "params": {"tasks": 3}}},
+                               headers=alice), 422, "dataset.params", "built-in")
+
+
+def test_k_above_the_task_count_is_refused(service, tiny_job):
+    client, _, _, alice, _ = service
+    for k in (5, [2, 9]):
+        tiny_job["grouping"]["k"] = k  # planted with 4 tasks
+        p = assert_problem(client.post("/v1/jobs", json=tiny_job, headers=alice), 422, "grouping.k", "4 tasks")
+        assert fields_of(p) == ["grouping.k"]
+    tiny_job["grouping"]["k"] = [2, 4]
+    assert client.post("/v1/jobs", json=tiny_job, headers=alice).status_code == 201
+    ds = upload(client, alice, "three.npz", labelled_npz(rows=40, tasks=3))
+    body = {"dataset": {"source": ds["id"]}, "grouping": {"k": 4}}
+    assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "grouping.k", "3 tasks")
+    body = {"dataset": {"source": ds["id"], "tasks": ["a", "b"]}}
+    assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "dataset.tasks", "3 columns")
+
+
+@pytest.mark.parametrize("section", ["training", "estimation", "grouping", "dataset"])
+@pytest.mark.parametrize("seed", [2**70, 2**40])
+def test_seeds_past_what_the_engine_takes_are_refused(service, tiny_job, section, seed):
+    client, _, store, alice, _ = service
+    tiny_job.setdefault(section, {})["seed"] = seed
+    p = assert_problem(client.post("/v1/jobs", json=tiny_job, headers=alice), 422, f"{section}.seed", "4294967295")
+    assert fields_of(p) == [f"{section}.seed"]
+    assert stored_manifests(store) == []
+
+
+def test_single_task_datasets_are_refused_without_blaming_subset_size(service):
+    client, _, _, alice, _ = service
+    ds_npz = upload(client, alice, "one.npz", labelled_npz(rows=40, tasks=1))
+    frame = pd.DataFrame({"f": range(40), "a": [0, 1] * 20, "b": [1, 0] * 20})
+    ds_csv = upload(client, alice, "t.csv", frame.to_csv(index=False).encode())
+    for dataset, field in [({"source": "planted", "params": {"tasks": 1, "groups": 1}}, "dataset.params.tasks"),
+                           ({"source": ds_npz["id"]}, "dataset.source"),
+                           ({"source": ds_csv["id"], "tasks": ["a"]}, "dataset.tasks")]:
+        p = assert_problem(client.post("/v1/jobs", json={"dataset": dataset}, headers=alice), 422, field,
+                           "at least 2 tasks")
+        assert "subset_size" not in json.dumps(p)
+    assert client.post("/v1/jobs", json={"dataset": {"source": ds_csv["id"], "tasks": ["a", "b"]}},
+                       headers=alice).status_code == 201
+
+
 # -- 10. a body that is not JSON --------------------------------------------------------------------------
 
 def test_malformed_json_says_where(service):
@@ -205,6 +511,24 @@ def test_malformed_json_says_where(service):
                                    headers=h), 422, "not valid JSON", "line 4, column 3")
     assert fields_of(p) == ["body"]
     assert_problem(client.post("/v1/jobs", content=b'{"dataset": "\xff\xfe"}', headers=h), 422, "not UTF-8")
+
+
+# -- 11. CSV export: no formulas ------------------------------------------------------------------------
+
+def test_affinity_csv_escapes_cells_that_start_like_formulas(service, tiny_job):
+    client, settings, store, alice, _ = service
+    names = ['=HYPERLINK("http://example.invalid","x")', "@SUM(1+1)", "+1", "-1", "\tx", "\ry", "plain"]
+    n = len(names)
+    matrix = [[-0.25 if i != j else 0.0 for j in range(n)] for i in range(n)]
+    job_id = succeeded_job(client, store, settings, alice, tiny_job, {"tasks": names, "matrix": matrix})
+    r = client.get(f"/v1/jobs/{job_id}/affinity?format=csv", headers=alice)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    frame = pd.read_csv(io.StringIO(r.text), index_col=0)
+    escaped = ["'" + t for t in names[:-1]] + ["plain"]
+    assert list(frame.columns) == escaped and list(frame.index) == escaped
+    assert np.allclose(frame.to_numpy(), matrix)  # negative numbers are numbers, not escaped text
+    # the JSON keeps the names as they are
+    assert client.get(f"/v1/jobs/{job_id}/affinity", headers=alice).json()["tasks"] == names
 
 
 # -- 12. 405 names the allowed methods ------------------------------------------------------------------

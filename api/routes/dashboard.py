@@ -5,6 +5,7 @@ The page talks to the same /v1 API with the API key the user enters once (kept i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,12 @@ SMALL_EXAMPLE: dict[str, Any] = {
 }
 
 
+ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
+
+
 def _file(name: str) -> FileResponse:
+    if not ASSET_NAME.fullmatch(name):  # before the file system sees it (a NUL byte made resolve() raise)
+        raise ApiError(404, f"no dashboard file {name[:100]!r}")
     path = (STATIC / name).resolve()
     if not path.is_relative_to(STATIC) or path.suffix not in MEDIA or not path.is_file():
         raise ApiError(404, f"no dashboard file {name!r}")

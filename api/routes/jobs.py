@@ -29,7 +29,7 @@ def get_manifest_schema() -> dict[str, Any]:
 
 @router.post("/jobs", status_code=201, response_model=JobOut, responses={
     200: {"model": JobOut, "description": "The job created before with the same Idempotency-Key and body."},
-    **responses(409, 422)})
+    **responses(409, 413, 422)})
 def submit_job(
     response: Response, owner: Owner, store: Store, settings: Config,
     manifest: Annotated[dict[str, Any], Body(description="A job manifest; see GET /v1/schema/manifest.",
@@ -81,7 +81,10 @@ def cancel_job(job_id: str, owner: Owner, store: Store) -> JobOut:
         raise ApiError(404, f"no job {job_id}")
     if job.status in ("succeeded", "failed", "cancelled"):
         raise ApiError(409, f"job {job_id} is already {job.status}")
-    return JobOut.of(store.request_cancel(owner, job_id))
+    after = store.request_cancel(owner, job_id)
+    if after is None:  # deleted by a concurrent DELETE since it was read
+        raise ApiError(404, f"no job {job_id}")
+    return JobOut.of(after)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses=responses(404, 409))
@@ -91,6 +94,8 @@ def delete_job(job_id: str, owner: Owner, store: Store, settings: Config) -> Res
     if job is None:
         raise ApiError(404, f"no job {job_id}")
     if not store.delete_job(owner, job_id):
+        if store.get_job(owner, job_id) is None:  # a concurrent DELETE was first
+            raise ApiError(404, f"no job {job_id}")
         raise ApiError(409, f"job {job_id} is running; cancel it first (POST /v1/jobs/{job_id}/cancel)")
     remove(settings.artifacts / job_id)
     return Response(status_code=204)

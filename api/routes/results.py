@@ -17,7 +17,7 @@ from api.problems import ApiError, responses
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"], responses=responses(401, 404, 409))
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}")
 MEDIA = {".json": "application/json", ".png": "image/png", ".pt": "application/octet-stream",
          ".npz": "application/octet-stream", ".csv": "text/csv"}
 
@@ -28,11 +28,23 @@ def _artifact(job_id: str, name: str, owner: str, store: Any, settings: Any) -> 
         raise ApiError(404, f"no job {job_id}")
     if job.status != "succeeded":
         raise ApiError(409, f"job {job_id} is {job.status}; results exist once it has succeeded")
+    # The name is checked before it touches the file system (a NUL byte made resolve() raise: a 500).
+    if not SAFE_NAME.fullmatch(name):
+        raise ApiError(404, f"job {job_id} has no artifact {name!r}")
     folder = (settings.artifacts / job_id).resolve()
     path = (folder / name).resolve()
-    if not SAFE_NAME.match(name) or not path.is_relative_to(folder) or not path.is_file():
+    if not path.is_relative_to(folder) or not path.is_file():
         raise ApiError(404, f"job {job_id} has no artifact {name!r}")
     return path
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (= + - @, tab, CR) gets a
+    leading single quote (OWASP's CSV injection advice), so ``=HYPERLINK(...)`` is not run on opening."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def _json(path: Path) -> Response:
@@ -50,9 +62,10 @@ def get_affinity(job_id: str, owner: Owner, store: Store, settings: Config,
     data = json.loads(path.read_text())
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["task", *data["tasks"]])
-    for name, row in zip(data["tasks"], data["matrix"]):
-        writer.writerow([name, *(repr(float(v)) for v in row)])
+    names = [csv_cell(str(t)) for t in data["tasks"]]
+    writer.writerow(["task", *names])
+    for name, row in zip(names, data["matrix"]):
+        writer.writerow([name, *(repr(float(v)) for v in row)])  # numbers stay numbers, a minus sign included
     return Response(buf.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}-affinity.csv"'})
 
