@@ -158,8 +158,8 @@ _PARAM_FIELD = re.compile(r"dataset\.params\.(\w+)")
 
 
 def builtin_tasks(spec: Any) -> TaskCount | None:
-    """Check a built-in dataset's params with the dataset's own checks, now instead of in the worker.
-    The task count of a built-in other than planted and digits is left to the worker (None)."""
+    """Check a built-in dataset's params with the dataset's own checks, now instead of in the worker,
+    and count its tasks (None for a built-in this does not know: the worker checks it)."""
     params = spec.params
     seed = params.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_LIMIT:
@@ -172,6 +172,15 @@ def builtin_tasks(spec: Any) -> TaskCount | None:
             if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
                 raise DataError(f"dataset.params.label_fraction={fraction!r} must be a number in (0, 1]")
             return TaskCount(BUILTINS["digits"](params).n_tasks, "dataset.source")
+        if spec.source == "synthetic":
+            from affinity.data.synthetic import synthetic_params
+
+            return TaskCount(synthetic_params(params)["tasks"], "dataset.params.tasks")
+        if spec.source == "yeast":
+            from affinity.data.real import LABELS, yeast_params
+
+            yeast_params(params)
+            return TaskCount(len(LABELS), "dataset.source")
     except (DataError, TypeError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         match = _PARAM_FIELD.search(message)

@@ -452,6 +452,18 @@ def test_digits_params_are_checked_at_submit(service, params, field):
     assert fields_of(p) == [field]
 
 
+@pytest.mark.parametrize("dataset, field", [
+    ({"source": "synthetic", "params": {"tasks": 1}}, "dataset.params.tasks"),
+    ({"source": "synthetic", "params": {"mechanism": "bogus"}}, "dataset.params.mechanism"),
+    ({"source": "synthetic", "params": {"tasks": 100, "groups": 2}}, "dataset.params.tasks"),  # over max_tasks
+    ({"source": "yeast", "params": {"colour": 1}}, "dataset.params"),
+])
+def test_newer_builtins_params_are_checked_at_submit(service, dataset, field):
+    client, _, _, alice, _ = service
+    p = assert_problem(client.post("/v1/jobs", json={"dataset": dataset}, headers=alice), 422, field)
+    assert fields_of(p) == [field]
+
+
 def test_params_of_a_file_source_are_refused(service):
     client, _, _, alice, _ = service
     ds = upload(client, alice, "ok.npz", labelled_npz(rows=40, tasks=3))
