@@ -128,6 +128,7 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
              "m": {k: torch.zeros_like(v) for k, v in params.items()},
              "v": {k: torch.zeros_like(v) for k, v in params.items()}}
     rows = [torch.nonzero((data.train & sel[b]).any(dim=1)).squeeze(1) for b in range(n_copies)]
+    full_sel = sel
     gens = [torch.Generator(device="cpu").manual_seed(spec.seed) for _ in range(n_copies)]
     base = model
 
@@ -139,12 +140,12 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
 
     copy_grads = vmap(grad(copy_loss), randomness="different")
 
-    def val_scores(p, split: torch.Tensor | None = None) -> torch.Tensor:
+    def val_scores(p, sel_now: torch.Tensor, split: torch.Tensor | None = None) -> torch.Tensor:
         split = data.val if split is None else split
-        per_task = torch.zeros(n_copies, n_tasks, dtype=torch.float64, device=device)
+        per_task = torch.zeros(sel_now.shape[0], n_tasks, dtype=torch.float64, device=device)
         with torch.no_grad():
             base.eval()
-            val_rows = torch.nonzero((split & sel.any(0)).any(dim=1)).squeeze(1)
+            val_rows = torch.nonzero((split & sel_now.any(0)).any(dim=1)).squeeze(1)
             for s0 in range(0, len(val_rows), 4096):
                 r = val_rows[s0:s0 + 4096]
                 out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
@@ -154,19 +155,27 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
         per_task /= split.sum(0).clamp_min(1).to(torch.float64)
         return per_task
 
-    per_task = val_scores(params)
+    def view(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return flags.view((-1,) + (1,) * (like.dim() - 1))
+
+    per_task = val_scores(params, sel)
     best = (per_task * sel).sum(1) / sel.sum(1)
     best_params = {k: v.clone() for k, v in params.items()}
     best_task = per_task.clone()
+    # Copies that have stopped leave the stack once they are half of it (their best state is kept in
+    # the full-size results): the stragglers of a chunk no longer carry the stopped copies' passes.
+    ids = torch.arange(n_copies, device=device)  # stack position -> copy
+    final_params = {k: v.clone() for k, v in best_params.items()}
+    final_task = best_task.clone()
     since = torch.zeros(n_copies, dtype=torch.long, device=device)
     running = torch.ones(n_copies, dtype=torch.bool, device=device)
     bs = spec.batch_size
     for _epoch in range(1, spec.epochs + 1):
-        orders = [rows[b][torch.randperm(len(rows[b]), generator=gens[b]).to(device)] for b in range(n_copies)]
+        orders = [rows[b][torch.randperm(len(rows[b]), generator=gens[b]).to(device)] for b in range(len(rows))]
         steps = max(math.ceil(len(o) / bs) for o in orders)
         for k in range(steps):
-            idx = torch.zeros(n_copies, bs, dtype=torch.long, device=device)
-            valid = torch.zeros(n_copies, bs, dtype=torch.bool, device=device)
+            idx = torch.zeros(len(orders), bs, dtype=torch.long, device=device)
+            valid = torch.zeros(len(orders), bs, dtype=torch.bool, device=device)
             for b, o in enumerate(orders):
                 part = o[k * bs:(k + 1) * bs]
                 idx[b, :len(part)] = part
@@ -177,24 +186,39 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
             mask = data.train[idx] & sel[:, None, :] & valid[:, :, None]
             grads = copy_grads(params, data.X[idx], data.Y[idx], mask)
             _adam_update(params, grads, state, active, spec)
-        per_task = val_scores(params)
+        per_task = val_scores(params, sel)
         score = (per_task * sel).sum(1) / sel.sum(1)
         improved = running & (score < best - 1e-6 * best.abs())
         for k in params:
-            shape = (-1,) + (1,) * (params[k].dim() - 1)
-            best_params[k] = torch.where(improved.view(shape), params[k], best_params[k])
+            best_params[k] = torch.where(view(improved, params[k]), params[k], best_params[k])
         best_task = torch.where(improved[:, None], per_task, best_task)
         best = torch.where(improved, score, best)
         since = torch.where(improved, torch.zeros_like(since), since + 1)
         running = running & (since < spec.patience) & torch.isfinite(score)
         if not bool(running.any()):
             break
+        if len(ids) >= 4 and int(running.sum()) <= len(ids) // 2:
+            done, keep = ~running, torch.nonzero(running).squeeze(1)
+            for k in params:
+                final_params[k][ids[done]] = best_params[k][done]
+            final_task[ids[done]] = best_task[done]
+            ids, sel, best, best_task, since, running = ids[keep], sel[keep], best[keep], best_task[keep], \
+                since[keep], running[keep]
+            params = {k: v[keep] for k, v in params.items()}
+            best_params = {k: v[keep] for k, v in best_params.items()}
+            state = {"step": state["step"][keep], "m": {k: v[keep] for k, v in state["m"].items()},
+                     "v": {k: v[keep] for k, v in state["v"].items()}}
+            kept = keep.tolist()
+            rows, gens = [rows[b] for b in kept], [gens[b] for b in kept]
+    for k in params:
+        final_params[k][ids] = best_params[k]
+    final_task[ids] = best_task
     model.eval()
-    test = np.full(best_task.shape, np.nan)
+    test = np.full(final_task.shape, np.nan)
     if bool(data.test.any()):
-        test = val_scores(best_params, data.test).cpu().numpy()
+        test = val_scores(final_params, full_sel, data.test).cpu().numpy()
         test[:, ~data.test.any(0).cpu().numpy()] = np.nan
-    return best_task.cpu().numpy(), test
+    return final_task.cpu().numpy(), test
 
 
 def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:

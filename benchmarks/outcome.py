@@ -30,14 +30,16 @@ def synthetic(mechanism: str, **params: Any):
     return lambda seed: {"source": "synthetic", "params": {"mechanism": mechanism, "seed": seed, **params}}
 
 
+# Synthetic tasks label 150 rows each (so 30 test rows per task: enough to tell groupings apart),
+# few enough that pooling a group's rows pays; shared_rows labels 300 rows for every task.
 DATASETS: dict[str, Any] = {
     "planted": lambda seed: {"source": "planted", "params": {"seed": seed}},
-    "pooling": synthetic("pooling"),
-    "conflict": synthetic("conflict"),
-    "mixed": synthetic("mixed"),
-    "regression": synthetic("regression"),
-    "shared_rows": synthetic("shared_rows"),
-    "unrelated": synthetic("unrelated"),
+    "pooling": synthetic("pooling", rows_per_task=150),
+    "conflict": synthetic("conflict", rows_per_task=150),
+    "mixed": synthetic("mixed", rows_per_task=150),
+    "regression": synthetic("regression", rows_per_task=150),
+    "shared_rows": synthetic("shared_rows", rows_per_task=300),
+    "unrelated": synthetic("unrelated", rows_per_task=150),
     "digits": lambda seed: {"source": "digits", "params": {"label_fraction": 0.5, "seed": seed}},
     "yeast": lambda seed: {"source": "yeast", "params": {"seed": seed}},
 }
