@@ -13,8 +13,9 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   candidates within ``grouping.tolerance`` of the best, the one with fewest groups.
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
-Reliability, recorded beside the choice: the split-half correlation of T (T from the even and
-from the odd sampled subsets, Pearson over pairs, and its Spearman–Brown value for all subsets)
+Reliability, recorded beside the choice: the split-half correlation of T's pair-specific part
+(T from the even and from the odd sampled subsets, task effects removed by double centering,
+Pearson over pairs, and its Spearman–Brown value for all subsets)
 and the stability of the chosen groups (adjusted Rand index between them and the groups of T
 recomputed on bootstrap resamples of the subsets, same k). A plain verdict sums it up.
 """
@@ -72,8 +73,25 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, An
     return dict(sorted(out.items())), criterion_k
 
 
+def pair_specific(T: np.ndarray) -> np.ndarray:
+    """T without its task effects: the off-diagonal residual of the least-squares fit T_ij ≈ a_i + a_j.
+
+    A task that gains in every subset adds its gain to its whole row of T; that is reliable but says
+    nothing about which tasks go together, so reliability is measured on what is left."""
+    n = T.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    if n < 3:
+        return np.zeros_like(T)
+    M = np.where(off, (T + T.T) / 2, 0.0)
+    # Least-squares task effects a of M_ij ≈ a_i + a_j (i ≠ j): row sums r_i = (n − 2) a_i + Σa.
+    r = M.sum(1)
+    a = (r - r.sum() / (2 * (n - 1))) / (n - 2)
+    return np.where(off, M - a[:, None] - a[None, :], 0.0)
+
+
 def split_half(estimate: AffinityEstimate) -> dict[str, Any] | None:
-    """Correlation of T from the even and from the odd subsets (None for pairwise-only estimators)."""
+    """Correlation of the pair-specific part of T from the even and from the odd subsets (None for
+    pairwise-only estimators), and its Spearman–Brown value for all subsets."""
     table = estimate.table
     n = len(estimate.task_names)
     if table is None or len(table.subsets) < 4 or n < 3:
@@ -85,7 +103,7 @@ def split_half(estimate: AffinityEstimate) -> dict[str, Any] | None:
                                          estimate.base_val_loss, n)
         halves.append((T, (counts > 0) & (counts.T > 0)))
     upper = np.triu(np.ones((n, n), dtype=bool), 1) & halves[0][1] & halves[1][1]
-    a, b = halves[0][0][upper], halves[1][0][upper]
+    a, b = pair_specific(halves[0][0])[upper], pair_specific(halves[1][0])[upper]
     if upper.sum() < 3 or a.std() == 0 or b.std() == 0:
         return {"pairs": int(upper.sum()), "correlation": None, "spearman_brown": None}
     r = float(np.corrcoef(a, b)[0, 1])
@@ -115,21 +133,25 @@ def _pct(x: float) -> str:
 
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
             stable: dict[str, Any] | None) -> tuple[str, str]:
-    """(recommendation, one plain sentence) for the chosen k."""
+    """(recommendation, one plain sentence) for the chosen k.
+
+    "no reliable structure" whenever the affinity's pair-specific part does not replicate across
+    halves of the subsets: then which tasks go together is noise, whatever k was chosen."""
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
+    gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
+        "no predicted loss (grouping.selection: affinity)"
+    prefix = "" if informative else "no reliable structure: "
     if k == 1:
         if not informative:
             return "together", "no reliable structure: train these tasks together (one model for all)"
         return "together", ("train these tasks together: no grouping is predicted to beat one model for all "
                             "by enough to be worth it")
-    gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
-        "no predicted loss (grouping.selection: affinity)"
     if k == n:
-        return "separately", f"train each task on its own: {gain_text}"
-    if stable is not None and stable["mean_ari"] >= STABLE_ARI:
+        return "separately", f"{prefix}train each task on its own: {gain_text}"
+    if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
-    return "groups", f"{k} groups{ari}; which tasks go together is not certain, but {gain_text}"
+    return "groups", f"{prefix}{k} groups{ari}; which tasks go together is uncertain, but {gain_text}"
 
 
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
@@ -149,12 +171,12 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     candidates: list[dict[str, Any]] = []
     predicted: dict[int, np.ndarray] = {}
     if spec.selection == "outcome":
-        for k, g in groupings.items():
+        for i, (k, g) in enumerate(groupings.items(), 1):
             if k == 1:
                 predicted[k] = np.asarray(base_val_loss, dtype=float)
             else:
                 predicted[k], _ = train_groups(data, tensors, manifest, [list(m) for m in g.groups], progress,
-                                               backend, stage=f"checking k = {k}")
+                                               backend, stage=f"checking groupings {i}/{len(groupings)}: k = {k}")
         for k, g in groupings.items():
             total = float(predicted[k].sum())
             candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),

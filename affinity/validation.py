@@ -1,5 +1,8 @@
 """How close Grad-TAG is to the truth, on the user's own data.
 
+The same split as ``evaluate``: test rows held out (affinity.outcome.held_out) before the
+train/validation split, so both commands see the same training and validation rows.
+
 On subsets that Grad-TAG was not fitted on, compare its estimated per-(subset, task) validation
 losses with the losses after really fine-tuning θ* on each subset, and time both. Also check the
 linearization itself: the network evaluated at θ* + P w against f(x; θ*) + g̃ᵀ w.
@@ -22,6 +25,7 @@ from affinity.estimators import exact
 from affinity.estimators.grad_tag import estimate_from_features, gradient_features, make_projector
 from affinity.manifest import Manifest
 from affinity.models import task_outputs
+from affinity.outcome import held_out
 from affinity.pipeline import Prepared, context, prepare
 from affinity.progress import Progress
 from affinity.subsets import sample_subsets
@@ -108,6 +112,7 @@ def scatter_plot(estimate: np.ndarray, truth: np.ndarray, subsets: list[tuple[in
 def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, progress: Progress | None = None,
              linearization_subsets: int = 3) -> dict[str, Any]:
     progress = progress or Progress()
+    manifest = held_out(manifest)  # the same rows held out as `evaluate` holds out (none of them is used here)
     prep = prepare(manifest, progress)
     spec = manifest.estimation
     held = held_out_subsets(prep, manifest, n_subsets)
@@ -128,6 +133,7 @@ def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, pr
     report: dict[str, Any] = {
         "subsets": len(held),
         "subset_size": len(held[0]),
+        "test_fraction": manifest.dataset.test_fraction,
         "median_rel_error": float(np.median(rel)),
         "mean_rel_error": float(np.mean(rel)),
         "spearman": float(spearmanr(est_l[ok], true_l[ok]).statistic),

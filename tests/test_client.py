@@ -47,7 +47,7 @@ def test_submit_wait_affinity_groups_download(client, tmp_path, capsys):
 
     matrix, tasks = job.affinity()
     assert isinstance(matrix, np.ndarray) and matrix.shape == (4, 4)
-    assert tasks == [f"g{i % 2}_t{i}" for i in range(4)]
+    assert tasks == [f"task_{i}" for i in range(4)]
     np.testing.assert_allclose(matrix, matrix.T)
     groups = job.groups()
     assert sorted(t for g in groups for t in g) == sorted(tasks) and len(groups) == 2

@@ -107,7 +107,10 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
             heatmap = page.get_by_test_id("heatmap")
             expect(heatmap).to_be_visible()
             expect(heatmap).to_have_attribute("data-cell", re.compile(r"^\d+$"))
-            groups = httpx.get(f"{base}/v1/jobs/{job_id}/groups", headers=auth).json()["groups"]
+            record = httpx.get(f"{base}/v1/jobs/{job_id}/groups", headers=auth).json()
+            groups = record["groups"]
+            expect(page.get_by_test_id("job-verdict")).to_have_text(record["advice"]["verdict"])
+            expect(page.get_by_test_id("job-advice")).to_contain_text("predicted gain over one model for all")
             affinity = httpx.get(f"{base}/v1/jobs/{job_id}/affinity", headers=auth).json()
 
             n, cell, margin = (int(heatmap.get_attribute(f"data-{a}")) for a in ("tasks", "cell", "margin"))
@@ -125,7 +128,7 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
             assert shown == [set(g) for g in groups], "the page must show every group with its tasks"
             for name in (t for g in groups for t in g):
                 expect(page.get_by_test_id("groups-table")).to_contain_text(name)
-            expect(page.get_by_test_id("job-metadata")).to_contain_text("grad_tag")
+            expect(page.get_by_test_id("job-metadata")).to_contain_text(affinity["method"])
             links = page.get_by_test_id("download-link").all_inner_texts()
             assert {"affinity.csv", "affinity.json", "groups.json", "heatmap.png"} <= set(links)
 

@@ -17,10 +17,17 @@ def truth_labels(data):
     return [index[t] for t in data.task_names]
 
 
+def bottleneck():
+    """Planted tasks competing for a one-unit encoder: there, fine-tuning θ* on a subset shows the groups."""
+    m = builtin_manifest("planted")
+    m.model.hidden, m.model.activation, m.training.patience = [16, 1], "tanh", 30
+    m.estimation.num_subsets = 120
+    return m
+
+
 @pytest.fixture(scope="module")
 def planted():
-    m = builtin_manifest("planted")
-    m.estimation.num_subsets = 120
+    m = bottleneck()
     return m, prepare(m, Progress())
 
 
@@ -34,8 +41,17 @@ def test_exact_and_grad_tag_affinities_recover_the_planted_groups(planted):
         assert ari >= 0.9, (name, ari)
 
 
+def test_scratch_affinity_recovers_the_planted_groups_with_the_default_model():
+    m = builtin_manifest("planted")
+    m.estimation.num_subsets = 120
+    prep = prepare(m, Progress())
+    est = ESTIMATORS["scratch"](context(prep, m, Progress()))
+    grouping = group_tasks(est.matrix, m.grouping.model_copy(update={"k": 4}))
+    assert adjusted_rand_score(truth_labels(prep.data), grouping.labels) >= 0.9
+
+
 def test_grad_tag_is_close_to_exact_on_held_out_subsets(tmp_path):
-    report = validate(builtin_manifest("planted"), 30, tmp_path)
+    report = validate(bottleneck(), 30, tmp_path)
     assert report["median_rel_error"] <= 0.05
     assert report["spearman"] >= 0.8
     assert (tmp_path / "validation.json").exists() and (tmp_path / "validation.png").exists()
@@ -45,10 +61,14 @@ def test_grad_tag_is_close_to_exact_on_held_out_subsets(tmp_path):
         assert row["output_gap"] < 0.5 * row["output_change_network"]
 
 
-def test_grad_tag_grouping_beats_the_baselines(tmp_path):
-    report = evaluate(builtin_manifest("planted"), tmp_path, random_seeds=3, estimators=("grad_tag",))
-    s = report["summary"]
-    assert s["grad_tag"] < s["one_model_for_all"]
-    assert s["grad_tag"] < s["one_model_per_task"]
-    assert s["grad_tag"] < s["random_mean"]
-    assert (tmp_path / "evaluation.png").exists()
+def test_the_default_advice_beats_the_baselines_on_held_out_rows(tmp_path):
+    m = builtin_manifest("planted")
+    report = evaluate(m, tmp_path, random_seeds=5)
+    s = report["summary"][m.estimation.method]
+    assert report["test_fraction"] == 0.2
+    assert s["k"] > 1 and s["recommendation"] == "groups"
+    assert s["test_loss"] < s["one_model_for_all"]
+    assert s["test_loss"] < s["one_model_per_task"]
+    assert s["test_loss"] < s["random_median"]
+    assert s["predicted_gain"] > 0 and s["measured_gain"] > 0
+    assert (tmp_path / "evaluation.png").exists() and (tmp_path / "evaluation.json").exists()

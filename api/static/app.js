@@ -268,10 +268,31 @@ async function loadResults(job, token) {
   }
   if (token !== viewToken) return;
   $("job-results").hidden = false;
+  renderAdvice(groups);
   renderGroups(groups);
   drawHeatmap(affinity, groups);
   renderMetadata(job, affinity, groups);
   renderDownloads(job, base);
+}
+
+function pct(x) { return typeof x === "number" ? (100 * x).toFixed(1) + "%" : undefined; }
+
+function renderAdvice(groups) {
+  const a = groups.advice || {};
+  $("job-verdict").textContent = a.verdict || "no advice recorded";
+  const rel = a.reliability || {};
+  const half = rel.split_half && rel.split_half.spearman_brown;
+  const stab = rel.stability && rel.stability.mean_ari;
+  const rows = [
+    ["recommendation", a.recommendation],
+    ["predicted gain over one model for all", pct(a.predicted_gain)],
+    ["affinity split-half correlation", typeof half === "number" ? fmt(half) : undefined],
+    ["groups' resampling ARI", typeof stab === "number" ? fmt(stab) : undefined],
+    ["candidates (k: predicted gain)", (a.candidates || []).filter((c) => c.predicted_gain !== undefined)
+      .map((c) => `${c.k}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
+  ];
+  $("job-advice").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null)
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
 }
 
 function renderGroups(groups) {

@@ -1,0 +1,87 @@
+"""The advice: k chosen by the predicted loss of candidate groupings, and a verdict that says how sure it is."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from affinity.advice import candidate_ks, pair_specific, split_half, verdict
+from affinity.estimate import SubsetTable
+from affinity.estimators.base import AffinityEstimate
+from affinity.manifest import GroupingSpec, parse_manifest
+from affinity.pipeline import run_job
+from affinity.subsets import sample_subsets
+
+
+def job(params, **sections):
+    raw = {"dataset": {"source": "synthetic", "params": params}, "estimation": {"num_subsets": 80}}
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return run_job(parse_manifest(raw))
+
+
+def truth_labels(result):
+    index = {t: g for g, members in enumerate(result.data.truth_groups) for t in members}
+    return [index[t] for t in result.data.task_names]
+
+
+def test_candidates_include_one_model_for_all_and_one_per_task():
+    assert candidate_ks(GroupingSpec(), 5) == [1, 2, 3, 4, 5]
+    ks = candidate_ks(GroupingSpec(candidates=4), 40)
+    assert ks[0] == 1 and ks[-1] == 40 and len(ks) <= 6
+    assert candidate_ks(GroupingSpec(k=[3, 8], candidates=2), 40) == [3, 8]
+    assert candidate_ks(GroupingSpec(k=[3, 5]), 40) == [3, 4, 5]
+    assert candidate_ks(GroupingSpec(k=7), 40) == [7]
+
+
+def _table_estimate(n, effect, seed=0):
+    """An estimate whose per-subset losses are task effects + pair effects ``effect`` + noise."""
+    rng = np.random.default_rng(seed)
+    subsets = sample_subsets(n, 4, 400, seed, balanced=True)
+    task = rng.normal(0, 1.0, n)
+    losses = np.array([[1 + task[i] - sum(effect[i, j] for j in s if j != i) / 3 + 0.05 * rng.normal()
+                        for i in s] for s in subsets])
+    table = SubsetTable(list(subsets), losses, np.full_like(losses, np.nan))
+    return AffinityEstimate("test", [f"t{i}" for i in range(n)], np.zeros((n, n)), np.zeros((n, n)), np.zeros(n),
+                            np.ones(n) * 2, np.full(n, np.nan), table, 0.0)
+
+
+def test_split_half_sees_pair_structure_and_not_task_effects():
+    n = 12
+    none = _table_estimate(n, np.zeros((n, n)))
+    groups = np.arange(n) % 3
+    blocks = (groups[:, None] == groups[None, :]).astype(float)
+    planted = _table_estimate(n, blocks)
+    assert split_half(none)["spearman_brown"] < 0.3  # strong task effects alone are not structure
+    assert split_half(planted)["spearman_brown"] > 0.8
+    C = pair_specific(np.add.outer(np.arange(n), np.arange(n)).astype(float))
+    np.testing.assert_allclose(C, 0, atol=1e-12)
+
+
+def test_verdict_texts():
+    reliable, noise = {"spearman_brown": 0.9}, {"spearman_brown": 0.05}
+    assert verdict(1, 8, 0.0, noise, None)[1].startswith("no reliable structure")
+    assert verdict(8, 8, 0.05, noise, None)[1].startswith("no reliable structure")
+    rec, text = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95})
+    assert rec == "groups" and "stable" in text and "12.0% lower loss" in text
+    assert "uncertain" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
+
+
+def test_one_model_for_all_when_every_task_shares_one_teacher():
+    result = job({"mechanism": "pooling", "tasks": 8, "groups": 1, "rows_per_task": 60, "seed": 1})
+    assert result.grouping.k == 1
+    assert result.advice["recommendation"] == "together"
+    ks = [c["k"] for c in result.advice["candidates"]]
+    assert 1 in ks and 8 in ks  # one model for all and one per task were both candidates
+
+
+def test_pooling_groups_are_recovered():
+    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 60, "seed": 0})
+    assert adjusted_rand_score(truth_labels(result), result.grouping.labels) >= 0.9
+    advice = result.advice
+    assert advice["recommendation"] == "groups" and advice["predicted_gain"] > 0.02
+    assert "stable" in advice["verdict"]
+
+
+def test_unrelated_tasks_read_no_reliable_structure():
+    result = job({"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 0})
+    assert result.advice["verdict"].startswith("no reliable structure"), result.advice["verdict"]
