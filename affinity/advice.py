@@ -6,8 +6,10 @@ always among them when the manifest's k range allows. ``grouping.selection``:
 
 - ``outcome`` (default): every candidate grouping is trained as the user would train it — one
   model per group, from scratch (``affinity.group_models``) — on the training rows, and scored by
-  the summed validation loss of its tasks: the **predicted summed loss**. k = 1 is the base
-  model itself (trained on all tasks from the same initialization, so it costs nothing more).
+  the summed validation loss of its tasks on validation rows its models were not stopped on
+  (two halves, cross-fitted: ``group_models.predicted_losses``): the **predicted summed loss**.
+  Stopping and scoring on the same rows would favour small groups (the best epoch of a noisy
+  curve looks better than it is).
   The chosen grouping is the one with the lowest predicted loss, unless it is predicted to gain
   less than ``grouping.min_gain`` over one model for all (then: train together); among
   candidates within ``grouping.tolerance`` of the best, the one with fewest groups.
@@ -32,7 +34,7 @@ from affinity.affinities import pairwise_affinity
 from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
 from affinity.estimators.base import AffinityEstimate
-from affinity.group_models import train_groups
+from affinity.group_models import predicted_losses
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
 from affinity.training import TensorData
@@ -135,23 +137,51 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             stable: dict[str, Any] | None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
-    "no reliable structure" whenever the affinity's pair-specific part does not replicate across
-    halves of the subsets: then which tasks go together is noise, whatever k was chosen."""
+    "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
+    pay reliably: k = 1; or each task alone: k = n), and whenever the affinity's pair-specific part
+    does not replicate across halves of the subsets (then which tasks go together is noise)."""
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
     prefix = "" if informative else "no reliable structure: "
     if k == 1:
-        if not informative:
-            return "together", "no reliable structure: train these tasks together (one model for all)"
-        return "together", ("train these tasks together: no grouping is predicted to beat one model for all "
-                            "by enough to be worth it")
+        return "together", "no reliable structure: train these tasks together (one model for all)"
     if k == n:
-        return "separately", f"{prefix}train each task on its own: {gain_text}"
+        return "separately", f"no reliable structure: train each task on its own ({gain_text})"
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
     return "groups", f"{prefix}{k} groups{ari}; which tasks go together is uncertain, but {gain_text}"
+
+
+def choose(totals: dict[int, float], predicted: dict[int, np.ndarray], spec: GroupingSpec) -> int:
+    """The candidate with the lowest predicted total, the fewest groups within ``tolerance`` of it, and
+    one model for all unless that is predicted to gain at least ``min_gain``."""
+    reference = float(predicted[1].sum())
+    best = min(totals.values())
+    k = min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
+    if k != 1 and (reference - totals[k]) / reference < spec.min_gain and 1 in totals:
+        return 1
+    return k
+
+
+def selection_gain(folds: dict[int, tuple[np.ndarray, np.ndarray]], groupings: dict[int, Any],
+                   spec: GroupingSpec) -> dict[str, Any]:
+    """The gain over one model for all that choosing k this way buys, free of the winner's curse.
+
+    The lowest of several noisy predicted losses is optimistic. So k is chosen on one half of the
+    validation rows' scores alone and its gain read on the other half, both ways round; the
+    predicted gain is the mean of the two (the gain of the selection, as cross-validation
+    measures it)."""
+    out = []
+    for pick, read in ((0, 1), (1, 0)):
+        scores = {k: np.nan_to_num(v[pick]) for k, v in folds.items()}
+        totals = {k: float(v.sum()) for k, v in scores.items() if k in groupings}
+        k = choose(totals, scores, spec)
+        ref = float(np.nan_to_num(folds[1][read]).sum())
+        out.append({"k": k, "gain": (ref - float(np.nan_to_num(folds[k][read]).sum())) / ref})
+    return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
+            "description": "k chosen on one half of the validation rows, its gain read on the other, both ways"}
 
 
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
@@ -167,29 +197,31 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     progress.start("grouping", 1)
     groupings, criterion_k = candidate_groupings(T, spec)
     progress.finish()
-    reference = float(np.sum(base_val_loss))
     candidates: list[dict[str, Any]] = []
     predicted: dict[int, np.ndarray] = {}
+    honest: dict[str, Any] | None = None
     if spec.selection == "outcome":
+        folds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for i, (k, g) in enumerate(groupings.items(), 1):
-            if k == 1:
-                predicted[k] = np.asarray(base_val_loss, dtype=float)
-            else:
-                predicted[k], _ = train_groups(data, tensors, manifest, [list(m) for m in g.groups], progress,
-                                               backend, stage=f"checking groupings {i}/{len(groupings)}: k = {k}")
+            predicted[k], *folds[k] = predicted_losses(
+                data, tensors, manifest, [list(m) for m in g.groups], progress, backend,
+                stage=f"checking groupings {i}/{len(groupings)}: k = {k}")
+        if 1 not in predicted:
+            predicted[1], *folds[1] = predicted_losses(data, tensors, manifest, [list(range(n))], progress, backend,
+                                                       stage="checking one model for all")
+        reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
             candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "from_criterion": k == criterion_k})
-        best = min(candidates, key=lambda c: c["predicted_val_loss"])
-        near = [c for c in candidates if c["predicted_val_loss"] <= best["predicted_val_loss"] + spec.tolerance * reference]
-        chosen = min(near, key=lambda c: c["k"])
-        if chosen["k"] != 1 and chosen["predicted_gain"] < spec.min_gain and 1 in groupings:
-            chosen = next(c for c in candidates if c["k"] == 1)
-        k = chosen["k"]
-        gain = (reference - float(predicted[k].sum())) / reference
+        k = choose({kk: float(v.sum()) for kk, v in predicted.items() if kk in groupings}, predicted, spec)
+        honest = selection_gain(folds, groupings, spec)
+        if k != 1 and honest["gain"] < spec.min_gain:
+            k = 1 if 1 in groupings else k
+        gain = honest["gain"] if k != 1 else 0.0
     else:
+        reference = float(np.sum(base_val_loss))
         k = criterion_k if criterion_k is not None else next(iter(groupings))
         candidates = [{"k": kk, "sizes": sorted((len(m) for m in g.groups), reverse=True),
                        "from_criterion": kk == criterion_k} for kk, g in groupings.items()]
@@ -204,6 +236,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "verdict": text,
         "k": k,
         "predicted_gain": gain,
+        "in_sample_gain": ((reference - float(predicted[k].sum())) / reference) if k in predicted else None,
+        "selection_check": honest,
         "one_model_for_all_val_loss": reference,
         "predicted_val_loss": float(predicted[k].sum()) if k in predicted else None,
         "predicted_task_val_loss": predicted[k].tolist() if k in predicted else None,

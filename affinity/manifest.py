@@ -179,11 +179,13 @@ class EstimationSpec(_Section):
     """Grad-TAG: projected per-sample gradients and linearized fine-tuning on sampled subsets."""
 
     method: Literal["grad_tag", "exact", "scratch", "tag_lookahead", "gradient_cosine"] = Field(
-        "grad_tag",
+        "scratch",
         description=(
-            "grad_tag: linearized fine-tuning on projected gradients; exact: really fine-tune θ* on every subset "
-            "(Grad-TAG's ground truth, expensive); scratch: train a fresh model on every subset (what training "
-            "a group gives); tag_lookahead: Fifty et al. 2021; gradient_cosine: cosine of mean gradients."
+            "scratch (default): train a fresh model on every subset, stacked (what training a group gives: the "
+            "estimator that predicts the outcome best on the outcome suite); grad_tag: linearized fine-tuning of "
+            "θ* on projected gradients (far cheaper, for many tasks or large models); exact: really fine-tune θ* "
+            "on every subset (Grad-TAG's ground truth); tag_lookahead: Fifty et al. 2021; gradient_cosine: cosine "
+            "of mean gradients."
         ),
     )
     projection_dim: int = Field(200, ge=1, le=100_000, description="d, the projected gradient dimension.")

@@ -8,7 +8,10 @@ partitions of the recommended sizes and the planted grouping where there is one
 holds" over the suite.
 
     python benchmarks/outcome.py                      # every dataset, seeds 0 1 2
-    python benchmarks/outcome.py --datasets planted digits --seeds 0 --estimator scratch
+    python benchmarks/outcome.py --datasets planted digits --seeds 0 --estimator grad_tag
+    # the seeds side by side (one thread each), then one table:
+    for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/outcome.py --seeds $s --out runs/outcome/$s & done; wait
+    python benchmarks/outcome.py --merge runs/outcome/0 runs/outcome/1 runs/outcome/2 --out runs/outcome
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def main() -> None:
                     help="override a manifest setting, e.g. estimation.l2=1.0 grouping.min_gain=0.02")
     ap.add_argument("--random", type=int, default=20, help="random partitions per (dataset, seed)")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
+    ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
+                    help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
+                         "run side by side) instead of running")
     args = ap.parse_args()
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -94,25 +100,38 @@ def main() -> None:
     if args.estimator:
         overrides.setdefault("estimation", {})["method"] = args.estimator
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, overrides {overrides or 'none'}")
-    print(f"{'dataset':<12}{'seed':>5}{'k':>4} {'advice':>10} {'test':>8} {'all':>8} {'alone':>8} {'planted':>8} "
-          f"{'rand med':>9} {'pctile':>7} {'regret':>8} {'pred gain':>10} {'meas gain':>10} {'sec':>5}")
+    print(HEADER)
     rows = []
-    for name in args.datasets:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            m = manifest_for(name, seed, overrides)
-            report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random)
-            s = report["summary"][m.estimation.method]
-            rows.append({"dataset": name, "seed": seed, **s})
-            print(f"{name:<12}{seed:>5}{s['k']:>4} {s['recommendation']:>10} {s['test_loss']:>8.3f} "
-                  f"{s['one_model_for_all']:>8.3f} {s['one_model_per_task']:>8.3f} {fmt(s['planted']):>8} "
-                  f"{fmt(s['random_median']):>9} {fmt(s['percentile'], '.2f'):>7} {s['regret']:>+8.1%} "
-                  f"{fmt(s['predicted_gain'], '+.1%'):>10} {s['measured_gain']:>+10.1%} "
-                  f"{time.perf_counter() - t0:>5.0f}", flush=True)
+    if args.merge:
+        for path in args.merge:
+            rows += json.loads((path / "outcome.json").read_text())["rows"]
+        rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
+        for r in rows:
+            print(line(r))
+    else:
+        for name in args.datasets:
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                m = manifest_for(name, seed, overrides)
+                report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random)
+                s = report["summary"][m.estimation.method]
+                rows.append({"dataset": name, "seed": seed, **s, "seconds": time.perf_counter() - t0})
+                print(line(rows[-1]), flush=True)
     summary = criteria(rows)
     print("criteria:", json.dumps(summary))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "outcome.json").write_text(json.dumps({"rows": rows, "criteria": summary}, indent=1))
+
+
+HEADER = (f"{'dataset':<12}{'seed':>5}{'k':>4} {'advice':>10} {'test':>8} {'all':>8} {'alone':>8} {'planted':>8} "
+          f"{'rand med':>9} {'pctile':>7} {'regret':>8} {'pred gain':>10} {'meas gain':>10} {'sec':>5}")
+
+
+def line(r: dict[str, Any]) -> str:
+    return (f"{r['dataset']:<12}{r['seed']:>5}{r['k']:>4} {r['recommendation']:>10} {r['test_loss']:>8.3f} "
+            f"{r['one_model_for_all']:>8.3f} {r['one_model_per_task']:>8.3f} {fmt(r['planted']):>8} "
+            f"{fmt(r['random_median']):>9} {fmt(r['percentile'], '.2f'):>7} {r['regret']:>+8.1%} "
+            f"{fmt(r['predicted_gain'], '+.1%'):>10} {r['measured_gain']:>+10.1%} {r['seconds']:>5.0f}")
 
 
 if __name__ == "__main__":

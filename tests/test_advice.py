@@ -61,6 +61,7 @@ def test_verdict_texts():
     reliable, noise = {"spearman_brown": 0.9}, {"spearman_brown": 0.05}
     assert verdict(1, 8, 0.0, noise, None)[1].startswith("no reliable structure")
     assert verdict(8, 8, 0.05, noise, None)[1].startswith("no reliable structure")
+    assert verdict(1, 8, 0.0, reliable, None)[1].startswith("no reliable structure")
     rec, text = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95})
     assert rec == "groups" and "stable" in text and "12.0% lower loss" in text
     assert "uncertain" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
@@ -75,11 +76,14 @@ def test_one_model_for_all_when_every_task_shares_one_teacher():
 
 
 def test_pooling_groups_are_recovered():
-    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 60, "seed": 0})
+    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 100, "noise": 0.0, "seed": 0})
     assert adjusted_rand_score(truth_labels(result), result.grouping.labels) >= 0.9
     advice = result.advice
     assert advice["recommendation"] == "groups" and advice["predicted_gain"] > 0.02
-    assert "stable" in advice["verdict"]
+    assert advice["verdict"].startswith(f"{result.grouping.k} groups")
+    check = advice["selection_check"]  # the predicted gain is read on rows the choice was not made on
+    assert len(check["folds"]) == 2 and advice["predicted_gain"] == pytest.approx(
+        np.mean([f["gain"] for f in check["folds"]]))
 
 
 def test_unrelated_tasks_read_no_reliable_structure():
