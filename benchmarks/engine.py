@@ -115,16 +115,17 @@ def job_problem(manifest: str | dict = "builtin"
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, ...]], float]:
     """Real surrogate problems of a job: its θ*, projected gradients, subsets and λ.
 
-    manifest: "builtin", the built-in planted job (its small tanh MLP); "default-model", the same
-    data with the generic default model (larger gradients, worse-conditioned fits); or a manifest."""
-    from affinity.defaults import builtin_manifest
+    manifest: "builtin", the planted job with the bottleneck model (its small tanh MLP,
+    affinity.defaults.BOTTLENECK); "default-model", the same data with the generic default model
+    (larger gradients, worse-conditioned fits); or a manifest."""
+    from affinity.defaults import bottleneck_manifest, builtin_manifest
     from affinity.estimators import grad_tag
     from affinity.manifest import Manifest
     from affinity.pipeline import prepare
     from affinity.progress import Progress
 
     if manifest == "builtin":
-        manifest = builtin_manifest("planted")
+        manifest = bottleneck_manifest()
     elif manifest == "default-model":
         manifest = Manifest.model_validate({"dataset": builtin_manifest("planted").dataset.model_dump()})
     else:

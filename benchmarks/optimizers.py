@@ -22,14 +22,15 @@ import numpy as np
 import torch
 
 from affinity.data import load_dataset
-from affinity.defaults import builtin_manifest
+from affinity.defaults import bottleneck_manifest, builtin_manifest
 from affinity.manifest import MTL_METHODS
 from affinity.models import build_model
 from affinity.training import TensorData, train_model
 
 
 def run(dataset: str, epochs: int, seeds: int, methods: list[str]) -> list[dict]:
-    manifest = builtin_manifest(dataset)
+    # planted: with the bottleneck model (affinity.defaults.BOTTLENECK), where its groups compete
+    manifest = bottleneck_manifest() if dataset == "planted" else builtin_manifest(dataset)
     data = load_dataset(manifest.dataset)
     tensors = TensorData.from_split(data, torch.device("cpu"))
     n = data.n_tasks

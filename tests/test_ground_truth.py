@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from affinity.defaults import builtin_manifest
+from affinity.defaults import bottleneck_manifest, builtin_manifest
 from affinity.estimators import ESTIMATORS
 from affinity.outcome import evaluate
 from affinity.pipeline import context, group_tasks, prepare
@@ -19,8 +19,7 @@ def truth_labels(data):
 
 def bottleneck():
     """Planted tasks competing for a one-unit encoder: there, fine-tuning θ* on a subset shows the groups."""
-    m = builtin_manifest("planted")
-    m.model.hidden, m.model.activation, m.training.patience = [16, 1], "tanh", 30
+    m = bottleneck_manifest()
     m.estimation.num_subsets = 120
     return m
 

@@ -8,8 +8,8 @@ Construction (all seeded):
   w_t = u_g + spread·ξ_t (ξ_t a random unit vector), ε ~ N(0, 1); every row is labelled for
   exactly one task (sparse labels).
 
-Tasks are named task_00, task_01, ... and assigned to groups by a seeded permutation, so neither
-a name nor a position reveals a group.
+Tasks are named task_00, task_01, ...; task t belongs to group t mod groups (the names do not say
+so, and no stage looks at names or order; `synthetic` assigns groups by a seeded permutation).
 
 Why grouping pays: tasks of one group share a direction and each labels few rows, so a group's
 model learns its direction from the pooled rows; one model for all tasks has to share its encoder
@@ -74,8 +74,7 @@ def make_planted(params: dict[str, Any]) -> TaskTable:
         basis = raw[:, :n_groups + 1].T / np.linalg.norm(raw[:, :n_groups + 1].T, axis=1, keepdims=True)
     common, own = basis[0], basis[1:]
     directions = np.sqrt(p["shared"]) * common + np.sqrt(1 - p["shared"]) * own
-    # Groups as equal as possible, assigned by a seeded permutation: no name or position gives one away.
-    group_of = np.random.default_rng([p["seed"], 1]).permutation(np.arange(n_tasks) % n_groups)
+    group_of = np.arange(n_tasks) % n_groups  # task t in group t mod groups; names do not say which
     X = rng.standard_normal((n_tasks * rows, dim))
     Y = np.full((n_tasks * rows, n_tasks), np.nan)
     for t in range(n_tasks):
