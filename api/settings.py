@@ -40,6 +40,17 @@ class Settings(BaseSettings):
                                 "or always local / always on Ray.")
     ray_address: str | None = Field(None, description="Ray cluster for compute.backend=ray (default: RAY_ADDRESS, "
                                     "else a Ray instance on the worker's machine).")
+    ray_addresses: str = Field("", description="Comma-separated Ray cluster addresses a manifest's compute.address "
+                                               "may name (TASK_AFFINITY_RAY_ADDRESS is allowed too); any other is "
+                                               "refused at submit. Empty: a manifest cannot choose a cluster.")
+    ray_connect_seconds: float = Field(30.0, gt=0, description="How long a job waits to connect to its Ray cluster "
+                                                               "before it fails.")
+    worker_memory_mb: float = Field(4096.0, gt=0, description="Memory one job may use: a manifest whose estimated "
+                                    "peak exceeds it is refused at submit (422), and the process running a job may "
+                                    "grow by at most this much (RLIMIT_DATA), so an estimate that is wrong fails "
+                                    "the job, not the machine.")
+    worker_pool_file: Path | None = Field(None, description="Set by `serve` for its API processes: the state of its "
+                                          "worker processes, which /readyz reports. Not an operator setting.")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per worker (default: torch's choice; `serve` splits the cores among "
                                 "its workers). Oversubscribed cores make small models tens of times slower.")
@@ -55,6 +66,11 @@ class Settings(BaseSettings):
     @property
     def datasets(self) -> Path:
         return (self.dataset_dir or self.home / "datasets").resolve()
+
+    @property
+    def allowed_ray_addresses(self) -> list[str]:
+        listed = [a.strip() for a in self.ray_addresses.split(",") if a.strip()]
+        return listed + ([self.ray_address] if self.ray_address and self.ray_address not in listed else [])
 
     @property
     def upload_limit_bytes(self) -> int:

@@ -20,6 +20,7 @@ from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
 from affinity.manifest import Manifest, validation_problems
 from api.problems import MAX_NESTING
+from api.resources import DatasetShape, builtin_shape, check_memory, path_shape, table_shape
 from api.settings import Settings
 from api.store import JobStore
 from api.uploads import BadUpload, npz_members, npz_tasks
@@ -69,8 +70,10 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
     dataset_id = None
     spec = manifest.dataset
     source = spec.source
+    shape: DatasetShape | None = None
     if source in BUILTINS:
         tasks = builtin_tasks(spec)
+        shape = builtin_shape(spec, tasks.n) if tasks is not None else None
     else:
         if spec.params:
             raise SubmissionError([problem("dataset.params", spec.params, "applies to built-in datasets only "
@@ -83,12 +86,21 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
             dataset_id = ds.id
             _check_columns(manifest, ds.columns, ds.format)
             if ds.format == "npz":
-                tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
+                y_columns = sum(c.startswith("task_") for c in ds.columns)
+                tasks = _npz_tasks(spec, y_columns)
+                shape = table_shape(spec, ds.rows, len(ds.columns), y_columns,
+                                    feature_columns=len(ds.columns) - y_columns)
             else:
                 tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")
+                shape = table_shape(spec, ds.rows, len(ds.columns), tasks.n)
         else:
-            tasks = _path_tasks(spec, resolve_data_path(source, settings))
+            path = resolve_data_path(source, settings)
+            tasks = _path_tasks(spec, path)
+            shape = path_shape(spec, path, tasks.n if tasks is not None else None)
     _check_limits(manifest, tasks, settings)
+    check_compute(manifest, settings)
+    if shape is not None:
+        check_memory(manifest, shape, settings.worker_memory_mb)
     return Checked(manifest, dataset_id)
 
 
@@ -280,6 +292,40 @@ def _check_limits(manifest: Manifest, tasks: TaskCount | None, settings: Setting
     if isinstance(biggest, int) and biggest > n:
         raise SubmissionError([problem("grouping.k", k, f"asks for up to {biggest} groups but the dataset has {n} "
                                        f"tasks; give at most {n}, or 'auto'")])
+
+
+def effective_backend(manifest: Manifest, settings: Settings) -> str:
+    """Where the job's heavy stages run: the server's TASK_AFFINITY_COMPUTE_BACKEND, or the manifest's."""
+    return settings.compute_backend if settings.compute_backend != "manifest" else manifest.compute.backend
+
+
+def check_compute(manifest: Manifest, settings: Settings) -> None:
+    """A manifest may name a Ray cluster only from the server's allow-list: a key holder must not make a
+    worker connect to any host and port, nor run on another owner's cluster."""
+    address = manifest.compute.address
+    if address is None or effective_backend(manifest, settings) != "ray":
+        return
+    allowed = settings.allowed_ray_addresses
+    if address.strip() in allowed:
+        return
+    if allowed:
+        how = (f"is not a Ray cluster this server lets jobs use; use one of {allowed} "
+               "(TASK_AFFINITY_RAY_ADDRESSES), or omit it for the server's default")
+    else:
+        how = ("names a Ray cluster, but this server lets no manifest choose one (TASK_AFFINITY_RAY_ADDRESSES is "
+               "empty); omit compute.address to use the server's default, or ask the operator to allow the cluster")
+    raise SubmissionError([problem("compute.address", address, how)])
+
+
+def ray_address(manifest: Manifest, settings: Settings) -> str | None:
+    """The cluster a worker connects to for a Ray job: the manifest's (allowed) address, else the server's
+    TASK_AFFINITY_RAY_ADDRESS (None: Ray's own RAY_ADDRESS of the worker, else a local instance)."""
+    try:
+        check_compute(manifest, settings)  # again: the allow-list may have changed since the job was queued
+    except SubmissionError as exc:
+        raise ValueError(str(exc)) from None
+    address = manifest.compute.address
+    return address.strip() if address else settings.ray_address
 
 
 def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore, settings: Settings) -> Manifest:

@@ -561,3 +561,114 @@ def test_405_names_the_allowed_methods(service, method, path, allowed):
 
 def r_allow(response) -> list[str]:
     return [m.strip() for m in response.headers["allow"].split(",")]
+
+
+# -- 2. a job's memory, estimated before it is queued --------------------------------------------------
+
+MEMORY_HOGS = [  # each accepted before, then grew a worker past 8 GB (or died of MemoryError)
+    ({"model": {"hidden": [65536, 65536]}}, "model.hidden"),
+    ({"model": {"hidden": [65536] * 50}}, "model.hidden"),
+    ({"dataset": {"source": "planted", "params": {"rows_per_task": 100_000_000}}}, "dataset.params.rows_per_task"),
+    ({"dataset": {"source": "planted", "params": {"features": 1_000_000}}}, "dataset.params.features"),
+    ({"dataset": {"source": "planted", "params": {"rows_per_task": 2000}},
+      "estimation": {"method": "grad_tag", "projection_dim": 100_000}}, "estimation.projection_dim"),
+    ({"model": {"hidden": [4096, 4096]}, "estimation": {"method": "exact", "exact_batch": 64}},
+     "estimation.exact_batch"),
+]
+
+
+@pytest.mark.parametrize("change, field", MEMORY_HOGS)
+def test_jobs_that_need_more_memory_than_the_server_allows_are_refused(service, change, field):
+    client, settings, store, alice, _ = service
+    body = {"dataset": {"source": "planted"}, **change}
+    t0 = time.perf_counter()
+    p = assert_problem(client.post("/v1/jobs", json=body, headers=alice), 422, "TASK_AFFINITY_WORKER_MEMORY_MB",
+                       "estimated")
+    assert time.perf_counter() - t0 < 2  # estimated, not tried
+    assert field in fields_of(p), p
+    assert f"{settings.worker_memory_mb / 1024:.1f} GB" in p["detail"]  # the server's limit, in the answer
+    assert stored_manifests(store) == []
+
+
+def test_the_memory_limit_is_a_setting_and_ordinary_jobs_pass(service_settings, tiny_job):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.keys import create_key
+
+    mid = {"dataset": {"source": "planted", "params": {"rows_per_task": 2000}},
+           "estimation": {"method": "grad_tag", "projection_dim": 2000}}  # ~2.2 GB estimated (1.9 GB measured)
+    for limit, expected in ((4096.0, 201), (1024.0, 422)):
+        app = create_app(service_settings.model_copy(update={"worker_memory_mb": limit}))
+        headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, f'k{limit}').token}"}
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post("/v1/jobs", json=tiny_job, headers=headers).status_code == 201
+            assert client.post("/v1/jobs", json={"dataset": "planted"}, headers=headers).status_code == 201
+            assert client.post("/v1/jobs", json={"dataset": "digits"}, headers=headers).status_code == 201
+            r = client.post("/v1/jobs", json=mid, headers=headers)
+            assert r.status_code == expected, r.text
+            if expected == 422:
+                assert "estimation.projection_dim" in fields_of(r.json()) and "1.0 GB" in r.json()["detail"]
+        app.state.store.engine.dispose()
+
+
+def test_uploaded_datasets_count_at_their_size(service):
+    client, _, store, alice, _ = service
+    ds = upload(client, alice, "tall.npz", labelled_npz(rows=15000, tasks=4))
+    ok = {"dataset": {"source": ds["id"]}, "grouping": {"k": 2}}
+    assert client.post("/v1/jobs", json=ok, headers=alice).status_code == 201
+    big = {**ok, "estimation": {"method": "grad_tag", "projection_dim": 50_000}}  # 60,000 pairs × 50,000 × 4 bytes
+    p = assert_problem(client.post("/v1/jobs", json=big, headers=alice), 422, "TASK_AFFINITY_WORKER_MEMORY_MB")
+    assert "estimation.projection_dim" in fields_of(p)
+
+
+def test_memory_estimate_follows_the_engine():
+    """The estimate grows with what the engine allocates: more rows, a wider model, a larger d, more
+    stacked copies; and the parts name the fields."""
+    from affinity.manifest import parse_manifest
+    from api.resources import builtin_shape, estimate_memory
+
+    def est(raw):
+        m = parse_manifest(raw)
+        return estimate_memory(m, builtin_shape(m.dataset, m.dataset.params.get("tasks", 16)))
+
+    base = est({"dataset": "planted"})
+    assert 550 * 2**20 < base.total < 800 * 2**20  # measured: 574 MB peak
+    d = est({"dataset": {"source": "planted", "params": {"rows_per_task": 2000}},
+             "estimation": {"method": "grad_tag", "projection_dim": 2000}})
+    assert 1.9 * 2**30 < d.total < 2.9 * 2**30 and d.biggest(1)[0][0] == "projected features"  # measured 1.9 GB
+    wide = est({"dataset": "planted", "model": {"hidden": [4096, 4096]}, "estimation": {"method": "exact"}})
+    assert wide.biggest(1)[0][0] == "stacked models" and "estimation.exact_batch" in wide.fields["stacked models"]
+    assert est({"dataset": "planted", "model": {"hidden": [4096, 4096]}, "estimation": {"method": "exact",
+                                                                                        "exact_batch": 4}}).total \
+        < wide.total / 3
+
+
+# -- 3. compute.address comes from the server's allow-list ------------------------------------------------
+
+def test_a_ray_address_outside_the_allow_list_is_refused(service_settings, tiny_job):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.keys import create_key
+
+    ray_job = {**tiny_job, "compute": {"backend": "ray", "address": "attacker.example:6379"}}
+    for allowed, expected in (("", 422), ("head:6379, other:6379", 422), ("attacker.example:6379", 201)):
+        app = create_app(service_settings.model_copy(update={"ray_addresses": allowed}))
+        headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, 'k').token}"}
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.post("/v1/jobs", json=ray_job, headers=headers)
+            if expected == 422:
+                p = assert_problem(r, 422, "TASK_AFFINITY_RAY_ADDRESSES")
+                assert fields_of(p) == ["compute.address"]
+                assert ("head:6379" in p["detail"]) == bool(allowed)  # the clusters one may use, when there are some
+                assert not any(json.loads(m)["compute"] == {**json.loads(m)["compute"], **ray_job["compute"]}
+                               for m in stored_manifests(app.state.store))
+            else:
+                assert r.status_code == 201, r.text
+            # no address: the server's own choice, always accepted; a local job's address is not used
+            no_address = {**tiny_job, "compute": {"backend": "ray"}}
+            assert client.post("/v1/jobs", json=no_address, headers=headers).status_code == 201
+            unused = {**tiny_job, "compute": {"backend": "local", "address": "attacker.example:6379"}}
+            assert client.post("/v1/jobs", json=unused, headers=headers).status_code == 201
+        app.state.store.engine.dispose()
