@@ -1,48 +1,53 @@
-"""Workers: claim queued jobs, run them with a heartbeat-renewed lease, report progress, honour cancel.
+"""Workers: claim queued jobs, run each in a process of its own under a heartbeat-renewed lease,
+report progress, honour cancel.
 
-A worker is one process running :meth:`Worker.run_forever`. It holds at most one job. A thread
-renews the job's lease every few seconds and carries back the cancel flag; the stage code polls
-that flag between batches (``Progress.check_cancelled``). If the lease is lost (the job was
-requeued after this worker stalled), the worker drops the job without writing a status.
+A worker is one process running :meth:`Worker.run_forever`. It holds at most one job, which runs
+in a job process (api/jobproc.py: memory-limited, its own Ray connection, killable). A thread
+renews the job's lease every few seconds and carries back the cancel flag; the worker passes a
+cancel or stop on to the job process, which stops at its next batch, and kills it if it has not
+stopped within ``GRACE_SECONDS``. If the lease is lost (the job was requeued after this worker
+stalled), the worker stops the job process and writes no status.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
-from affinity.progress import Cancelled, Progress, ProgressEvent
+from affinity.progress import Cancelled
+from api.jobproc import STAGE_WEIGHTS, JobArgs, Shutdown, job_main, job_summary, overall_progress  # noqa: F401
 from api.settings import Settings
 from api.store import Claim, JobStore
-from api.submission import runnable_manifest
+from api.submission import ray_address, runnable_manifest
 
 log = logging.getLogger("task_affinity.worker")
 
-# Share of a job's time each stage takes on the default jobs (for the overall 0–1 progress).
-STAGE_WEIGHTS = {
-    "starting": (0.0, 0.0), "loading data": (0.0, 0.02), "base training": (0.02, 0.40),
-    "projected gradients": (0.42, 0.25), "surrogate fits": (0.67, 0.25), "exact fine-tuning": (0.42, 0.50),
-    "grouping": (0.92, 0.05), "writing artifacts": (0.97, 0.03),
-}
-
-
-def overall_progress(stage: str, fraction: float) -> float:
-    start, width = STAGE_WEIGHTS.get(stage, (0.42, 0.50))
-    return min(1.0, start + width * fraction)
+GRACE_SECONDS = 10.0  # a job process asked to stop (cancel, shutdown, lost lease) is killed after this
 
 
 class LeaseLost(Cancelled):
     """The job was taken away from this worker (its lease expired and it was requeued)."""
 
 
-class Shutdown(Cancelled):
-    """The worker process was asked to stop; its job goes back to the queue."""
+_context: Any = None
+_context_lock = threading.Lock()
+
+
+def job_context() -> Any:
+    """The multiprocessing context of job processes: a fork server that has imported the engine."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["api.jobproc", "affinity.pipeline"])
+            _context = ctx
+        return _context
 
 
 class _Lease:
@@ -92,9 +97,20 @@ class _Lease:
     def check(self) -> bool:
         if self.lost:
             raise LeaseLost(f"job {self.claim.id} was requeued after this worker lost its lease")
-        if self.shutdown.is_set() or (self.parent_pid is not None and os.getppid() != self.parent_pid):
+        if self.stopping():
             raise Shutdown(f"worker {self.worker_id} is stopping")
         return self.cancelled
+
+    def stopping(self) -> bool:
+        return self.shutdown.is_set() or (self.parent_pid is not None and os.getppid() != self.parent_pid)
+
+    def request(self) -> str | None:
+        """What the job process must be asked: 'lost', 'stop', 'cancel' or nothing."""
+        if self.lost:
+            return "lost"
+        if self.stopping():
+            return "stop"
+        return "cancel" if self.cancelled else None
 
 
 class Worker:
@@ -108,10 +124,6 @@ class Worker:
         stop = self.stop
         if self.settings.worker_nice:
             os.nice(self.settings.worker_nice)
-        if self.settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
         log.info("worker %s started", self.worker_id)
         while not stop.is_set():
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -136,61 +148,109 @@ class Worker:
         return True
 
     def run_job(self, claim: Claim) -> None:
-        from affinity.pipeline import run_job
-
         out = self.settings.artifacts / claim.id
         with _Lease(self.store, claim, self.worker_id, self.settings, self.stop, self.parent_pid) as lease:
-            last = [0.0]
-
-            def on_progress(ev: ProgressEvent) -> None:
-                now = time.monotonic()
-                if now - last[0] < 0.25 and ev.fraction < 1.0:
-                    return
-                last[0] = now
-                lease.report({"stage": ev.stage, "stage_progress": round(ev.fraction, 4),
-                              "progress": round(overall_progress(ev.stage, ev.fraction), 4),
-                              "eta_seconds": None if ev.eta is None else round(ev.eta, 1)})
-
-            progress = Progress(on_progress, lease.check)
             try:
                 manifest = runnable_manifest(claim.manifest, claim.owner, self.store, self.settings)
                 if self.settings.compute_backend != "manifest":
                     manifest.compute.backend = self.settings.compute_backend
-                if manifest.compute.backend == "ray" and self.settings.ray_address and not manifest.compute.address:
-                    manifest.compute.address = self.settings.ray_address
-                result = run_job(manifest, out, progress)
-            except LeaseLost as exc:
-                log.warning("%s", exc)
-                return
-            except Shutdown:
-                self.store.release(claim.id, self.worker_id)
-                log.info("worker %s stopping; job %s requeued", self.worker_id, claim.id)
-                return
-            except Cancelled:
-                self.store.finish(claim.id, self.worker_id, "cancelled", error="cancelled by request")
-                return
-            except (ValueError, RuntimeError, OSError) as exc:
+                on_ray = manifest.compute.backend == "ray"
+                address = ray_address(manifest, self.settings) if on_ray else None
+            except (ValueError, OSError) as exc:
                 log.info("job %s failed: %s", claim.id, exc)
                 self.store.finish(claim.id, self.worker_id, "failed", error=str(exc))
                 return
-            except Exception as exc:  # a bug: keep the traceback in the worker log, not in the API
-                log.error("job %s crashed:\n%s", claim.id, traceback.format_exc())
+            except Exception as exc:  # a bug: the traceback in the worker log, not in the API
+                log.exception("job %s crashed before it started", claim.id)
                 self.store.finish(claim.id, self.worker_id, "failed",
                                   error=f"internal error ({type(exc).__name__}); see the worker log")
                 return
-            lease.beat()
-            if lease.lost:
+            args = JobArgs(job_id=claim.id, manifest=manifest.model_dump(mode="json"), out=str(out), ray=on_ray,
+                           ray_address=address, ray_connect_seconds=self.settings.ray_connect_seconds,
+                           memory_mb=self.settings.worker_memory_mb, torch_threads=self.settings.torch_threads)
+            kind, payload, asked, exitcode = self._run_process(args, lease)
+            if asked == "lost" or lease.lost:
+                log.warning("job %s was requeued after this worker lost its lease", claim.id)
                 return
-            self.store.finish(claim.id, self.worker_id, "succeeded", summary=job_summary(result, out))
+            if kind == "succeeded":
+                lease.beat()
+                if not lease.lost:
+                    self.store.finish(claim.id, self.worker_id, "succeeded", summary=payload)
+            elif kind == "shutdown" or asked == "stop":  # stopping: whatever else happened, requeue
+                self.store.release(claim.id, self.worker_id)
+                log.info("worker %s stopping; job %s requeued", self.worker_id, claim.id)
+            elif kind == "cancelled" or (kind is None and asked == "cancel"):
+                self.store.finish(claim.id, self.worker_id, "cancelled", error="cancelled by request")
+            elif kind == "failed":
+                self.store.finish(claim.id, self.worker_id, "failed", error=str(payload))
+            else:
+                error = died_message(exitcode, self.settings.worker_memory_mb)
+                log.error("job %s: %s", claim.id, error)
+                self.store.finish(claim.id, self.worker_id, "failed", error=error)
 
-def job_summary(result: Any, out: Path) -> dict[str, Any]:
-    names = result.data.task_names
-    g = result.grouping
-    return {
-        "tasks": len(names), "rows": int(result.data.X.shape[0]), "features": int(result.data.X.shape[1]),
-        "k": int(g.k), "groups": [[names[i] for i in members] for members in g.groups],
-        "objective": float(g.objective), "estimator": result.estimate.method, "device": result.device,
-        "backend": result.backend,
-        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-        "artifacts": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
-    }
+    def _run_process(self, args: JobArgs, lease: _Lease) -> tuple[str | None, Any, str | None, int | None]:
+        """Run the job process to its end: (result kind, payload, what it was asked, exit code)."""
+        ctx = job_context()
+        conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(target=job_main, args=(child_conn, args), name=f"task-affinity-job-{args.job_id}")
+        proc.start()
+        child_conn.close()
+        kind: str | None = None
+        payload: Any = None
+        asked: str | None = None
+        since = 0.0  # when the process was asked to stop, or sent its result
+        closed = False
+        try:
+            while True:
+                if closed:
+                    proc.join(0.2)
+                else:
+                    try:
+                        until = time.monotonic() + 0.2
+                        while conn.poll(max(0.0, until - time.monotonic())):
+                            message = conn.recv()
+                            if message[0] == "progress":
+                                lease.report(message[1])
+                            elif message[0] == "result" and kind is None:
+                                kind, payload = message[1], message[2]
+                                since = time.monotonic()
+                    except (EOFError, OSError):
+                        closed = True
+                if not proc.is_alive():
+                    break
+                now = time.monotonic()
+                if kind is None and asked is None:
+                    asked = lease.request()
+                    if asked is not None:
+                        since = now
+                        try:
+                            conn.send("cancel" if asked == "cancel" else "stop")
+                        except OSError:
+                            pass
+                elif now - since > GRACE_SECONDS:
+                    log.warning("job %s: its process did not stop within %.0f s; killing it", args.job_id,
+                                GRACE_SECONDS)
+                    proc.kill()
+                    proc.join()
+                    break
+        finally:
+            if proc.is_alive():  # this worker is failing: never leave a job process behind
+                proc.kill()
+            proc.join()
+            conn.close()
+        if kind is None and asked is None:
+            asked = lease.request()
+        return kind, payload, asked, proc.exitcode
+
+
+def died_message(exitcode: int | None, memory_mb: float) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = (f"; most likely the machine ran out of memory (the kernel's OOM killer), although a job may use "
+                f"{memory_mb:g} MB (TASK_AFFINITY_WORKER_MEMORY_MB): lower that setting to what the machine has "
+                "per worker, or make the job smaller") if exitcode == -signal.SIGKILL else ""
+        return f"the job's process was killed by {name}{hint}"
+    return f"the job's process ended (exit code {exitcode}) without a result; see the worker log"

@@ -5,12 +5,19 @@ without either, a Ray instance local to this machine is started. Shared inputs g
 store once per stage (``ray.put``); each task receives references, which Ray resolves on the node
 (numpy arrays zero-copy). Progress advances as tasks complete; a cancelled job cancels the
 tasks still pending (``ray.cancel(force=True)``).
+
+``connect``/``disconnect`` are what the service's job processes use (api/jobproc.py): one
+connection per job, made before the job starts (with a timeout enforced by the job process) and
+shut down when it ends. ``ray.init`` installs Ray's own SIGTERM/SIGINT handlers in the driver;
+``connect`` puts the caller's back, so a worker stopping still requeues its job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +25,37 @@ from affinity.manifest import ComputeSpec
 from affinity.progress import Cancelled, Progress
 
 log = logging.getLogger("task_affinity.ray")
+
+
+def connect(address: str | None) -> None:
+    """``ray.init`` at ``address`` (None: RAY_ADDRESS, else a local instance), keeping the caller's
+    SIGTERM and SIGINT handlers. It blocks until Ray answers (Ray retries an unreachable address for
+    minutes): callers that need a deadline enforce it around this call."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray instance"
+        raise RuntimeError(f"compute.backend='ray': cannot connect to {where}: "
+                           f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; check compute.address / "
+                           "RAY_ADDRESS") from None
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def disconnect() -> None:
+    """``ray.shutdown()`` if this process is connected: nothing of a job's Ray session outlives it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 class RayBackend:
@@ -31,14 +69,7 @@ class RayBackend:
         self.ray, self.spec = ray, spec
         self._remote: dict[tuple[Callable[..., Any], bool], Any] = {}
         if not ray.is_initialized():
-            address = spec.address or os.environ.get("RAY_ADDRESS")
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, ignore_reinit_error=True)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = address or "a local Ray instance"
-                raise RuntimeError(f"compute.backend='ray': cannot connect to {where}: "
-                                   f"{str(exc).splitlines()[0]}; check compute.address / RAY_ADDRESS") from None
+            connect(spec.address)
 
     def parallelism(self) -> int:
         cpus = self.ray.cluster_resources().get("CPU", 1.0)
