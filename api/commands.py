@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 from typing import Annotated
 
@@ -55,11 +54,12 @@ def serve(
     api_processes: Annotated[int, typer.Option(min=1, help="API processes sharing the port (one handles a few "
                                                            "hundred polls/s; all state is in the database).")] = 1,
 ) -> None:
-    """Run the API (and, by default, one embedded worker process)."""
+    """Run the API (and, by default, one embedded worker process, restarted if it dies)."""
     import uvicorn
 
     from api.app import create_app
     from api.keys import count_keys, create_key
+    from api.pool import WorkerPool
 
     _logging()
     settings, store = _store()
@@ -70,16 +70,12 @@ def serve(
     env = dict(os.environ)
     if workers and not settings.torch_threads:  # the API process needs little CPU; split the cores among workers
         env["TASK_AFFINITY_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-
-    def stop_workers() -> None:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    # The pool's state, for /readyz in every API process (they read the setting from the environment).
+    state_file = (settings.home / "run" / f"serve-{os.getpid()}-workers.json").resolve()
+    os.environ["TASK_AFFINITY_WORKER_POOL_FILE"] = str(state_file)
+    settings = settings.model_copy(update={"worker_pool_file": state_file})
+    pool = WorkerPool(cmd, env, workers, state_file)
+    pool.start()
 
     try:
         if api_processes > 1:
@@ -89,10 +85,10 @@ def serve(
                         log_level="info", access_log=access_log)
         else:
             app = create_app(settings)
-            app.router.on_shutdown.append(stop_workers)  # runs before uvicorn re-raises SIGTERM/SIGINT
+            app.router.on_shutdown.append(pool.stop)  # runs before uvicorn re-raises SIGTERM/SIGINT
             uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
     finally:
-        stop_workers()
+        pool.stop()
 
 
 def worker(

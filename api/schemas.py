@@ -29,7 +29,9 @@ class JobOut(BaseModel):
     cancel_requested: bool
     error: str | None = None
     manifest: dict[str, Any]
-    summary: dict[str, Any] | None = Field(None, description="Groups, timings and artifact names of a finished job.")
+    summary: dict[str, Any] | None = Field(
+        None, description="Groups, the advice (verdict, recommendation, predicted_gain, reliability), timings and "
+                          "artifact names of a finished job.")
     links: dict[str, str]
 
     @classmethod
@@ -75,6 +77,13 @@ class DatasetList(BaseModel):
     offset: int
 
 
+class WorkerPoolOut(BaseModel):
+    expected: int | None = Field(description="Worker processes `serve` runs (--workers).")
+    alive: int = Field(description="Of them, alive now (a dead one is restarted with a backoff).")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     database: str | None = None
+    workers: WorkerPoolOut | None = Field(None, description="The embedded worker pool of `serve` (absent when "
+                                                            "the API runs without one).")
