@@ -250,7 +250,7 @@ class GroupingSpec(_Section):
     )
     candidates: int = Field(6, ge=1, le=64, description="outcome: k values tried between 2 and n − 1 (geometric grid).")
     min_gain: float = Field(
-        0.01, ge=0.0, lt=1.0,
+        0.02, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
     )
     tolerance: float = Field(

@@ -92,9 +92,16 @@ def test_validate_and_evaluate_commands(tmp_path):
                 "exact_seconds", "time_ratio", "linearization"):
         assert key in report
     assert report["subsets"] == 5 and (tmp_path / "v" / "validation.png").exists()
-    result = run_cli("evaluate", str(tmp_path / "m.json"), "--random-seeds", "2", "--out", str(tmp_path / "e"))
+    result = run_cli("evaluate", str(tmp_path / "m.json"), "--random-seeds", "2", "-e", "grad_tag", "-e", "scratch",
+                     "--out", str(tmp_path / "e"))
     assert result.exit_code == 0, result.output
     ev = json.loads((tmp_path / "e" / "evaluation.json").read_text())
-    assert set(ev["summary"]) >= {"grad_tag", "exact", "tag_lookahead", "gradient_cosine", "one_model_for_all",
-                                  "one_model_per_task", "random_mean"}
+    assert ev["test_fraction"] == 0.2
+    assert set(ev["summary"]) == {"grad_tag", "scratch"}
+    assert set(ev["groupings"]) >= {"grad_tag", "scratch", "one_model_for_all", "one_model_per_task", "planted"}
+    for s in ev["summary"].values():
+        assert {"test_loss", "regret", "percentile", "predicted_gain", "measured_gain"} <= set(s)
+    assert "measured gain over one model for all" in result.output
     assert (tmp_path / "e" / "evaluation.png").exists()
+    bad = run_cli("evaluate", str(tmp_path / "m.json"), "-e", "nope")
+    assert bad.exit_code == 2 and "--estimator 'nope'" in bad.output
