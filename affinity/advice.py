@@ -146,8 +146,9 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
-    pay reliably: k = 1; or each task alone: k = n), and whenever the affinity's pair-specific part
-    does not replicate across halves of the subsets (then which tasks go together is noise)."""
+    pay reliably: k = 1; or each task alone: k = n), when the chosen groups are not stable under
+    resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
+    part does not replicate across halves of the subsets (then which tasks go together is noise)."""
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
@@ -159,7 +160,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
-    return "groups", f"{prefix}{k} groups{ari}; which tasks go together is uncertain, but {gain_text}"
+    return "groups", (f"no reliable structure: splitting into {k} groups{ari} is {gain_text}, but which tasks "
+                      f"go together is not stable")
 
 
 def choose(totals: dict[int, float], predicted: dict[int, np.ndarray], spec: GroupingSpec) -> int:

@@ -64,7 +64,8 @@ def test_verdict_texts():
     assert verdict(1, 8, 0.0, reliable, None)[1].startswith("no reliable structure")
     rec, text = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95})
     assert rec == "groups" and "stable" in text and "12.0% lower loss" in text
-    assert "uncertain" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
+    unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
+    assert unstable.startswith("no reliable structure") and "not stable" in unstable and "12.0%" in unstable
 
 
 def test_one_model_for_all_when_every_task_shares_one_teacher():
@@ -80,7 +81,7 @@ def test_pooling_groups_are_recovered():
     assert adjusted_rand_score(truth_labels(result), result.grouping.labels) >= 0.9
     advice = result.advice
     assert advice["recommendation"] == "groups" and advice["predicted_gain"] > 0.02
-    assert advice["verdict"].startswith(f"{result.grouping.k} groups")
+    assert f"{result.grouping.k} groups" in advice["verdict"]
     check = advice["selection_check"]  # the predicted gain is read on rows the choice was not made on
     assert len(check["folds"]) == 2 and advice["predicted_gain"] == pytest.approx(
         np.mean([f["gain"] for f in check["folds"]]))
