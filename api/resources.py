@@ -245,6 +245,94 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{math.ceil(n / MB)} MB"
 
 
+# -- a job's time: a lower bound, to refuse what could not finish within the server's limit ---------------
+
+FLOPS = 1e13  # floating-point operations per second a worker reaches at best (a GPU's; a CPU's are far fewer)
+STEP_SECONDS = 1e-4  # per optimizer step at least (Python and kernel-launch overhead of a step)
+
+
+@dataclass
+class TimeEstimate:
+    seconds: float
+    parts: dict[str, float] = field(default_factory=dict)
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
+    """How long the job takes at least: its floating-point work (6 per parameter and row for a training
+    step, 2 for a forward pass) at FLOPS and its optimizer steps at STEP_SECONDS, over the epochs every
+    model trains at least (early stopping ends training after ``training.patience`` epochs without a
+    better validation loss, at ``training.epochs`` at the latest). Only a job that could not finish
+    within the limit even so is refused; the worker stops the others when they reach it."""
+    R, T = shape.rows, max(shape.tasks, 1)
+    model, training, est, grouping = manifest.model, manifest.training, manifest.estimation, manifest.grouping
+    P, _ = model_size(shape.features, list(model.hidden), T, model.task_norm)
+    per_row = 6 * P * (T if training.mtl_method != "equal" else 1) + 2 * P  # a step, and the validation pass
+    if model.task_norm:
+        per_row *= T
+    epochs, batch = min(training.epochs, training.patience), min(training.batch_size, max(R, 1))
+
+    def training_seconds(rows: float, models: float) -> float:
+        steps = models * epochs * math.ceil(rows / batch)
+        return models * epochs * rows * per_row / FLOPS + steps * STEP_SECONDS
+
+    subset_rows = min(R, shape.pairs * min(est.subset_size, T) / T)
+    parts = {"base training": training_seconds(R, 1)}
+    fields = {"base training": ("training.epochs", "training.patience", "model.hidden") + shape.fields}
+    if est.method in ("exact", "scratch"):
+        parts["subset models"] = training_seconds(subset_rows, est.num_subsets)
+        fields["subset models"] = ("estimation.num_subsets", "training.epochs", "training.patience") + shape.fields
+    elif est.method == "grad_tag":
+        d = est.projection_dim
+        pairs = shape.pairs
+        parts["projected gradients"] = pairs * (6 * P + 2 * P * d) / FLOPS
+        parts["surrogate fits"] = (est.num_subsets * 50 * 4 * subset_rows * d + d**3) / FLOPS
+        fields["projected gradients"] = ("estimation.projection_dim", "model.hidden") + shape.fields
+        fields["surrogate fits"] = ("estimation.num_subsets", "estimation.projection_dim") + shape.fields
+    elif est.method in ("tag_lookahead", "gradient_cosine"):
+        parts["task gradients"] = epochs * R * 6 * P * T / (est.lookahead_every if est.method == "tag_lookahead"
+                                                           else epochs) / FLOPS
+        fields["task gradients"] = ("training.epochs", "model.hidden") + shape.fields
+    if grouping.selection == "outcome":  # each candidate grouping's models, twice (cross-fitted halves)
+        parts["group models"] = training_seconds(R, 2 * (grouping.candidates + 2))
+        fields["group models"] = ("grouping.candidates", "training.epochs", "training.patience") + shape.fields
+    return TimeEstimate(sum(parts.values()), parts, fields)
+
+
+def check_time(manifest: Manifest, shape: DatasetShape, limit_hours: float) -> TimeEstimate:
+    """The time estimate; SubmissionError (422) naming the fields of its biggest part when even this lower
+    bound exceeds ``limit_hours`` (TASK_AFFINITY_MAX_JOB_HOURS)."""
+    from api.submission import SubmissionError, problem
+
+    estimate = estimate_seconds(manifest, shape)
+    if estimate.seconds <= limit_hours * 3600:
+        return estimate
+    name, seconds = max(estimate.parts.items(), key=lambda kv: kv[1])
+    why = (f"the job would run for at least {_duration(estimate.seconds)} ({name} alone {_duration(seconds)}), longer "
+           f"than this server's limit of {limit_hours:g} h per job (TASK_AFFINITY_MAX_JOB_HOURS)")
+    problems = []
+    for f in dict.fromkeys(estimate.fields[name]):
+        value = shape.values[f] if f in shape.values else _value(manifest, f)
+        problems.append(problem(f, value, f"{why}; {TIME_FIXES.get(f, FIXES.get(f, 'lower it'))}"))
+    raise SubmissionError(problems)
+
+
+TIME_FIXES = {
+    "training.epochs": "train for fewer epochs",
+    "training.patience": "stop earlier: fewer epochs without a better validation loss",
+    "estimation.num_subsets": "sample fewer subsets",
+    "grouping.candidates": "try fewer candidate groupings, or grouping.selection 'affinity'",
+}
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 * 365:
+        return f"{seconds / (86400 * 365):.3g} years"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 # -- the dataset's shape, from what the server knows before the job runs -----------------------------
 
 DIGITS_ROWS, DIGITS_FEATURES = 1797, 64

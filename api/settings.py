@@ -49,6 +49,9 @@ class Settings(BaseSettings):
                                     "peak exceeds it is refused at submit (422), and the process running a job may "
                                     "grow by at most this much (RLIMIT_DATA), so an estimate that is wrong fails "
                                     "the job, not the machine.")
+    max_job_hours: float = Field(24.0, gt=0, description="Longest a job may run: a manifest that could not finish "
+                                 "within it even on a fast machine is refused at submit (422); a worker stops a job "
+                                 "that reaches it (failed, with the reason).")
     worker_pool_file: Path | None = Field(None, description="Set by `serve` for its API processes: the state of its "
                                           "worker processes, which /readyz reports. Not an operator setting.")
     torch_threads: int | None = Field(

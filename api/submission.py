@@ -20,7 +20,7 @@ from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
 from affinity.manifest import Manifest, validation_problems
 from api.problems import MAX_NESTING
-from api.resources import DatasetShape, builtin_shape, check_memory, path_shape, table_shape
+from api.resources import DatasetShape, builtin_shape, check_memory, check_time, path_shape, table_shape
 from api.settings import Settings
 from api.store import JobStore
 from api.uploads import BadUpload, npz_members, npz_tasks
@@ -101,6 +101,7 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
     check_compute(manifest, settings)
     if shape is not None:
         check_memory(manifest, shape, settings.worker_memory_mb)
+        check_time(manifest, shape, settings.max_job_hours)
     return Checked(manifest, dataset_id)
 
 

@@ -125,6 +125,13 @@ class Worker:
         if self.settings.worker_nice:
             os.nice(self.settings.worker_nice)
         log.info("worker %s started", self.worker_id)
+        try:  # the fork server imports the engine now, not when the first job arrives
+            job_context()
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        except Exception:  # noqa: BLE001 - the first job starts it, or says why it cannot
+            log.exception("could not start the job fork server")
         while not stop.is_set():
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.info("worker %s: parent %d is gone; stopping", self.worker_id, self.parent_pid)
@@ -168,7 +175,7 @@ class Worker:
             args = JobArgs(job_id=claim.id, manifest=manifest.model_dump(mode="json"), out=str(out), ray=on_ray,
                            ray_address=address, ray_connect_seconds=self.settings.ray_connect_seconds,
                            memory_mb=self.settings.worker_memory_mb, torch_threads=self.settings.torch_threads)
-            kind, payload, asked, exitcode = self._run_process(args, lease)
+            kind, payload, asked, exitcode = self._run_process(args, lease, self.settings.max_job_hours * 3600)
             if asked == "lost" or lease.lost:
                 log.warning("job %s was requeued after this worker lost its lease", claim.id)
                 return
@@ -179,6 +186,13 @@ class Worker:
             elif kind == "shutdown" or asked == "stop":  # stopping: whatever else happened, requeue
                 self.store.release(claim.id, self.worker_id)
                 log.info("worker %s stopping; job %s requeued", self.worker_id, claim.id)
+            elif asked == "timeout":
+                hours = self.settings.max_job_hours
+                self.store.finish(claim.id, self.worker_id, "failed",
+                                  error=f"the job ran longer than this server's limit of {hours:g} h per job "
+                                        "(TASK_AFFINITY_MAX_JOB_HOURS) and was stopped; make it smaller (fewer "
+                                        "epochs, subsets or candidate groupings, a smaller model or dataset) or "
+                                        "ask the operator to raise the limit")
             elif kind == "cancelled" or (kind is None and asked == "cancel"):
                 self.store.finish(claim.id, self.worker_id, "cancelled", error="cancelled by request")
             elif kind == "failed":
@@ -188,13 +202,16 @@ class Worker:
                 log.error("job %s: %s", claim.id, error)
                 self.store.finish(claim.id, self.worker_id, "failed", error=error)
 
-    def _run_process(self, args: JobArgs, lease: _Lease) -> tuple[str | None, Any, str | None, int | None]:
-        """Run the job process to its end: (result kind, payload, what it was asked, exit code)."""
+    def _run_process(self, args: JobArgs, lease: _Lease, limit_seconds: float
+                     ) -> tuple[str | None, Any, str | None, int | None]:
+        """Run the job process to its end: (result kind, payload, what it was asked, exit code).
+        A job running past ``limit_seconds`` is asked to stop ('timeout')."""
         ctx = job_context()
         conn, child_conn = ctx.Pipe()
         proc = ctx.Process(target=job_main, args=(child_conn, args), name=f"task-affinity-job-{args.job_id}")
         proc.start()
         child_conn.close()
+        deadline = time.monotonic() + limit_seconds
         kind: str | None = None
         payload: Any = None
         asked: str | None = None
@@ -220,11 +237,11 @@ class Worker:
                     break
                 now = time.monotonic()
                 if kind is None and asked is None:
-                    asked = lease.request()
+                    asked = lease.request() or ("timeout" if now > deadline else None)
                     if asked is not None:
                         since = now
                         try:
-                            conn.send("cancel" if asked == "cancel" else "stop")
+                            conn.send("stop" if asked in ("stop", "lost") else "cancel")
                         except OSError:
                             pass
                 elif now - since > GRACE_SECONDS:

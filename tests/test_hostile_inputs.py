@@ -672,3 +672,19 @@ def test_a_ray_address_outside_the_allow_list_is_refused(service_settings, tiny_
             unused = {**tiny_job, "compute": {"backend": "local", "address": "attacker.example:6379"}}
             assert client.post("/v1/jobs", json=unused, headers=headers).status_code == 201
         app.state.store.engine.dispose()
+
+
+def test_jobs_that_could_not_finish_within_the_time_limit_are_refused(service):
+    """Memory is not the only bound: 2000 subsets fine-tuned for 100,000 epochs each (no early stopping)
+    fit in memory but would run for days even on a GPU."""
+    client, settings, store, alice, _ = service
+    forever = {"dataset": {"source": "planted", "params": {"rows_per_task": 2000}},
+               "training": {"epochs": 100_000, "patience": 100_000},
+               "estimation": {"method": "exact", "num_subsets": 2000}}
+    p = assert_problem(client.post("/v1/jobs", json=forever, headers=alice), 422, "TASK_AFFINITY_MAX_JOB_HOURS",
+                       f"{settings.max_job_hours:g}")
+    assert {"training.epochs", "estimation.num_subsets"} <= set(fields_of(p)), p
+    assert stored_manifests(store) == []
+    # the same with early stopping (patience 15, the default) is an ordinary job
+    forever["training"].pop("patience")
+    assert client.post("/v1/jobs", json=forever, headers=alice).status_code == 201

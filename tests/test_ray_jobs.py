@@ -24,7 +24,7 @@ pytest.importorskip("ray", reason="ray is a dependency; install the package with
 NOWHERE = "127.0.0.1:9"  # allowed by the server's list below, but nothing answers there
 TINY = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 60, "features": 6}},
         "model": {"hidden": [8]}, "training": {"epochs": 3},
-        "estimation": {"num_subsets": 12, "subset_size": 2, "projection_dim": 16},
+        "estimation": {"method": "grad_tag", "num_subsets": 12, "subset_size": 2, "projection_dim": 16},
         "grouping": {"k": 2, "method": "spectral", "selection": "affinity"}}
 
 
@@ -109,7 +109,7 @@ def test_cancel_while_ray_connects_and_sigterm_while_ray_runs(db_url, tmp_path):
     slow = {"dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 100,
                                                         "features": 8}},
             "model": {"hidden": [16]}, "training": {"epochs": 5},
-            "estimation": {"num_subsets": 30, "subset_size": 3, "projection_dim": 16},
+            "estimation": {"method": "grad_tag", "num_subsets": 30, "subset_size": 3, "projection_dim": 16},
             "grouping": {"k": 2, "method": "spectral", "selection": "affinity"},
             "compute": {"backend": "ray", "shard_pairs": 10}}  # 60 gradient shards: Ray tasks for a while
     on_ray = _queue(store, slow)

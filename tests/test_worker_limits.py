@@ -14,8 +14,8 @@ from api.store import JobStore
 from service_processes import service_env, start_worker, stop
 
 TINY = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 60, "features": 6}},
-        "model": {"hidden": [8]}, "training": {"epochs": 3}, "estimation": {"num_subsets": 12, "subset_size": 2,
-                                                                           "projection_dim": 16},
+        "model": {"hidden": [8]}, "training": {"epochs": 3},
+        "estimation": {"method": "grad_tag", "num_subsets": 12, "subset_size": 2, "projection_dim": 16},
         "grouping": {"k": 2, "method": "spectral", "selection": "affinity"}}
 # 1,000,000 rows × 100 features: the float64 inputs alone are 0.8 GB (queued past the API's estimate, as a
 # job queued before a lower limit was set would be, or one whose estimate is wrong)
@@ -76,10 +76,10 @@ def test_eta_is_unknown_until_a_stage_has_advanced(tmp_path, db_url):
     settings = Settings(home=tmp_path / "home", database_url=db_url, lease_seconds=0.9, worker_nice=0,
                         torch_threads=1)
     store = _store(db_url)
-    slow_epochs = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 1500,
+    slow_epochs = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 600,
                                                                "features": 8}},
                    "model": {"hidden": [256, 256]}, "training": {"epochs": 2, "batch_size": 1},
-                   "estimation": {"num_subsets": 6, "subset_size": 2, "projection_dim": 8},
+                   "estimation": {"method": "grad_tag", "num_subsets": 6, "subset_size": 2, "projection_dim": 8},
                    "grouping": {"k": 2, "method": "spectral", "selection": "affinity"}}
     job_id = _queue(store, slow_epochs)
     beats: list[dict] = []
@@ -99,3 +99,23 @@ def test_eta_is_unknown_until_a_stage_has_advanced(tmp_path, db_url):
         if b["eta_seconds"] is not None:
             assert 0 < b["stage_progress"] < 1, b
     assert not any(b["stage"] == "loading data" and b["eta_seconds"] == 0 for b in beats), beats
+
+
+def test_a_job_past_the_time_limit_is_stopped_and_failed(db_url, tmp_path):
+    store = _store(db_url)
+    endless = {**TINY, "training": {"epochs": 100_000, "patience": 100_000}}
+    job_id = _queue(store, endless)
+    env = service_env(tmp_path / "home", db_url, TASK_AFFINITY_MAX_JOB_HOURS="0.002")  # 7.2 s
+    worker = start_worker(env, tmp_path / "w.log")
+    try:
+        _wait(lambda: store.get_job("alice", job_id).status != "queued", 20, "the job to start")
+        started = time.monotonic()
+        _wait(lambda: store.get_job("alice", job_id).stage == "base training", 60, "training to start")
+        _wait(lambda: store.get_job("alice", job_id).status == "failed", 30, "the time limit")
+        assert worker.poll() is None
+    finally:
+        stop(worker)
+    job = store.get_job("alice", job_id)
+    assert "TASK_AFFINITY_MAX_JOB_HOURS" in job.error and "0.002 h" in job.error, job.error
+    assert time.monotonic() - started > 7  # not before the limit
+    assert 0 < job.stage_progress < 0.5  # stopped in the middle of its 100,000 epochs
