@@ -225,7 +225,7 @@ def main() -> None:
           f"bfloat16 products {g['bf16_s']:.2f} s, speed-up {g['bf16_speedup']:.1f}x "
           f"(relative difference {g['bf16_rel_diff']:.1e})")
     problems = {
-        "built-in planted job": job_problem(),
+        "planted, bottleneck model": job_problem(),
         "planted data, default model": job_problem("default-model"),
         "500-task job of scale.py": job_problem(MANY_TASKS),
         "synthetic": (*synthetic_problem(40, 200, 200), 40,

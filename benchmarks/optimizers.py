@@ -2,9 +2,9 @@
 
 For every ``training.mtl_method``: the mean over tasks of the validation loss of the trained model
 (best-validation state, as ``train_model`` keeps it), Δm% against one model per task, and seconds
-per epoch. Every model has the same architecture (the built-in job's, with per-task normalization,
+per epoch. Every model has the same architecture (the job's (planted: the bottleneck model of affinity.defaults.BOTTLENECK), with per-task normalization,
 which connection strength needs), initialization seed, Adam settings and early stopping; only the
-multitask method differs. ``equal (no task norm)`` is the built-in job's own model, for reference.
+multitask method differs. ``equal (no task norm)`` is the job's own model, for reference.
 
 Δm% = 100 · mean_t (L_single,t − L_method,t) / L_single,t, with L the validation loss (BCE) and
 "single" one model per task trained with the same loop on that task alone: positive = better than
@@ -76,7 +76,7 @@ def run(dataset: str, epochs: int, seeds: int, methods: list[str]) -> list[dict]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="planted", choices=["planted", "digits"])
-    ap.add_argument("--epochs", type=int, default=120, help="Maximum epochs (early stopping as in the built-in job).")
+    ap.add_argument("--epochs", type=int, default=120, help="Maximum epochs (early stopping as in the job).")
     ap.add_argument("--seeds", type=int, default=1, help="Initialization/shuffle seeds averaged over.")
     ap.add_argument("--methods", default=",".join(MTL_METHODS), help="Comma-separated training.mtl_method values.")
     ap.add_argument("--threads", type=int, default=1, help="Torch threads (1: tiny models on a shared CPU run faster single-threaded).")
