@@ -165,7 +165,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["projected features"] += fields.pop("per-sample gradients") + fields.pop("surrogate fits")
     elif est.method in ("exact", "scratch"):
         stage_parts["stacked models"] = stacked(min(est.exact_batch, est.num_subsets))
-        fields["stacked models"] = ("estimation.exact_batch",) + model_fields
+        fields["stacked models"] = ("model.hidden", "estimation.exact_batch") + data_fields
     elif est.method == "tag_lookahead":
         stage_parts["lookahead steps"] = 3 * 4 * min(64, T) * P
         fields["lookahead steps"] = model_fields
@@ -174,7 +174,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["task gradients"] = model_fields
     if manifest.grouping.selection == "outcome":
         stage_parts["group models"] = stacked(min(est.exact_batch, T)) + features_kept
-        fields["group models"] = ("estimation.exact_batch",) + model_fields
+        fields["group models"] = ("model.hidden", "estimation.exact_batch") + data_fields
     stage_parts["base training"] = train
     fields["base training"] = model_fields + (("training.mtl_method",) if training.mtl_method != "equal" else ()) \
         + (("estimation.checkpoint",) if kept_states else ())
