@@ -137,10 +137,6 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
     return {"resamples": BOOTSTRAPS, "mean_ari": float(np.mean(aris)), "min_ari": float(np.min(aris))}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
             stable: dict[str, Any] | None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
@@ -150,7 +146,7 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise)."""
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
-    gain_text = f"predicted {_pct(gain)} lower loss than one model for all" if gain is not None else \
+    gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
     prefix = "" if informative else "no reliable structure: "
     if k == 1:
@@ -160,8 +156,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
-    return "groups", (f"no reliable structure: splitting into {k} groups{ari} is {gain_text}, but which tasks "
-                      f"go together is not stable")
+    return "groups", (f"no reliable structure: {k} groups{ari}, {gain_text}, but which tasks go together "
+                      f"is not stable")
 
 
 def choose(totals: dict[int, float], predicted: dict[int, np.ndarray], spec: GroupingSpec) -> int:

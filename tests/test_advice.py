@@ -63,9 +63,9 @@ def test_verdict_texts():
     assert verdict(8, 8, 0.05, noise, None)[1].startswith("no reliable structure")
     assert verdict(1, 8, 0.0, reliable, None)[1].startswith("no reliable structure")
     rec, text = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95})
-    assert rec == "groups" and "stable" in text and "12.0% lower loss" in text
+    assert rec == "groups" and "stable" in text and "predicted gain over one model for all +12.0%" in text
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
-    assert unstable.startswith("no reliable structure") and "not stable" in unstable and "12.0%" in unstable
+    assert unstable.startswith("no reliable structure") and "not stable" in unstable and "+12.0%" in unstable
 
 
 def test_one_model_for_all_when_every_task_shares_one_teacher():
