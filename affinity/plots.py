@@ -35,8 +35,9 @@ def heatmap(matrix: np.ndarray, names: list[str], groups: list[list[int]], path:
         ax.axvline(edge - 0.5, color="black", lw=1.2)
     if n <= 80:
         labels = [names[i] for i in order]
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=max(4, 9 - n // 15))
-        ax.set_yticks(range(n), labels, fontsize=max(4, 9 - n // 15))
+        # parse_math=False: a task name is text, never mathtext ("$\\frac{$" would not parse)
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=max(4, 9 - n // 15), parse_math=False)
+        ax.set_yticks(range(n), labels, fontsize=max(4, 9 - n // 15), parse_math=False)
     else:
         ax.set_xticks([])
         ax.set_yticks([])

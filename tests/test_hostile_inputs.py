@@ -688,3 +688,14 @@ def test_jobs_that_could_not_finish_within_the_time_limit_are_refused(service):
     # the same with early stopping (patience 15, the default) is an ordinary job
     forever["training"].pop("patience")
     assert client.post("/v1/jobs", json=forever, headers=alice).status_code == 201
+
+
+def test_task_names_that_look_like_mathtext_draw_as_text(tmp_path):
+    """Issue 17, item 9: a task named like a broken mathtext formula made the heatmap raise."""
+    import numpy as np
+
+    from affinity.plots import heatmap
+
+    names = ["$\\frac{$", "a$b", "plain"]
+    heatmap(np.eye(3), names, [[0, 1], [2]], tmp_path / "h.png", "t")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
