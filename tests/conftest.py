@@ -103,7 +103,7 @@ TINY_JOB = {
     "dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 60, "features": 6}},
     "model": {"hidden": [8], "activation": "tanh"},
     "training": {"epochs": 8, "patience": 3, "batch_size": 64},
-    "estimation": {"num_subsets": 12, "subset_size": 2, "projection_dim": 16, "min_pair_count": 1},
+    "estimation": {"method": "grad_tag", "num_subsets": 12, "subset_size": 2, "projection_dim": 16, "min_pair_count": 1},
     "grouping": {"k": 2, "method": "sdp"},
 }
 

@@ -23,7 +23,8 @@ JOB = {
     "dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 80, "features": 8}},
     "model": {"hidden": [16], "activation": "tanh"},
     "training": {"epochs": 20, "patience": 20, "batch_size": 64},
-    "estimation": {"num_subsets": 30, "subset_size": 3, "projection_dim": 32, "subset_batch": 8, "exact_batch": 4},
+    "estimation": {"method": "grad_tag", "num_subsets": 30, "subset_size": 3, "projection_dim": 32, "subset_batch": 8,
+                   "exact_batch": 4},
     "grouping": {"k": 2, "method": "sdp"},
     "compute": {"shard_pairs": 200},
 }
