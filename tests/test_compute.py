@@ -13,7 +13,7 @@ JOB = {
     "dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 60, "features": 6}},
     "model": {"hidden": [8], "activation": "tanh"},
     "training": {"epochs": 10, "batch_size": 64},
-    "estimation": {"num_subsets": 12, "subset_size": 2, "projection_dim": 16},
+    "estimation": {"method": "grad_tag", "num_subsets": 12, "subset_size": 2, "projection_dim": 16},
     "grouping": {"k": 2, "method": "sdp"},
 }
 
