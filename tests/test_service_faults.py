@@ -20,7 +20,7 @@ SLOW_JOB = {  # long enough (several seconds of base training) to be killed in t
     "dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 150, "features": 8}},
     "model": {"hidden": [16], "activation": "tanh"},
     "training": {"epochs": 400, "patience": 400, "batch_size": 32},
-    "estimation": {"num_subsets": 30, "subset_size": 3, "projection_dim": 32},
+    "estimation": {"method": "grad_tag", "num_subsets": 30, "subset_size": 3, "projection_dim": 32},
     "grouping": {"k": 2, "method": "sdp"},
 }
 
