@@ -225,7 +225,7 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
                 from None
     if spec.tasks is None:
         return None
-    return TaskCount(len(spec.tasks), "dataset.tasks", refuse_single=False)
+    return TaskCount(len(spec.tasks), "dataset.tasks")
 
 
 def resolve_data_path(source: str, settings: Settings) -> Path:

@@ -117,9 +117,11 @@ def test_paths_outside_the_data_root_are_refused(service, source):
 
 def test_path_inside_the_data_root_is_accepted(service):
     client, settings, _, alice, _ = service
-    (settings.data_root / "t.csv").write_text("x,y\n1,0\n")
-    r = client.post("/v1/jobs", json={"dataset": {"source": "t.csv", "tasks": ["y"]}}, headers=alice)
+    (settings.data_root / "t.csv").write_text("x,y,z\n1,0,1\n")
+    r = client.post("/v1/jobs", json={"dataset": {"source": "t.csv", "tasks": ["y", "z"]}}, headers=alice)
     assert r.status_code == 201, r.text
+    single = client.post("/v1/jobs", json={"dataset": {"source": "t.csv", "tasks": ["y"]}}, headers=alice)
+    assert single.status_code == 422 and "at least 2 tasks" in single.text and "subset_size" not in single.text
 
 
 def test_idempotency_key(service, tiny_job):
@@ -186,8 +188,8 @@ def test_job_runs_on_a_worker_and_results_are_served(service, tiny_job):
 
 def test_a_job_with_bad_data_fails_with_the_reason(service):
     client, settings, store, alice, _ = service
-    (settings.data_root / "t.csv").write_text("x,y\n" + "\n".join(f"{i},1" for i in range(30)) + "\n")
-    job = client.post("/v1/jobs", json={"dataset": {"source": "t.csv", "tasks": ["y"]}}, headers=alice).json()
+    (settings.data_root / "t.csv").write_text("x,y,z\n" + "\n".join(f"{i},1,{i % 2}" for i in range(30)) + "\n")
+    job = client.post("/v1/jobs", json={"dataset": {"source": "t.csv", "tasks": ["y", "z"]}}, headers=alice).json()
     assert Worker(settings, store, worker_id="w1").run_once()
     failed = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     assert failed["status"] == "failed" and "one class" in failed["error"] and "Traceback" not in failed["error"]
