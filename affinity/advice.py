@@ -138,7 +138,7 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
 
 
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
-            stable: dict[str, Any] | None) -> tuple[str, str]:
+            stable: dict[str, Any] | None, in_sample: float | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -148,6 +148,9 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
+    if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
+        # the two readings disagree: say both, the user decides how much to trust the split
+        gain_text += f" ({in_sample:+.1%} on the validation rows it was chosen on)"
     prefix = "" if informative else "no reliable structure: "
     if k == 1:
         return "together", "no reliable structure: train these tasks together (one model for all)"
@@ -233,14 +236,15 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     grouping = groupings[k]
     reliability = split_half(estimate)
     stable = stability(estimate, grouping.labels, spec, spec.seed)
-    recommendation, text = verdict(k, n, gain, reliability, stable)
+    in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
+    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample)
     record = {
         "selection": spec.selection,
         "recommendation": recommendation,
         "verdict": text,
         "k": k,
         "predicted_gain": gain,
-        "in_sample_gain": ((reference - float(predicted[k].sum())) / reference) if k in predicted else None,
+        "in_sample_gain": in_sample,
         "selection_check": honest,
         "one_model_for_all_val_loss": reference,
         "predicted_val_loss": float(predicted[k].sum()) if k in predicted else None,

@@ -56,8 +56,9 @@ def print_summary(result, out: Optional[Path]) -> None:
     info.add_row("device", result.device)
     info.add_row("base model", f"best epoch {result.training.best_epoch} of {result.training.epochs_run}, "
                  f"mean val loss {result.training.best_val_loss:.4f}")
-    info.add_row("estimator", f"{est.method}: {est.info.get('num_subsets')} subsets of {est.info.get('subset_size')}, "
-                 f"d = {est.info.get('projection_dim')}, p = {est.info.get('n_params')}")
+    projected = f", d = {est.info['projection_dim']}, p = {est.info.get('n_params')}" if "projection_dim" in est.info else ""
+    info.add_row("estimator", f"{est.method}: {est.info.get('num_subsets')} subsets of {est.info.get('subset_size')}"
+                 + projected)
     info.add_row("grouping", f"{g.method}, k = {g.k}, objective {g.objective:.4f}")
     advice = getattr(result, "advice", None)
     if advice:
