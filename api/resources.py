@@ -192,25 +192,23 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
 def check_memory(manifest: Manifest, shape: DatasetShape, limit_mb: float) -> MemoryEstimate:
     """The estimate; raise SubmissionError (422) naming the fields of the parts that need the most when it
     exceeds ``limit_mb`` (TASK_AFFINITY_WORKER_MEMORY_MB)."""
-    from api.submission import SubmissionError, problem
-
     estimate = estimate_memory(manifest, shape)
     if estimate.total <= limit_mb * MB:
         return estimate
     parts = ", ".join(f"{name} {_size(b)}" for name, b in estimate.biggest())
     why = (f"the job needs an estimated {_size(estimate.total)} of memory ({parts}), more than this server's "
            f"limit of {_size(limit_mb * MB)} per job (TASK_AFFINITY_WORKER_MEMORY_MB)")
-    problems, seen = [], set()
-    for name, _ in estimate.biggest(2):
-        for f in estimate.fields.get(name, ()):
-            if f in seen:
-                continue
-            seen.add(f)
-            value = shape.values[f] if f in shape.values else _value(manifest, f)
-            problems.append(problem(f, value, f"{why}; {FIXES.get(f, 'lower it')}"))
-    if not problems:
-        problems.append(problem("manifest", None, why))
-    raise SubmissionError(problems)
+    fields = [f for name, _ in estimate.biggest(2) for f in estimate.fields.get(name, ())]
+    raise _refusal(manifest, shape, fields, why, FIXES)
+
+
+def _refusal(manifest: Manifest, shape: DatasetShape, fields: list[str], why: str, fixes: dict[str, str]):
+    """The 422 naming each of ``fields`` (once, in order) with its value, the reason and its fix."""
+    from api.submission import SubmissionError, problem
+
+    problems = [problem(f, shape.values[f] if f in shape.values else _value(manifest, f),
+                        f"{why}; {fixes.get(f, 'lower it')}") for f in dict.fromkeys(fields)]
+    return SubmissionError(problems or [problem("manifest", None, why)])
 
 
 FIXES = {
@@ -302,19 +300,13 @@ def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
 def check_time(manifest: Manifest, shape: DatasetShape, limit_hours: float) -> TimeEstimate:
     """The time estimate; SubmissionError (422) naming the fields of its biggest part when even this lower
     bound exceeds ``limit_hours`` (TASK_AFFINITY_MAX_JOB_HOURS)."""
-    from api.submission import SubmissionError, problem
-
     estimate = estimate_seconds(manifest, shape)
     if estimate.seconds <= limit_hours * 3600:
         return estimate
     name, seconds = max(estimate.parts.items(), key=lambda kv: kv[1])
     why = (f"the job would run for at least {_duration(estimate.seconds)} ({name} alone {_duration(seconds)}), longer "
            f"than this server's limit of {limit_hours:g} h per job (TASK_AFFINITY_MAX_JOB_HOURS)")
-    problems = []
-    for f in dict.fromkeys(estimate.fields[name]):
-        value = shape.values[f] if f in shape.values else _value(manifest, f)
-        problems.append(problem(f, value, f"{why}; {TIME_FIXES.get(f, FIXES.get(f, 'lower it'))}"))
-    raise SubmissionError(problems)
+    raise _refusal(manifest, shape, list(estimate.fields[name]), why, {**FIXES, **TIME_FIXES})
 
 
 TIME_FIXES = {
