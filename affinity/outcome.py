@@ -51,8 +51,16 @@ def random_groups(sizes: list[int], n: int, seed: int) -> list[list[int]]:
 
 
 def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progress: Progress,
-            stage: str) -> dict[str, Any]:
-    val, test = train_groups(prep.data, prep.tensors, manifest, groups, progress, prep.backend, stage=stage)
+            stage: str, trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Test losses of one model per group. ``trained`` memoizes by partition: the same groups (a
+    recommendation that is one model for all, one per task or the planted grouping) are trained once."""
+    key = frozenset(frozenset(g) for g in groups)
+    if trained is not None and key in trained:
+        val, test = trained[key]
+    else:
+        val, test = train_groups(prep.data, prep.tensors, manifest, groups, progress, prep.backend, stage=stage)
+        if trained is not None:
+            trained[key] = (val, test)
     names = prep.data.task_names
     return {"groups": [[names[i] for i in g] for g in groups], "k": len(groups),
             "sum_val_loss": float(val.sum()), "sum_test_loss": float(test.sum()),
@@ -71,6 +79,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     data = prep.data
     names, n = data.task_names, data.n_tasks
     rows: dict[str, Any] = {}
+    trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
     advice: dict[str, Any] = {}
     estimator_seconds: dict[str, float] = {}
     for name in estimators:
@@ -81,14 +90,16 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability")}
-        rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}")
+        rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}",
+                             trained)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
-    rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all")
-    rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task")
+    rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained)
+    rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
+                                         trained)
     if data.truth_groups:
         index = {t: i for i, t in enumerate(names)}
         rows["planted"] = _scored(prep, manifest, [[index[t] for t in g] for g in data.truth_groups], progress,
-                                  "planted groups")
+                                  "planted groups", trained)
     first = estimators[0]
     sizes = sorted((len(g) for g in rows[first]["groups"]), reverse=True)
     randoms: list[float] = []

@@ -12,15 +12,8 @@ buys over one model for all.
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
-
-from affinity.affinities import pairwise_affinity
-from affinity.estimate import SubsetTable
 from affinity.estimators.base import AffinityEstimate, EstimationContext
-from affinity.estimators.exact import base_scores
-from affinity.finetune import finetune_subsets
+from affinity.estimators.exact import trained_subsets_estimate
 from affinity.models import build_model
 
 
@@ -31,18 +24,4 @@ def fresh_model(ctx: EstimationContext):
 
 
 def estimate(ctx: EstimationContext, subsets: list[tuple[int, ...]] | None = None) -> AffinityEstimate:
-    subsets = subsets if subsets is not None else ctx.subsets
-    t0 = time.perf_counter()
-    spec = ctx.manifest.estimation
-    losses = finetune_subsets(fresh_model(ctx), ctx.tensors, subsets, ctx.manifest.training, spec.exact_batch,
-                              ctx.progress, ctx.backend, stage="training subsets from scratch")
-    base_loss, base_acc = base_scores(ctx)
-    matrix, counts, self_gain = pairwise_affinity(subsets, losses, base_loss, ctx.data.n_tasks)
-    seconds = time.perf_counter() - t0
-    return AffinityEstimate(
-        method="scratch", task_names=ctx.data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
-        base_val_loss=base_loss, base_val_acc=base_acc,
-        table=SubsetTable(list(subsets), losses, np.full_like(losses, np.nan)), seconds=seconds,
-        info={"subset_size": len(subsets[0]), "num_subsets": len(subsets), "training_seconds": seconds,
-              "subsets_per_step": spec.exact_batch},
-    )
+    return trained_subsets_estimate(ctx, fresh_model(ctx), "scratch", "training subsets from scratch", subsets)
