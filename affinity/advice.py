@@ -151,7 +151,6 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} on the validation rows it was chosen on)"
-    prefix = "" if informative else "no reliable structure: "
     if k == 1:
         return "together", "no reliable structure: train these tasks together (one model for all)"
     if k == n:

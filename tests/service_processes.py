@@ -81,3 +81,50 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def job_store(db_url: str):
+    """A JobStore on ``db_url``, its schema migrated."""
+    from api.db import make_engine, upgrade
+    from api.store import JobStore
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    return JobStore(engine)
+
+
+def queue_jobs(store, manifest: dict, n: int = 1) -> list[str]:
+    """``n`` jobs of ``manifest`` queued for owner alice, in a defined order (distinct created_at)."""
+    from affinity.manifest import parse_manifest
+
+    body = parse_manifest(manifest).model_dump(mode="json")
+    ids = []
+    for _ in range(n):
+        job, _ = store.create_job("alice", body)
+        ids.append(job.id)
+        time.sleep(0.002)
+    return ids
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    """Poll ``pred`` every 0.1 s until it is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live_processes() -> Iterator[tuple[int, list[str], bytes]]:
+    """(pid, the fields of /proc/pid/stat after the command name, cmdline) of every process but zombies."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat[0] != "Z":
+            yield int(d.name), stat, cmdline

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from affinity.manifest import parse_manifest
-from api.db import make_engine, upgrade
-from api.store import JobStore
-from service_processes import service_env, stop
+from service_processes import job_store as _store, live_processes, queue_jobs, service_env, stop
+from service_processes import wait_for as _wait
 
 pytest.importorskip("ray", reason="ray is a dependency; install the package with pip install -e '.[dev]'")
 
@@ -33,27 +31,6 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
-def _store(db_url: str) -> JobStore:
-    engine = make_engine(db_url)
-    upgrade(engine)
-    return JobStore(engine)
-
-
-def _queue(store: JobStore, manifest: dict) -> str:
-    job, _ = store.create_job("alice", parse_manifest(manifest).model_dump(mode="json"))
-    time.sleep(0.002)
-    return job.id
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     """A worker in a session of its own, so that it, its job process and the job's Ray processes can be
     signalled together, as a service manager stopping the worker's unit does."""
@@ -63,17 +40,11 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def _session(sid: int) -> list[int]:
     """Processes of the session ``sid`` still there (zombies excepted)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[3]) == sid and stat[0] != "Z":
-            found.append(int(d.name))
-    return found
+    return [pid for pid, stat, _ in live_processes() if int(stat[3]) == sid]
+
+
+def _queue(store, manifest: dict) -> str:
+    return queue_jobs(store, manifest)[0]
 
 
 def test_an_unanswering_cluster_fails_the_job_and_no_ray_state_crosses_jobs(db_url, tmp_path):

@@ -11,23 +11,12 @@ from pathlib import Path
 
 import httpx
 
-from service_processes import free_port, printed_key, service_env, start_server, stop
+from service_processes import free_port, live_processes, printed_key, service_env, start_server, stop
 
 
 def _workers_of(parent: int) -> list[int]:
     """Worker processes whose parent is ``parent`` (not zombies)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and stat[0] != "Z" and b"worker" in cmdline:
-            found.append(int(d.name))
-    return found
+    return [pid for pid, stat, cmdline in live_processes() if int(stat[1]) == parent and b"worker" in cmdline]
 
 
 def _state(pid: int) -> str | None:

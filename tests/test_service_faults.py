@@ -10,11 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from affinity.manifest import parse_manifest
-from api.db import make_engine, upgrade
 from api.store import JobStore
 from api.tables import Job
-from service_processes import free_port, service_env, start_server, start_worker, stop
+from service_processes import free_port, job_store as _store, queue_jobs as _queue, service_env, start_server
+from service_processes import start_worker, stop, wait_for as _wait
 
 SLOW_JOB = {  # long enough (several seconds of base training) to be killed in the middle
     "dataset": {"source": "planted", "params": {"tasks": 6, "groups": 2, "rows_per_task": 150, "features": 8}},
@@ -25,34 +24,9 @@ SLOW_JOB = {  # long enough (several seconds of base training) to be killed in t
 }
 
 
-def _store(db_url: str) -> JobStore:
-    engine = make_engine(db_url)
-    upgrade(engine)
-    return JobStore(engine)
-
-
-def _queue(store: JobStore, manifest: dict, n: int = 1) -> list[str]:
-    body = parse_manifest(manifest).model_dump(mode="json")
-    ids = []
-    for _ in range(n):
-        job, _ = store.create_job("alice", body)
-        ids.append(job.id)
-        time.sleep(0.002)  # distinct created_at → a defined queue order
-    return ids
-
-
 def _job(store: JobStore, job_id: str) -> Job:
     with store.sessions() as s:
         return s.get(Job, job_id)
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_kill_9_of_the_worker_mid_job_then_a_new_worker_finishes_it_with_the_same_result(db_url, tmp_path):

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from affinity.manifest import parse_manifest
-from api.db import make_engine, upgrade
-from api.store import JobStore
-from service_processes import service_env, start_worker, stop
+from service_processes import job_store as _store, queue_jobs, service_env, start_worker, stop
+from service_processes import wait_for as _wait
+
+
+def _queue(store, manifest: dict) -> str:
+    return queue_jobs(store, manifest)[0]
 
 TINY = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "rows_per_task": 60, "features": 6}},
         "model": {"hidden": [8]}, "training": {"epochs": 3},
@@ -26,27 +28,6 @@ HOG = {"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2, "row
 @pytest.fixture
 def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-def _store(db_url: str) -> JobStore:
-    engine = make_engine(db_url)
-    upgrade(engine)
-    return JobStore(engine)
-
-
-def _queue(store: JobStore, manifest: dict) -> str:
-    job, _ = store.create_job("alice", parse_manifest(manifest).model_dump(mode="json"))
-    time.sleep(0.002)
-    return job.id
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_job_past_the_memory_limit_fails_cleanly_and_the_worker_goes_on(db_url, tmp_path):
