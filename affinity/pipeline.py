@@ -132,7 +132,6 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
     """Stage 3: candidate groupings of the affinity, each checked as the user would train it (affinity.advice)."""
     from affinity.advice import advise
 
-    check_grouping_k(manifest.grouping, prep.data.n_tasks)
     return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
                   progress, prep.backend)
 
