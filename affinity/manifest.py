@@ -87,13 +87,16 @@ class DatasetSpec(_Section):
             "selected on; `evaluate` and `validate` score on them (they use 0.2 when this is 0)."
         ),
     )
-    split: Literal["task", "row"] = Field(
-        "task",
+    split: Literal["auto", "task", "row"] = Field(
+        "auto",
         description=(
-            "task: each task's labelled rows split on their own (stratified for binary tasks), so a row "
-            "can be a training example of one task and a validation example of another; row: each row "
-            "is a training or a validation row for all of its tasks (no input seen in training is scored "
-            "in validation; not stratified)."
+            "auto: 'row' when some row is labelled for several tasks, else 'task'. task: each task's "
+            "labelled rows split on their own (stratified for binary tasks), so a row can be a training "
+            "example of one task and a validation example of another — with multi-label rows the shared "
+            "layers then see the inputs they are scored on, through correlated labels, and validation "
+            "flatters models of many tasks; row: each row is a training or a validation row for all of its "
+            "tasks (no input seen in training is scored in validation; every task keeps at least one "
+            "training and one validation row)."
         ),
     )
     min_rows_per_task: int = Field(

@@ -137,9 +137,9 @@ def test_unknown_source():
 
 def test_split_is_seeded_stratified_and_disjoint(tmp_path, rng):
     table = read_table(spec(write(tmp_path, make_frame(rng, n=200))))
-    a = split_table(table, 0.3, seed=1)
-    b = split_table(table, 0.3, seed=1)
-    c = split_table(table, 0.3, seed=2)
+    a = split_table(table, 0.3, seed=1, by="task")
+    b = split_table(table, 0.3, seed=1, by="task")
+    c = split_table(table, 0.3, seed=2, by="task")
     assert (a.train == b.train).all() and (a.train != c.train).any()
     labelled = ~np.isnan(table.Y)
     assert not (a.train & a.val).any()
@@ -197,15 +197,24 @@ def test_row_split_holds_out_whole_rows(tmp_path, rng):
     held = a.val.any(axis=1).sum() / labelled.any(axis=1).sum()
     assert abs(held - 0.3) < 0.01
     assert (a.val.sum(axis=0) > 0).all() and (a.train.sum(axis=0) > 0).all()
-    # The per-task split does put rows on both sides when rows carry several labels.
-    b = split_table(table, 0.3, seed=1)
+    # The per-task split does put rows on both sides when rows carry several labels; auto does not.
+    b = split_table(table, 0.3, seed=1, by="task")
     assert (b.train.any(axis=1) & b.val.any(axis=1)).any()
+    assert (split_table(table, 0.3, seed=1).train == a.train).all()
 
 
-def test_row_split_refuses_a_task_left_without_validation_rows(tmp_path, rng):
+def test_row_split_gives_every_task_a_validation_row(tmp_path, rng):
+    """A task the random share of rows leaves without validation rows gets one of its rows moved."""
     frame = make_frame(rng, n=200)
     frame.loc[frame.index[12:], "a"] = np.nan  # task a labelled on 12 rows only
     table = read_table(spec(write(tmp_path, frame)))
-    with pytest.raises(DataError, match=r"dataset.split: 'row' leaves task '\w+' with \d+ training and 0 "
-                                        r"validation rows \(of \d+ labelled\); use split: 'task'"):
-        split_table(table, 0.01, seed=0, by="row")
+    s = split_table(table, 0.01, seed=0, by="row")
+    assert (s.val.sum(axis=0) >= 1).all() and (s.train.sum(axis=0) >= 1).all()
+    assert not (s.train.any(axis=1) & s.val.any(axis=1)).any()
+    assert ((s.train | s.val) == ~np.isnan(table.Y)).all()
+
+
+def test_auto_split_is_per_task_when_every_row_labels_one_task():
+    planted = load_dataset(DatasetSpec(source="planted", params={"tasks": 8, "groups": 2, "rows_per_task": 30}))
+    table = read_table(DatasetSpec(source="planted", params={"tasks": 8, "groups": 2, "rows_per_task": 30}))
+    assert (planted.val == split_table(table, 0.3, seed=0, by="task").val).all()
