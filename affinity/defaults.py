@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from affinity.data.planted import DEFAULTS as PLANTED_DEFAULTS
+from affinity.data.sentences import DEFAULTS as TEXT_DEFAULTS
 from affinity.manifest import Manifest, parse_manifest
 
 # The planted job uses the generic default model and training; digits a narrower second layer.
@@ -18,6 +19,17 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
         "model": {"hidden": [64, 16]},
         "estimation": {"subset_size": 5, "num_subsets": 400},
         "grouping": {"k": "auto"},
+    },
+    # Template sentences (affinity/data/sentences.py) on the packaged MiniLM with LoRA: a few minutes on
+    # 2 CPU cores. Grad-TAG (linearized fine-tuning of the adapters), and k chosen on the affinity itself:
+    # training a transformer per candidate grouping would multiply the time.
+    "text": {
+        "dataset": {"source": "text", "params": dict(TEXT_DEFAULTS)},
+        "model": {"kind": "transformer", "max_length": 32},
+        "training": {"epochs": 20, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.0, "patience": 3},
+        "estimation": {"method": "grad_tag", "params": "encoder", "subset_size": 4, "num_subsets": 100,
+                       "chunk_rows": 64},
+        "grouping": {"k": "auto", "selection": "affinity"},
     },
 }
 

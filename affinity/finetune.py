@@ -4,7 +4,7 @@ Each subset gets its own copy of θ*, trained exactly as ``training.train_model(
 the same minibatches of S's training rows (the same seeded permutation per epoch), the same
 per-task masked loss averaged over tasks, Adam with the same settings, and early stopping on
 the mean validation loss of S's tasks, keeping the best state. The copies are stacked
-(``torch.func.stack_module_state``) and stepped together with ``vmap``; a copy that has run out of
+(the trainable parameters, one copy per subset) and stepped together with ``vmap``; a copy that has run out of
 rows for the epoch, or has stopped, is masked out of the update.
 """
 
@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import functional_call, grad, vmap
 
 from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.losses import masked_task_means, pointwise_loss
@@ -122,8 +122,9 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
     for b, s in enumerate(subsets):
         sel[b, list(s)] = True
     model.train()
-    params, _ = stack_module_state([model] * n_copies)
-    params = {k: v.detach().clone() for k, v in params.items()}
+    # One copy per subset of the trainable parameters (frozen ones stay the module's own, shared by all copies).
+    params = {k: v.detach().unsqueeze(0).repeat(n_copies, *([1] * v.dim()))
+              for k, v in model.named_parameters() if v.requires_grad}
     state = {"step": torch.zeros(n_copies, device=device),
              "m": {k: torch.zeros_like(v) for k, v in params.items()},
              "v": {k: torch.zeros_like(v) for k, v in params.items()}}

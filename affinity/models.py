@@ -11,7 +11,14 @@ The interface the rest of the engine relies on (any ``nn.Module`` that has it wo
 - optionally ``task_parameters() -> list[str]``: the task-specific parameters, axis 0 indexing the
   task (default: the last layer); the multitask optimizers aggregate the others (shared);
 - optionally ``task_norm_layers()``: each shared layer with its per-task normalization
-  (needed by ``training.mtl_method = connection_strength``).
+  (needed by ``training.mtl_method = connection_strength``);
+- optionally ``compact_inputs(x)``: a batch of inputs in the shortest form the model gives the
+  same outputs for (a transformer cuts token ids to the batch's longest text); the per-sample
+  gradients call it once per chunk, before ``torch.func.vmap`` fixes the shapes;
+- optionally ``max_batch_rows``: rows per batch of no-grad evaluation (default 8192).
+
+Parameters with ``requires_grad`` False are frozen: not trained, not differentiated, not projected.
+Which kind of model a manifest builds is affinity/kinds.py's business (``model.kind``).
 """
 
 from __future__ import annotations

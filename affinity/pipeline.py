@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from affinity.compute import Backend, make_backend
-from affinity.data import SplitTable, load_dataset
+from affinity.data import SplitTable
 from affinity.devices import resolve_device
 from affinity.estimators import ESTIMATORS, AffinityEstimate, EstimationContext
 from affinity.estimators import grad_tag
 from affinity.estimators.tag_lookahead import LookaheadRecorder
 from affinity.gradients import GradientFeatures
 from affinity.manifest import EstimationSpec, GroupingSpec, Manifest
-from affinity.models import build_model
+from affinity.kinds import load_data, make_model
 from affinity.optim.priority import priority_record
 from affinity.progress import Progress
 from affinity.subsets import check_coverage, pair_counts, sample_subsets
@@ -55,7 +55,7 @@ class JobResult:
 def train_base(data: SplitTable, manifest: Manifest, tensors: TensorData, progress: Progress | None = None,
                on_batch=None) -> tuple[nn.Module, TrainResult]:
     """Stage 1: the base model θ* on all tasks."""
-    model = build_model(manifest.model, data.X.shape[1], data.n_tasks, manifest.training.seed).to(tensors.X.device)
+    model = make_model(manifest.model, data, manifest.training.seed).to(tensors.X.device)
     keep = manifest.estimation.method == "grad_tag" and manifest.estimation.checkpoint < 1.0
     return model, train_model(model, tensors, manifest.training, progress=progress, on_batch=on_batch,
                               keep_checkpoints=keep)
@@ -110,7 +110,7 @@ def prepare(manifest: Manifest, progress: Progress, record_lookahead: bool = Fal
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     progress.start("loading data", 1)
-    data = load_dataset(manifest.dataset)
+    data = load_data(manifest)
     check_grouping_k(manifest.grouping, data.n_tasks)
     subsets = sampled_subsets(data.n_tasks, manifest.estimation, data.task_names)
     tensors = TensorData.from_split(data, device)

@@ -6,30 +6,45 @@ from affinity.data.digits import make_digits
 from affinity.data.files import read_table_file
 from affinity.data.planted import make_planted
 from affinity.data.real import make_yeast
+from affinity.data.sentences import make_sentences
 from affinity.data.synthetic import make_synthetic
 from affinity.data.split import split_table
 from affinity.data.table import DataError, SplitTable, TaskTable, check_table
 from affinity.manifest import DatasetSpec
 
-BUILTINS = {"planted": make_planted, "digits": make_digits, "synthetic": make_synthetic, "yeast": make_yeast}
+# Every built-in dataset by name; `text` is of kind text (its rows are sentences, affinity/data/text.py).
+BUILTINS = {"planted": make_planted, "digits": make_digits, "synthetic": make_synthetic, "yeast": make_yeast,
+            "text": make_sentences}
 
 
 def read_table(spec: DatasetSpec) -> TaskTable:
-    """The raw table named by a manifest's dataset section, checked."""
+    """The raw table named by a manifest's dataset section (kind table), checked."""
     if spec.source in BUILTINS:
         table = BUILTINS[spec.source](spec.params)
     else:
         if spec.params:
             raise DataError("dataset.params applies to built-in datasets only; remove it for a file source")
         table = read_table_file(spec)
+    if table.texts is not None:
+        raise DataError(f"dataset.source {spec.source!r} holds texts; set dataset.kind to 'text' (or leave it out)")
     check_table(table, spec.min_rows_per_task)
     return table
 
 
+def read_any(spec: DatasetSpec) -> TaskTable:
+    """The raw dataset of a manifest, read by its data kind (affinity.kinds)."""
+    from affinity.kinds import data_kind
+
+    return data_kind(spec.kind).read(spec)
+
+
 def load_dataset(spec: DatasetSpec) -> SplitTable:
-    """Read, check, split and standardize the dataset of a manifest."""
-    return split_table(read_table(spec), spec.val_fraction, spec.seed, spec.standardize, spec.split,
-                       spec.test_fraction)
+    """Read (by the data kind), check, split and standardize the dataset of a manifest."""
+    table = read_any(spec)
+    split = split_table(table, spec.val_fraction, spec.seed, spec.standardize and table.texts is None, spec.split,
+                        spec.test_fraction)
+    split.texts = table.texts
+    return split
 
 
 __all__ = ["BUILTINS", "DataError", "SplitTable", "TaskTable", "load_dataset", "read_table"]

@@ -47,6 +47,51 @@ def read_table_file(spec: DatasetSpec) -> TaskTable:
     return _from_frame(frame, spec, path.name)
 
 
+def read_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
+    """A CSV or Parquet file as a frame with string column names (NPZ refused: it has no columns)."""
+    path = Path(spec.source)
+    if not path.is_file():
+        raise DataError(
+            f"dataset.source {spec.source!r} is neither a built-in dataset nor an existing file; give a built-in "
+            "name or the path to a .csv or .parquet file"
+        )
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        raise DataError(f"dataset.source {path.name} is NPZ, which has no text columns; give a .csv or .parquet file")
+    try:
+        frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return frame, path.name
+
+
+def task_labels(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """The label columns named by dataset.tasks as a float array (NaN = not labelled), with names and types."""
+    columns = list(frame.columns)
+    if spec.tasks is None:
+        raise DataError(
+            f"dataset.tasks is required for a table ({name}); list the label columns, e.g. "
+            '"tasks": ["label_a", {"name": "price", "type": "regression"}]'
+        )
+    task_names = [t.name for t in spec.tasks]
+    task_types = [t.type for t in spec.tasks]
+    missing = [c for c in task_names if c not in columns]
+    if missing:
+        raise DataError(f"task columns {missing} are not in {name}; its columns are {columns[:20]}")
+    for c in task_names:
+        if not pd.api.types.is_numeric_dtype(frame[c]):
+            coerced = pd.to_numeric(frame[c], errors="coerce")
+            bad = frame[c].notna() & coerced.isna()
+            if bad.any():
+                raise DataError(
+                    f"task column {c!r} holds non-numeric labels (e.g. {str(frame[c][bad].iloc[0])!r}); use 0/1 "
+                    "for binary tasks, numbers for regression, and an empty cell for 'not labelled'"
+                )
+            frame[c] = coerced
+    return frame[task_names].to_numpy(dtype=np.float64), task_names, task_types
+
+
 def _from_frame(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> TaskTable:
     columns = [str(c) for c in frame.columns]
     frame.columns = columns

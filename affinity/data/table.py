@@ -25,6 +25,7 @@ class TaskTable:
     feature_names: list[str]
     truth_groups: list[list[str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    texts: list[tuple[str, ...]] | None = None  # kind text: each row's text (or pair of texts); X is then empty
 
     @property
     def n_tasks(self) -> int:
@@ -51,6 +52,7 @@ class SplitTable:
     truth_groups: list[list[str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     test: np.ndarray | None = None  # (rows × tasks) held-out test pairs, never trained or selected on
+    texts: list[tuple[str, ...]] | None = None  # kind text: each row's text(s); the model kind encodes them into X
 
     def __post_init__(self) -> None:
         if self.test is None:
@@ -99,6 +101,12 @@ def check_table(table: TaskTable, min_rows_per_task: int) -> None:
     overlap = sorted(set(table.task_names) & set(table.feature_names))
     if overlap:
         raise DataError(f"columns {overlap} are both features and tasks; a label column cannot be a feature")
+    check_labels(table, min_rows_per_task)
+
+
+def check_labels(table: TaskTable, min_rows_per_task: int) -> None:
+    """Refuse tasks that are missing, too small to split, or whose labels do not fit their type."""
+    Y = table.Y
     if len(table.task_names) == 0:
         raise DataError("the dataset has no tasks; list the label columns in dataset.tasks")
     for t, (name, kind) in enumerate(zip(table.task_names, table.task_types)):

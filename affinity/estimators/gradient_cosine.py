@@ -14,10 +14,10 @@ from affinity.losses import masked_task_means, pointwise_loss
 
 
 def task_gradients(ctx: EstimationContext) -> torch.Tensor:
-    """(tasks, p): gradient of each task's mean training loss at θ*, over all parameters."""
+    """(tasks, p): gradient of each task's mean training loss at θ*, over all trainable parameters."""
     model, data = ctx.model, ctx.tensors
     model.eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}  # frozen ones stay fixed
     n_tasks = data.Y.shape[1]
     rows = torch.nonzero(data.train.any(dim=1)).squeeze(1)
 

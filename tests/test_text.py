@@ -1,0 +1,187 @@
+"""Text tasks on the packaged MiniLM with LoRA: gradients, frozen parameters, offline loading, errors, jobs.
+
+The MiniLM forward is the cost: few rows, short texts, one or two epochs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from affinity.cli import app
+from affinity.data.table import DataError
+from affinity.gradients import per_sample_gradients, select_parameters, vmap_per_sample_gradients
+from affinity.kinds import load_data, make_model
+from affinity.manifest import ManifestError, parse_manifest
+from affinity.models import task_outputs
+from affinity.training import TensorData, train_model
+
+runner = CliRunner()
+
+TINY = {
+    "dataset": {"source": "text", "params": {"groups": 2, "per_group": 2, "unrelated": 1, "rows_per_task": 12}},
+    "model": {"max_length": 16, "lora_rank": 4},
+    "training": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "patience": 2},
+    "estimation": {"method": "grad_tag", "params": "encoder", "num_subsets": 6, "subset_size": 3,
+                   "projection_dim": 16, "chunk_rows": 32},
+    "grouping": {"selection": "affinity", "k": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = parse_manifest(TINY)
+    data = load_data(m)
+    model = make_model(m.model, data, 0)
+    with torch.no_grad():  # LoRA's B starts at zero (A's gradients would vanish): move it off zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    model.eval()
+    return m, data, model
+
+
+def test_defaults_pick_text_and_transformer():
+    m = parse_manifest({"dataset": "text"})
+    assert (m.dataset.kind, m.model.kind, m.model.pretrained) == ("text", "transformer", "all-MiniLM-L6-v2")
+
+
+def test_lora_per_sample_gradients_equal_autograd(tiny):
+    _, data, model = tiny
+    X = TensorData.from_split(data, torch.device("cpu")).X
+    x, tasks = X[:6], torch.arange(6) % data.n_tasks
+    names = select_parameters(model, "all")  # LoRA and heads
+    params = dict(model.named_parameters())
+    ref = []
+    for b in range(len(x)):
+        out = task_outputs(model, x[b:b + 1], tasks[b:b + 1]).sum()
+        ref.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, [params[n] for n in names])]))
+    ref = torch.stack(ref)
+    assert float(ref.abs().max()) > 0
+    for fn in (per_sample_gradients, vmap_per_sample_gradients):
+        got = torch.cat(fn(model, names, x, tasks), dim=1)
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), fn.__name__
+
+
+def test_frozen_parameters_get_no_gradient_and_are_not_projected(tiny):
+    m, data, model = tiny
+    params = dict(model.named_parameters())
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    assert frozen and all("lora_" not in n and not n.startswith("head_") for n in frozen)
+    for which in ("all", "encoder"):
+        names = select_parameters(model, which)
+        assert names and all("lora_" in n or n.startswith("head_") for n in names)
+    assert not any(n.startswith("head_") for n in select_parameters(model, "encoder"))
+    counts = model.trainable_counts()
+    assert counts["lora"] + counts["heads"] == sum(p.numel() for p in params.values() if p.requires_grad)
+    assert counts["lora"] < counts["total"] / 100
+    before = {n: params[n].detach().clone() for n in frozen}
+    trainable_before = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
+    fresh = make_model(m.model, data, 0)
+    fresh.load_state_dict(model.state_dict())
+    train_model(fresh, TensorData.from_split(data, torch.device("cpu")), m.training.model_copy(update={"epochs": 1}))
+    after = dict(fresh.named_parameters())
+    assert all(after[n].grad is None and torch.equal(after[n], before[n]) for n in frozen)
+    assert any(not torch.equal(after[n], v) for n, v in trainable_before.items())
+
+
+def test_packaged_minilm_loads_with_networking_disabled(tmp_path):
+    script = """
+import socket
+def refuse(*a, **k):
+    raise OSError("network disabled in this test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+from affinity.transformer import builtin_model_folder
+from transformers import AutoModel, AutoTokenizer
+folder = builtin_model_folder()
+tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+model = AutoModel.from_pretrained(folder, local_files_only=True)
+ids = tok(["three red dogs, happy"], return_tensors="pt")
+print(model.config.model_type, model(**ids).last_hidden_state.shape[-1])
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["bert", "384"]
+
+
+def _manifest(tmp_path, rows: str, **dataset):
+    (tmp_path / "t.csv").write_text(rows)
+    spec = {"dataset": {"kind": "text", "source": "t.csv", "text": "sentence", "tasks": ["a"], **dataset},
+            "model": {"max_length": 16}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _one_line_error(path, tmp_path, *fragments):
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+def test_empty_texts_are_refused(tmp_path):
+    rows = "sentence,a\n" + "".join(f"text {i},{i % 2}\n" for i in range(12)) + ",1\n"
+    _one_line_error(_manifest(tmp_path, rows), tmp_path, "dataset.text", "1 empty texts", "row 12")
+
+
+def test_missing_text_column_is_refused(tmp_path):
+    rows = "words,a\n" + "".join(f"text {i},{i % 2}\n" for i in range(12))
+    _one_line_error(_manifest(tmp_path, rows), tmp_path, "dataset.text 'sentence' is not a column of t.csv")
+
+
+def test_text_column_is_required(tmp_path):
+    with pytest.raises(ManifestError, match="dataset.text is required"):
+        parse_manifest({"dataset": {"kind": "text", "source": "t.csv", "tasks": ["a"]}})
+
+
+def test_missing_tokenizer_folder_is_refused(tmp_path):
+    rows = "sentence,a\n" + "".join(f"text {i},{i % 2}\n" for i in range(12))
+    path = _manifest(tmp_path, rows)
+    spec = json.loads(path.read_text())
+    spec["model"]["pretrained"] = "no_such_model"
+    path.write_text(json.dumps(spec))
+    _one_line_error(path, tmp_path, "model.pretrained", "no_such_model", "is not a folder")
+
+
+def test_fields_of_another_kind_are_refused():
+    with pytest.raises(ManifestError, match="model.lora_rank does not apply to model.kind 'mlp'"):
+        parse_manifest({"dataset": "planted", "model": {"lora_rank": 4}})
+    with pytest.raises(ManifestError, match="model.kind 'mlp' takes numeric tables"):
+        parse_manifest({"dataset": "text", "model": {"kind": "mlp"}})
+    with pytest.raises(ManifestError, match="dataset.features does not apply"):
+        parse_manifest({"dataset": {"source": "text", "features": ["x"]}})
+
+
+def test_user_csv_example_reads(tmp_path):
+    from affinity.manifest import load_manifest
+
+    m = load_manifest(os.path.join(os.path.dirname(__file__), "..", "examples", "my_texts.yaml"))
+    data = load_data(m)
+    assert data.n_tasks == len(m.dataset.tasks) and data.X.dtype == np.int64
+    assert data.X.shape[1] == 2 and data.task_types.count("regression") == 1
+
+
+def test_run_and_validate_a_tiny_text_job(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(TINY))
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    groups = json.loads((tmp_path / "run" / "groups.json").read_text())
+    assert groups
+    result = runner.invoke(app, ["validate", str(path), "-n", "2", "--out", str(tmp_path / "val")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "val" / "validation.json").read_text())
+    assert report["subsets"] == 2 and np.isfinite(report["median_rel_error"])
+    assert report["estimator"]["params"] == "encoder" and report["estimator"]["n_params"] > 0
