@@ -6,10 +6,10 @@ always among them when the manifest's k range allows. ``grouping.selection``:
 
 - ``outcome`` (default): every candidate grouping is trained as the user would train it — one
   model per group, from scratch (``affinity.group_models``) — on the training rows, and scored by
-  the summed validation loss of its tasks on validation rows its models were not stopped on
-  (two halves, cross-fitted: ``group_models.predicted_losses``): the **predicted summed loss**.
-  Stopping and scoring on the same rows would favour small groups (the best epoch of a noisy
-  curve looks better than it is).
+  the summed loss of its tasks on rows its models were neither trained nor stopped on
+  (cross-validation over the training and validation rows: ``group_check.check_groupings``):
+  the **predicted summed loss**. Stopping and scoring on the same rows would favour small groups
+  (the best epoch of a noisy curve looks better than it is).
   The chosen grouping is the one with the lowest predicted loss, unless it is predicted to gain
   less than ``grouping.min_gain`` over one model for all (then: train together); among
   candidates within ``grouping.tolerance`` of the best, the one with fewest groups. The
@@ -35,7 +35,7 @@ from affinity.affinities import pairwise_affinity
 from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
 from affinity.estimators.base import AffinityEstimate
-from affinity.group_models import predicted_losses
+from affinity.group_check import FoldScores, check_groupings
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
 from affinity.training import TensorData
@@ -138,7 +138,8 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
 
 
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
-            stable: dict[str, Any] | None, in_sample: float | None = None) -> tuple[str, str]:
+            stable: dict[str, Any] | None, in_sample: float | None = None,
+            fold_range: tuple[float, float] | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -148,6 +149,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
+    if gain is not None and fold_range is not None:
+        gain_text += f" (per fold {fold_range[0]:+.1%} to {fold_range[1]:+.1%})"
     if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} on the validation rows it was chosen on)"
@@ -173,23 +176,28 @@ def choose(totals: dict[int, float], predicted: dict[int, np.ndarray], spec: Gro
     return k
 
 
-def selection_gain(folds: dict[int, tuple[np.ndarray, np.ndarray]], groupings: dict[int, Any],
-                   spec: GroupingSpec) -> dict[str, Any]:
+def fold_gains(grouping: FoldScores, together: FoldScores) -> list[float]:
+    """The gain over one model for all on each fold's scoring rows (their spread: how sure the gain is)."""
+    n_folds = grouping.loss.shape[0]
+    return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in range(n_folds)]
+
+
+def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec) -> dict[str, Any]:
     """The gain over one model for all that choosing k this way buys, free of the winner's curse.
 
-    The lowest of several noisy predicted losses is optimistic. So k is chosen on one half of the
-    validation rows' scores alone and its gain read on the other half, both ways round; the
-    predicted gain is the mean of the two (the gain of the selection, as cross-validation
-    measures it)."""
+    The lowest of several noisy predicted losses is optimistic. So, for every fold, k is chosen on
+    the other folds' scores alone and its gain read on that fold (the gain of the selection, as
+    cross-validation measures it); the predicted gain is the mean over folds."""
+    n_folds = next(iter(scores.values())).loss.shape[0]
     out = []
-    for pick, read in ((0, 1), (1, 0)):
-        scores = {k: np.nan_to_num(v[pick]) for k, v in folds.items()}
-        totals = {k: float(v.sum()) for k, v in scores.items() if k in groupings}
-        k = choose(totals, scores, spec)
-        ref = float(np.nan_to_num(folds[1][read]).sum())
-        out.append({"k": k, "gain": (ref - float(np.nan_to_num(folds[k][read]).sum())) / ref})
+    for f in range(n_folds):
+        rest = [g for g in range(n_folds) if g != f]
+        per_task = {k: v.task_loss(rest) for k, v in scores.items()}
+        k = choose({kk: float(v.sum()) for kk, v in per_task.items() if kk in groupings}, per_task, spec)
+        ref = scores[1].total([f])
+        out.append({"k": k, "gain": (ref - scores[k].total([f])) / ref})
     return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
-            "description": "k chosen on one half of the validation rows, its gain read on the other, both ways"}
+            "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
 
 
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
@@ -209,22 +217,19 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     predicted: dict[int, np.ndarray] = {}
     honest: dict[str, Any] | None = None
     if spec.selection == "outcome":
-        folds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for i, (k, g) in enumerate(groupings.items(), 1):
-            predicted[k], *folds[k] = predicted_losses(
-                data, tensors, manifest, [list(m) for m in g.groups], progress, backend,
-                stage=f"checking groupings {i}/{len(groupings)}: k = {k}")
-        if 1 not in predicted:
-            predicted[1], *folds[1] = predicted_losses(data, tensors, manifest, [list(range(n))], progress, backend,
-                                                       stage="checking one model for all")
+        partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
+        partitions.setdefault(1, [list(range(n))])
+        scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
+        predicted = {k: s.task_loss() for k, s in scores.items()}
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
             candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
+                               "fold_gains": fold_gains(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
         k = choose({kk: float(v.sum()) for kk, v in predicted.items() if kk in groupings}, predicted, spec)
-        honest = selection_gain(folds, groupings, spec)
+        honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
     else:
         reference = float(np.sum(base_val_loss))
@@ -236,7 +241,11 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     reliability = split_half(estimate)
     stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
-    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample)
+    spread = None
+    if honest is not None:
+        per_fold = [f["gain"] for f in honest["folds"]]
+        spread = (min(per_fold), max(per_fold))
+    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread)
     record = {
         "selection": spec.selection,
         "recommendation": recommendation,

@@ -142,6 +142,8 @@ def evaluate(
     estimator: Annotated[Optional[list[str]], typer.Option(
         "--estimator", "-e", help="Estimator(s) whose advice to score (repeatable); default: the manifest's.")] = None,
     random_seeds: Annotated[int, typer.Option(min=0, help="Random partitions of the recommended sizes.")] = 20,
+    train_seeds: Annotated[int, typer.Option(
+        min=1, max=20, help="Trainings per grouping (seeds training.seed, +1, …); the test loss is their mean.")] = 1,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Score the advice on held-out test rows: the recommended groups against one model for all, one per task, random."""
@@ -154,7 +156,7 @@ def evaluate(
         if bad:
             raise ValueError(f"--estimator {bad[0]!r} is not an estimator; use one of {', '.join(ESTIMATOR_ORDER)}")
         with RichProgress() as progress:
-            report = run_evaluation(m, out, progress, random_seeds=random_seeds,
+            report = run_evaluation(m, out, progress, random_seeds=random_seeds, train_seeds=train_seeds,
                                     estimators=tuple(estimator) if estimator else None)
     table = Table(title=f"Grouping outcome: sum of per-task test losses ({report['test_fraction']:.0%} of rows held out)")
     table.add_column("grouping")

@@ -70,10 +70,11 @@ def _names_allowed(schema: dict[str, Any]) -> None:
 class DatasetSpec(_Section):
     """Where the rows come from and which columns are features (or texts) and tasks."""
 
-    kind: Literal["table", "text"] = Field(
-        "table",
+    kind: str = Field(
+        "table", min_length=1,
         description=(
-            "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model. "
+            "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model; or a "
+            "data kind an installed plug-in registers (entry-point group task_affinity.datasets). "
             "Default: text for the built-in text dataset, else table."
         ),
     )
@@ -143,8 +144,20 @@ class DatasetSpec(_Section):
             data = {**data, "kind": "text"}
         return data
 
+    @field_validator("kind")
+    @classmethod
+    def _known_data_kind(cls, kind: str) -> str:
+        from affinity.kinds import data_kind_names
+
+        known = data_kind_names()
+        if kind not in known:
+            raise ValueError(f"{kind!r} is not a data kind; use one of {known} (or install the plug-in that adds it)")
+        return kind
+
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "DatasetSpec":
+        if self.kind not in DATA_KINDS:  # a plug-in's kind reads the section as it needs
+            return self
         other = _TEXT_ONLY if self.kind == "table" else _TABLE_ONLY
         for name in other:
             if _set_off_default(self, name):
@@ -181,12 +194,16 @@ class DatasetSpec(_Section):
 class ModelSpec(_Section):
     """The base model: an MLP (tables) or a pretrained transformer with LoRA (text); one output head per task."""
 
-    kind: Literal["mlp", "transformer"] = Field(
-        "mlp",
+    kind: str = Field(
+        "mlp", min_length=1,
         description=(
             "mlp: shared MLP encoder (tables); transformer: a pretrained Hugging Face encoder with LoRA adapters, "
-            "everything else frozen (text). Default: transformer for text datasets, else mlp."
+            "everything else frozen (text); or a model kind an installed plug-in registers (entry-point group "
+            "task_affinity.models). Default: transformer for text datasets, else mlp."
         ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of a plug-in's model kind (the built-in kinds take none)."
     )
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64, 64], min_length=1, description="Widths of the shared layers."
@@ -218,8 +235,22 @@ class ModelSpec(_Section):
         ),
     )
 
+    @field_validator("kind")
+    @classmethod
+    def _known_model_kind(cls, kind: str) -> str:
+        from affinity.kinds import model_kind_names
+
+        known = model_kind_names()
+        if kind not in known:
+            raise ValueError(f"{kind!r} is not a model kind; use one of {known} (or install the plug-in that adds it)")
+        return kind
+
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "ModelSpec":
+        if self.kind not in MODEL_KINDS:  # a plug-in's kind reads the section as it needs
+            return self
+        if self.params:
+            raise ValueError(f"model.params applies to plug-in model kinds only; remove it for model.kind {self.kind!r}")
         other = _TRANSFORMER_ONLY if self.kind == "mlp" else _MLP_ONLY
         for name in other:
             if _set_off_default(self, name):
@@ -348,6 +379,13 @@ class GroupingSpec(_Section):
         0.005, ge=0.0, lt=1.0,
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",
     )
+    folds: int = Field(
+        5, ge=3, le=20,
+        description=(
+            "outcome: cross-validation folds of the check (whole rows): each grouping is trained on all folds but "
+            "two, early-stopped on one and scored on the other, for every fold."
+        ),
+    )
     seed: int = Field(0, ge=0)
 
     @field_validator("k", mode="before")
@@ -430,13 +468,13 @@ class Manifest(_Section):
 
     @model_validator(mode="after")
     def _model_takes_data(self) -> "Manifest":
-        if self.dataset.kind == "text" and self.model.kind == "mlp":
+        from affinity.kinds import model_kind
+
+        accepts = model_kind(self.model.kind).accepts
+        if self.dataset.kind not in accepts:
             raise ValueError(
-                "model.kind 'mlp' takes numeric tables, not texts; use model.kind 'transformer' for dataset.kind 'text'"
-            )
-        if self.dataset.kind == "table" and self.model.kind == "transformer":
-            raise ValueError(
-                "model.kind 'transformer' takes texts, not numeric tables; use dataset.kind 'text' or model.kind 'mlp'"
+                f"model.kind {self.model.kind!r} takes dataset.kind {' or '.join(repr(a) for a in accepts)}, not "
+                f"{self.dataset.kind!r}; change model.kind or dataset.kind"
             )
         return self
 
@@ -516,7 +554,8 @@ def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
     except ValidationError as err:
         raise ManifestError(format_validation_error(err)) from None
     src = manifest.dataset.source
-    if base_dir is not None and src not in BUILTIN_DATASETS and not Path(src).is_absolute():
+    if (base_dir is not None and manifest.dataset.kind in DATA_KINDS and src not in BUILTIN_DATASETS
+            and not Path(src).is_absolute()):
         manifest.dataset.source = str((base_dir / src).resolve())
     pre = manifest.model.pretrained
     if (base_dir is not None and manifest.model.kind == "transformer" and pre != BUILTIN_TRANSFORMER

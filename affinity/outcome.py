@@ -51,25 +51,35 @@ def random_groups(sizes: list[int], n: int, seed: int) -> list[list[int]]:
 
 
 def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progress: Progress,
-            stage: str, trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
-    """Test losses of one model per group. ``trained`` memoizes by partition: the same groups (a
-    recommendation that is one model for all, one per task or the planted grouping) are trained once."""
+            stage: str, trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] | None = None,
+            train_seeds: int = 1) -> dict[str, Any]:
+    """Test losses of one model per group, the mean over ``train_seeds`` trainings (initialization and
+    minibatch seeds training.seed, +1, …: one training's outcome varies by a few percent with its
+    seed). ``trained`` memoizes by partition: the same groups (a recommendation that is one model for
+    all, one per task or the planted grouping) are trained once."""
     key = frozenset(frozenset(g) for g in groups)
     if trained is not None and key in trained:
         val, test = trained[key]
     else:
-        val, test = train_groups(prep.data, prep.tensors, manifest, groups, progress, prep.backend, stage=stage)
+        runs = []
+        for s in range(train_seeds):
+            training = manifest.training.model_copy(update={"seed": manifest.training.seed + s})
+            runs.append(train_groups(prep.data, prep.tensors, manifest.model_copy(update={"training": training}),
+                                     groups, progress, prep.backend, stage=stage))
+        val, test = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)
         if trained is not None:
             trained[key] = (val, test)
     names = prep.data.task_names
     return {"groups": [[names[i] for i in g] for g in groups], "k": len(groups),
             "sum_val_loss": float(val.sum()), "sum_test_loss": float(test.sum()),
-            "per_task_test_loss": dict(zip(names, test.tolist()))}
+            "per_task_test_loss": dict(zip(names, test.tolist())), "train_seeds": train_seeds}
 
 
 def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress | None = None,
-             random_seeds: int = 20, estimators: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The held-out outcome of each estimator's recommendation and of the baselines (module docstring)."""
+             random_seeds: int = 20, estimators: tuple[str, ...] | None = None,
+             train_seeds: int = 1) -> dict[str, Any]:
+    """The held-out outcome of each estimator's recommendation and of the baselines (module docstring);
+    every grouping's test loss is the mean over ``train_seeds`` trainings."""
     progress = progress or Progress()
     manifest = held_out(manifest)
     estimators = estimators or (manifest.estimation.method,)
@@ -91,24 +101,25 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability")}
         rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}",
-                             trained)
+                             trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
-    rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained)
+    rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained,
+                                        train_seeds)
     rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
-                                         trained)
+                                         trained, train_seeds)
     if data.truth_groups:
         index = {t: i for i, t in enumerate(names)}
         rows["planted"] = _scored(prep, manifest, [[index[t] for t in g] for g in data.truth_groups], progress,
-                                  "planted groups", trained)
+                                  "planted groups", trained, train_seeds)
     first = estimators[0]
     sizes = sorted((len(g) for g in rows[first]["groups"]), reverse=True)
     randoms: list[float] = []
     if 1 < len(sizes) < n:
         for s in range(random_seeds):
             r = _scored(prep, manifest, random_groups(sizes, n, seed=manifest.grouping.seed + 1000 + s), progress,
-                        f"random partition {s + 1}/{random_seeds}")
+                        f"random partition {s + 1}/{random_seeds}", train_seeds=train_seeds)
             randoms.append(r["sum_test_loss"])
-    report = {"tasks": names, "test_fraction": manifest.dataset.test_fraction,
+    report = {"tasks": names, "test_fraction": manifest.dataset.test_fraction, "train_seeds": train_seeds,
               "groupings": rows, "advice": advice, "estimator_seconds": estimator_seconds,
               "random_test_losses": randoms, "truth": data.truth_groups,
               "summary": {name: outcome_summary(rows, name, randoms, advice.get(name)) for name in estimators},

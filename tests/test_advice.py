@@ -66,6 +66,8 @@ def test_verdict_texts():
     assert rec == "groups" and "stable" in text and "predicted gain over one model for all +12.0%" in text
     assert "(+9.0% on the validation rows it was chosen on)" in verdict(3, 8, -0.02, reliable, {"mean_ari": 0.9},
                                                                          in_sample=0.09)[1]
+    assert "+12.0% (per fold +3.0% to +20.0%)" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95},
+                                                          fold_range=(0.03, 0.2))[1]
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
     assert unstable.startswith("no reliable structure") and "not stable" in unstable and "+12.0%" in unstable
 
@@ -85,7 +87,7 @@ def test_pooling_groups_are_recovered():
     assert advice["recommendation"] == "groups" and advice["predicted_gain"] > 0.02
     assert f"{result.grouping.k} groups" in advice["verdict"]
     check = advice["selection_check"]  # the predicted gain is read on rows the choice was not made on
-    assert len(check["folds"]) == 2 and advice["predicted_gain"] == pytest.approx(
+    assert len(check["folds"]) == 5 and advice["predicted_gain"] == pytest.approx(
         np.mean([f["gain"] for f in check["folds"]]))
 
 

@@ -1,0 +1,124 @@
+"""The check of candidate groupings: each trained as the user would, scored by cross-validation.
+
+A user trains one model per group, from scratch, on the training rows and early-stops it on the
+validation rows. To predict what that buys without touching the held-out test rows, the rows that
+are training or validation rows of some task are cut into ``grouping.folds`` folds (whole rows, so
+a row's tasks stay together; spread evenly over each task's rows). For fold f, every group model
+is trained on the other folds but one, early-stopped on fold f + 1 and scored on fold f, which no
+part of its training saw. Stopping and scoring on the same rows would favour small groups (the
+best epoch of a noisy curve looks better than it is); scoring on every row once, rather than on a
+share of the validation rows, makes the prediction as precise as the data allows.
+
+A group that appears in several candidate groupings (one model for all, one per task and the SDP
+groups at neighbouring k share many) is trained once per fold: every fold's distinct groups are
+stacked into one ``finetune_subsets`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from affinity.compute.base import Backend
+from affinity.data.table import SplitTable
+from affinity.finetune import finetune_subsets
+from affinity.kinds import make_model
+from affinity.manifest import Manifest
+from affinity.progress import Progress
+from affinity.training import TensorData
+
+
+def cv_folds(tensors: TensorData, folds: int, seed: int) -> list[TensorData]:
+    """``folds`` views of the data: (train on the rest, stop on fold f + 1, score on fold f) for every f.
+
+    Rows are dealt to folds in turn, task by task (ordered by their first labelled task, at random
+    within it), so each task's rows spread evenly; held-out test rows are never in any fold."""
+    cells = tensors.train | tensors.val
+    labelled = cells.any(dim=1).cpu()
+    rows = torch.nonzero(labelled).squeeze(1)
+    gen = torch.Generator().manual_seed(seed)
+    shuffled = rows[torch.randperm(len(rows), generator=gen)]
+    first_task = cells.cpu().to(torch.int8).argmax(dim=1)[shuffled]
+    ordered = shuffled[torch.sort(first_task, stable=True).indices]
+    fold = torch.full((cells.shape[0],), -1, dtype=torch.long)
+    fold[ordered] = torch.arange(len(ordered)) % folds
+    fold = fold.to(cells.device)
+    out = []
+    for f in range(folds):
+        score = cells & (fold == f)[:, None]
+        stop = cells & (fold == (f + 1) % folds)[:, None]
+        out.append(TensorData(tensors.X, tensors.Y, cells & ~score & ~stop, stop, tensors.binary, score))
+    return out
+
+
+def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
+                      progress: Progress | None = None, backend: Backend | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Every group's model on every fold: per-task losses on the fold's scoring rows and their counts.
+
+    Returns ``(loss, rows)``, both ``(folds, len(groups), n_tasks)``: loss NaN where the task is not
+    in the group or has no scoring rows in the fold."""
+    spec = manifest.grouping
+    views = cv_folds(tensors, spec.folds, spec.seed)
+    n = data.n_tasks
+    loss = np.full((len(views), len(groups), n), np.nan)
+    rows = np.zeros((len(views), 1, n))
+    # Large groups first: shards of similar sizes, and the longest-running models start first.
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
+    for f, view in enumerate(views):
+        fresh = make_model(manifest.model, data, manifest.training.seed).to(tensors.X.device)
+        _, scored = finetune_subsets(fresh, view, [groups[g] for g in order], manifest.training,
+                                     manifest.estimation.exact_batch, progress, backend,
+                                     stage=f"checking groupings {f + 1}/{len(views)}: fold {f + 1}",
+                                     return_test=True)
+        for r, g in enumerate(order):
+            members = list(groups[g])
+            loss[f, g, members] = scored[r, :len(members)]
+        rows[f, 0] = view.test.sum(0).cpu().numpy()
+    loss = np.where(rows > 0, loss, np.nan)
+    return loss, np.broadcast_to(rows, loss.shape)
+
+
+def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
+                    groupings: dict[Any, list[list[int]]], progress: Progress | None = None,
+                    backend: Backend | None = None) -> dict[Any, "FoldScores"]:
+    """Cross-validated per-task losses of every candidate grouping (module docstring)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    for groups in groupings.values():
+        for g in groups:
+            distinct.setdefault(tuple(sorted(g)), len(distinct))
+    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend)
+    out = {}
+    for key, groups in groupings.items():
+        per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)
+        counts = np.zeros((loss.shape[0], data.n_tasks))
+        for g in groups:
+            members = list(g)
+            i = distinct[tuple(sorted(g))]
+            per_fold[:, members] = loss[:, i, members]
+            counts[:, members] = rows[:, i, members]
+        out[key] = FoldScores(per_fold, counts)
+    return out
+
+
+class FoldScores:
+    """One grouping's per-task losses on every fold's scoring rows (``loss``, ``rows``: folds × tasks)."""
+
+    def __init__(self, loss: np.ndarray, rows: np.ndarray) -> None:
+        self.loss, self.rows = loss, rows
+
+    def task_loss(self, folds: list[int] | None = None) -> np.ndarray:
+        """Each task's loss over the scoring rows of ``folds`` (all by default): the row-weighted mean."""
+        pick = slice(None) if folds is None else folds
+        w = self.rows[pick]
+        total = np.nansum(np.nan_to_num(self.loss[pick]) * w, axis=0)
+        return total / np.maximum(w.sum(axis=0), 1)
+
+    def total(self, folds: list[int] | None = None) -> float:
+        """The summed per-task loss over ``folds``' scoring rows."""
+        return float(self.task_loss(folds).sum())
+
+
+__all__ = ["FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]

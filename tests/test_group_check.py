@@ -1,0 +1,60 @@
+"""The cross-validated check of candidate groupings (affinity/group_check.py)."""
+
+import numpy as np
+import torch
+
+from affinity.data import load_dataset
+from affinity.group_check import check_groupings, cv_folds
+from affinity.group_models import train_groups
+from affinity.manifest import parse_manifest
+from affinity.training import TensorData
+
+
+def _data(test_fraction=0.2, **params):
+    m = parse_manifest({"dataset": {"source": "synthetic", "test_fraction": test_fraction,
+                                    "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
+                                               "rows_per_task": 60, "seed": 0, **params}},
+                        "training": {"epochs": 30, "patience": 5},
+                        "grouping": {"folds": 4}})
+    data = load_dataset(m.dataset)
+    return m, data, TensorData.from_split(data, "cpu")
+
+
+def test_folds_score_every_row_once_and_never_touch_test_rows():
+    _, data, t = _data()
+    folds = cv_folds(t, 4, seed=0)
+    cells = t.train | t.val
+    scored = torch.stack([f.test for f in folds]).sum(0)
+    assert (scored == cells.int()).all()  # every training/validation cell scored exactly once
+    for f in folds:
+        assert not ((f.train | f.val | f.test) & t.test).any()  # held-out test rows in no fold
+        assert not (f.train & f.val).any() and not (f.train & f.test).any() and not (f.val & f.test).any()
+        # whole rows: a row is on one side only, for all of its tasks
+        sides = torch.stack([f.train.any(1), f.val.any(1), f.test.any(1)]).int().sum(0)
+        assert (sides <= 1).all()
+    # each task's rows spread evenly over the folds
+    per_task = torch.stack([f.test.sum(0) for f in folds]).float()
+    assert (per_task.max(0).values - per_task.min(0).values <= 1).all()
+
+
+def test_shared_rows_stay_whole():
+    _, data, t = _data(mechanism="shared_rows")
+    for f in cv_folds(t, 4, seed=1):
+        assert not (f.train.any(1) & f.test.any(1)).any() and not (f.val.any(1) & f.test.any(1)).any()
+
+
+def test_each_distinct_group_is_trained_once_per_fold_and_scored_like_a_direct_training():
+    m, data, t = _data()
+    groupings = {1: [[0, 1, 2, 3, 4, 5]], 2: [[0, 2, 4], [1, 3, 5]], 3: [[0, 2, 4], [1], [3, 5]]}
+    scores = check_groupings(data, t, m, groupings)
+    assert set(scores) == {1, 2, 3}
+    assert scores[2].loss.shape == (4, 6)
+    # the group [0, 2, 4] is shared by k = 2 and k = 3: the same model, the same losses
+    np.testing.assert_array_equal(scores[2].loss[:, [0, 2, 4]], scores[3].loss[:, [0, 2, 4]])
+    # fold 0 of k = 2 equals training that grouping directly on fold 0's view
+    view = cv_folds(t, 4, m.grouping.seed)[0]
+    _, direct = train_groups(data, view, m, groupings[2])
+    np.testing.assert_allclose(scores[2].loss[0], direct, rtol=1e-5)
+    # the pooled task loss is the row-weighted mean over folds
+    w = scores[2].rows
+    np.testing.assert_allclose(scores[2].task_loss(), (scores[2].loss * w).sum(0) / w.sum(0))
