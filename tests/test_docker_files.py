@@ -161,7 +161,7 @@ def test_images_pin_pyprojects_torch_and_copy_the_packages():
         assert f"ARG TORCH_VERSION={version}" in dockerfile(name), f"{name} must install {torch_pin}"
         assert '"torch==${TORCH_VERSION}"' in dockerfile(name)
         # multi-stage from BASE_IMAGE (default the public Python image), a non-root user, a health check
-        assert instructions(name, "FROM") == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+        assert instructions(name, "FROM") == ["${BASE_IMAGE} AS build", "build AS package", "${BASE_IMAGE}"]
         assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile(name)
         assert instructions(name, "USER") == ["affinity"] and len(instructions(name, "HEALTHCHECK")) == 1
         copied = set()
