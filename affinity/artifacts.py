@@ -95,8 +95,10 @@ def write_artifacts(out: Path, result: "JobResult") -> dict[str, Path]:
     heatmap(est.matrix, names, result.grouping.groups, out / "heatmap.png",
             f"{est.method} affinity, {len(names)} tasks, k = {result.grouping.k}")
     buf = io.BytesIO()
+    # Frozen parameters (a pretrained encoder under LoRA) are left out: model.pretrained has them.
+    frozen = {k for k, p in result.model.named_parameters() if not p.requires_grad}
     torch.save({
-        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items() if k not in frozen},
         "model": manifest["model"], "task_names": names, "task_types": data.task_types,
         "feature_names": data.feature_names, "feature_mean": data.feature_mean, "feature_std": data.feature_std,
     }, buf)

@@ -9,12 +9,19 @@ tensor its module consumes (``inputs``: tables pass through, texts are tokenized
 the module (``build``), which has the interface documented in affinity/models.py.
 
 The stages call :func:`load_data` and :func:`make_model` and never look at a kind's name.
+
+**Plug-ins.** An installed package adds kinds through the entry-point groups
+``task_affinity.datasets`` (each entry a :class:`DataKind`) and ``task_affinity.models`` (each a
+:class:`ModelKind`), used by their entry-point name in a manifest (``dataset.kind``,
+``model.kind``; a plug-in model reads its settings from ``model.params``). Only installed
+packages are loaded, by name, when a manifest names them: a manifest never names code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib.metadata import entry_points
 
 from torch import nn
 
@@ -24,16 +31,27 @@ from affinity.manifest import DatasetSpec, Manifest, ModelSpec
 
 @dataclass(frozen=True)
 class DataKind:
+    """``read(dataset section) -> TaskTable``: inputs ``X`` (rows × features; or raw ``texts``) and labels ``Y``
+    (rows × tasks, NaN = not labelled), task names and types. The common checks and split follow."""
+
     name: str
     read: Callable[[DatasetSpec], TaskTable]
 
 
+def _same(data: SplitTable, spec: ModelSpec) -> SplitTable:
+    return data
+
+
 @dataclass(frozen=True)
 class ModelKind:
+    """``build(model section, data, seed) -> nn.Module`` with the interface of affinity/models.py, for the data
+    kinds in ``accepts``; ``inputs(data, model section)`` turns the data's raw inputs into the module's (default:
+    as they are)."""
+
     name: str
     accepts: tuple[str, ...]
-    inputs: Callable[[SplitTable, ModelSpec], SplitTable]
     build: Callable[[ModelSpec, SplitTable, int], nn.Module]
+    inputs: Callable[[SplitTable, ModelSpec], SplitTable] = _same
 
 
 def _read_table(spec: DatasetSpec) -> TaskTable:
@@ -71,21 +89,52 @@ DATA_KINDS: dict[str, DataKind] = {
     "text": DataKind("text", _read_text),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
-    "mlp": ModelKind("mlp", ("table",), lambda data, spec: data, _build_mlp),
-    "transformer": ModelKind("transformer", ("text",), _encode_texts, _build_transformer),
+    "mlp": ModelKind("mlp", ("table",), _build_mlp),
+    "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts),
 }
+DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
+
+
+def _plugin_names(group: str) -> list[str]:
+    return sorted({ep.name for ep in entry_points(group=group)})
+
+
+def _plugin(group: str, name: str, cls: type, field: str):
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        return None
+    try:
+        kind = found[0].load()
+    except Exception as exc:  # a broken plug-in package: say which, never a traceback
+        raise DataError(f"{field} {name!r}: the plug-in {found[0].value!r} failed to load ({exc}); fix or "
+                        "reinstall that package") from None
+    if not isinstance(kind, cls):
+        raise DataError(f"{field} {name!r}: the plug-in {found[0].value!r} is not an affinity.kinds.{cls.__name__}")
+    return replace(kind, name=name)
+
+
+def data_kind_names() -> list[str]:
+    """The built-in data kinds, then those of installed plug-ins."""
+    return [*DATA_KINDS, *(n for n in _plugin_names(DATA_GROUP) if n not in DATA_KINDS)]
+
+
+def model_kind_names() -> list[str]:
+    """The built-in model kinds, then those of installed plug-ins."""
+    return [*MODEL_KINDS, *(n for n in _plugin_names(MODEL_GROUP) if n not in MODEL_KINDS)]
 
 
 def data_kind(name: str) -> DataKind:
-    if name not in DATA_KINDS:
-        raise DataError(f"dataset.kind {name!r} is not known; use one of {sorted(DATA_KINDS)}")
-    return DATA_KINDS[name]
+    kind = DATA_KINDS.get(name) or _plugin(DATA_GROUP, name, DataKind, "dataset.kind")
+    if kind is None:
+        raise DataError(f"dataset.kind {name!r} is not known; use one of {data_kind_names()}")
+    return kind
 
 
 def model_kind(name: str) -> ModelKind:
-    if name not in MODEL_KINDS:
-        raise DataError(f"model.kind {name!r} is not known; use one of {sorted(MODEL_KINDS)}")
-    return MODEL_KINDS[name]
+    kind = MODEL_KINDS.get(name) or _plugin(MODEL_GROUP, name, ModelKind, "model.kind")
+    if kind is None:
+        raise DataError(f"model.kind {name!r} is not known; use one of {model_kind_names()}")
+    return kind
 
 
 def load_data(manifest: Manifest) -> SplitTable:

@@ -158,7 +158,7 @@ def test_missing_tokenizer_folder_is_refused(tmp_path):
 def test_fields_of_another_kind_are_refused():
     with pytest.raises(ManifestError, match="model.lora_rank does not apply to model.kind 'mlp'"):
         parse_manifest({"dataset": "planted", "model": {"lora_rank": 4}})
-    with pytest.raises(ManifestError, match="model.kind 'mlp' takes numeric tables"):
+    with pytest.raises(ManifestError, match="model.kind 'mlp' takes dataset.kind 'table', not 'text'"):
         parse_manifest({"dataset": "text", "model": {"kind": "mlp"}})
     with pytest.raises(ManifestError, match="dataset.features does not apply"):
         parse_manifest({"dataset": {"source": "text", "features": ["x"]}})
@@ -179,7 +179,10 @@ def test_run_and_validate_a_tiny_text_job(tmp_path):
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     groups = json.loads((tmp_path / "run" / "groups.json").read_text())
-    assert groups
+    assert sorted(t for g in groups["groups"] for t in g) == [f"task_{t:02d}" for t in range(5)]
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]  # adapters and heads only
+    assert any("lora_A" in k for k in state) and "head_weight" in state
+    assert not any(k.endswith("query.base_layer.weight") or "word_embeddings" in k for k in state)
     result = runner.invoke(app, ["validate", str(path), "-n", "2", "--out", str(tmp_path / "val")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "val" / "validation.json").read_text())

@@ -9,7 +9,7 @@ from affinity.data.real import make_yeast
 from affinity.data.sentences import make_sentences
 from affinity.data.synthetic import make_synthetic
 from affinity.data.split import split_table
-from affinity.data.table import DataError, SplitTable, TaskTable, check_table
+from affinity.data.table import DataError, SplitTable, TaskTable, check_labels, check_table
 from affinity.manifest import DatasetSpec
 
 # Every built-in dataset by name; `text` is of kind text (its rows are sentences, affinity/data/text.py).
@@ -41,6 +41,7 @@ def read_any(spec: DatasetSpec) -> TaskTable:
 def load_dataset(spec: DatasetSpec) -> SplitTable:
     """Read (by the data kind), check, split and standardize the dataset of a manifest."""
     table = read_any(spec)
+    check_labels(table, spec.min_rows_per_task)  # every kind's labels, a plug-in's too
     split = split_table(table, spec.val_fraction, spec.seed, spec.standardize and table.texts is None, spec.split,
                         spec.test_fraction)
     split.texts = table.texts
