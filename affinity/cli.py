@@ -122,7 +122,8 @@ def validate(
         with RichProgress() as progress:
             report = run_validation(m, subsets, out, progress)
     table = Table(title="Grad-TAG vs exact fine-tuning (held-out subsets)", show_header=False)
-    for key in ("subsets", "median_rel_error", "mean_rel_error", "spearman", "pair_spearman",
+    for key in ("subsets", "median_rel_error", "mean_rel_error", "unchanged_median_rel_error", "spearman",
+                "pair_spearman",
                 "gradtag_seconds", "exact_seconds", "time_ratio"):
         v = report[key]
         table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))

@@ -127,6 +127,11 @@ def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, pr
     est_l, true_l = gt.table.val_loss, ex.table.val_loss
     ok = np.isfinite(est_l) & np.isfinite(true_l)
     rel = np.abs(est_l[ok] - true_l[ok]) / np.abs(true_l[ok])
+    # The estimate "fine-tuning changes nothing" (θ*'s own loss): how far fine-tuning moves the losses at all.
+    unchanged = np.full_like(est_l, np.nan)
+    for i, s in enumerate(held):
+        unchanged[i, :len(s)] = gt.base_val_loss[list(s)]
+    rel_unchanged = np.abs(unchanged[ok] - true_l[ok]) / np.abs(true_l[ok])
     iu = np.triu_indices(prep.data.n_tasks, 1)
     covered = (gt.counts[iu] > 0) & (ex.counts[iu] > 0)
     pair_rho = spearmanr(gt.matrix[iu][covered], ex.matrix[iu][covered]).statistic if covered.sum() > 2 else None
@@ -136,6 +141,7 @@ def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, pr
         "test_fraction": manifest.dataset.test_fraction,
         "median_rel_error": float(np.median(rel)),
         "mean_rel_error": float(np.mean(rel)),
+        "unchanged_median_rel_error": float(np.median(rel_unchanged)),
         "spearman": float(spearmanr(est_l[ok], true_l[ok]).statistic),
         "pair_spearman": None if pair_rho is None else float(pair_rho),
         "gradtag_seconds": gradtag_seconds,
