@@ -89,7 +89,10 @@ def checkpoint_epochs(epochs: int) -> set[int]:
 
 @torch.no_grad()
 def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batch: int = 8192) -> torch.Tensor:
-    """Per-task mean loss over the rows of ``mask`` (rows × tasks), model in eval mode."""
+    """Per-task mean loss over the rows of ``mask`` (rows × tasks), model in eval mode.
+
+    Rows go in batches of ``batch``, or of the model's ``max_batch_rows`` when it has one."""
+    batch = min(batch, getattr(model, "max_batch_rows", batch))
     was_training = model.training
     model.eval()
     sums = torch.zeros(mask.shape[1], dtype=torch.float64, device=data.X.device)

@@ -188,3 +188,22 @@ def test_run_and_validate_a_tiny_text_job(tmp_path):
     report = json.loads((tmp_path / "val" / "validation.json").read_text())
     assert report["subsets"] == 2 and np.isfinite(report["median_rel_error"])
     assert report["estimator"]["params"] == "encoder" and report["estimator"]["n_params"] > 0
+
+
+def test_max_batch_rows_bounds_evaluation_batches_without_changing_losses():
+    from affinity.data import load_dataset
+    from affinity.manifest import ModelSpec
+    from affinity.models import build_model
+    from affinity.training import evaluate_losses
+
+    data = load_dataset(parse_manifest({"dataset": {"source": "planted", "params": {"tasks": 4, "groups": 2,
+                                                                                    "rows_per_task": 20}}}).dataset)
+    tensors = TensorData.from_split(data, torch.device("cpu"))
+    model = build_model(ModelSpec(hidden=[8]), data.X.shape[1], data.n_tasks, 0)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    whole = evaluate_losses(model, tensors, tensors.val)
+    model.max_batch_rows = 7
+    calls.clear()
+    batched = evaluate_losses(model, tensors, tensors.val)
+    assert max(calls) == 7 and torch.allclose(whole, batched)
