@@ -252,7 +252,8 @@ def test_compose_stack_worker_killed_api_restarted(built, tmp_path):
             return items[0] if items and items[0]["status"] == "running" and items[0]["progress"] > 0 else None
 
         wait_for(lambda: running_job() is not None, 600, "the job to run")
-        job_id, progress = running_job()["id"], running_job()["progress"]
+        job = running_job()
+        job_id, progress = job["id"], job["progress"]
         host = stack.sql(f"SELECT worker_id FROM jobs WHERE id = '{job_id}'").rsplit("-", 1)[0]
         victim = next(c for c in workers if c.startswith(host))
         assert f"runs {job_id} (attempt 1)" in worker_log(victim)
