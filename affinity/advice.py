@@ -225,6 +225,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         for k, g in groupings.items():
             total = float(predicted[k].sum())
             candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),
+                               "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
@@ -235,6 +236,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         reference = float(np.sum(base_val_loss))
         k = criterion_k if criterion_k is not None else next(iter(groupings))
         candidates = [{"k": kk, "sizes": sorted((len(m) for m in g.groups), reverse=True),
+                       "groups": [[data.task_names[i] for i in m] for m in g.groups],
                        "from_criterion": kk == criterion_k} for kk, g in groupings.items()]
         gain = None
     grouping = groupings[k]

@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
                     help="override a manifest setting, e.g. estimation.l2=1.0 grouping.min_gain=0.02")
     ap.add_argument("--random", type=int, default=20, help="random partitions per (dataset, seed)")
+    ap.add_argument("--train-seeds", type=int, default=3,
+                    help="trainings per grouping (training seeds); a grouping's test loss is their mean")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
     ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
@@ -121,7 +123,8 @@ def main() -> None:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 m = manifest_for(name, seed, overrides)
-                report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random)
+                report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random,
+                                  train_seeds=args.train_seeds)
                 s = report["summary"][m.estimation.method]
                 rows.append({"dataset": name, "seed": seed, **s, "seconds": time.perf_counter() - t0})
                 print(line(rows[-1]), flush=True)
