@@ -291,9 +291,14 @@ def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
         parts["task gradients"] = epochs * R * 6 * P * T / (est.lookahead_every if est.method == "tag_lookahead"
                                                            else epochs) / FLOPS
         fields["task gradients"] = ("training.epochs", "model.hidden") + shape.fields
-    if grouping.selection == "outcome":  # each candidate grouping's models, twice (cross-fitted halves)
-        parts["group models"] = training_seconds(R, 2 * (grouping.candidates + 2))
-        fields["group models"] = ("grouping.candidates", "training.epochs", "training.patience") + shape.fields
+    if grouping.selection == "outcome":
+        # the check trains every distinct group of the candidates once per fold, on all folds but two; one
+        # model for all and one per task are always distinct (a lower bound: the other candidates' groups
+        # may repeat theirs)
+        k = grouping.folds
+        parts["group models"] = training_seconds(R * (k - 2) / k, 2 * k)
+        fields["group models"] = ("grouping.folds", "grouping.candidates", "training.epochs",
+                                  "training.patience") + shape.fields
     return TimeEstimate(sum(parts.values()), parts, fields)
 
 
@@ -314,6 +319,7 @@ TIME_FIXES = {
     "training.patience": "stop earlier: fewer epochs without a better validation loss",
     "estimation.num_subsets": "sample fewer subsets",
     "grouping.candidates": "try fewer candidate groupings, or grouping.selection 'affinity'",
+    "grouping.folds": "check the candidate groupings on fewer folds (at least 3)",
 }
 
 
