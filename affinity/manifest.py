@@ -251,13 +251,19 @@ class ModelSpec(_Section):
             return self
         if self.params:
             raise ValueError(f"model.params applies to plug-in model kinds only; remove it for model.kind {self.kind!r}")
-        other = _TRANSFORMER_ONLY if self.kind == "mlp" else _MLP_ONLY
-        for name in other:
-            if _set_off_default(self, name):
-                raise ValueError(
-                    f"model.{name} does not apply to model.kind {self.kind!r}; remove it or change model.kind"
-                )
         return self
+
+    @field_validator(*_MLP_ONLY, *_TRANSFORMER_ONLY)
+    @classmethod
+    def _of_this_kind(cls, value: Any, info: Any) -> Any:
+        # A field of the other built-in kind, set to anything but its default, is refused under its own name.
+        kind = info.data.get("kind")
+        if kind not in MODEL_KINDS:
+            return value
+        other = _TRANSFORMER_ONLY if kind == "mlp" else _MLP_ONLY
+        if info.field_name in other and value != cls.model_fields[info.field_name].get_default(call_default_factory=True):
+            raise ValueError(f"does not apply to model.kind {kind!r}; remove it or change model.kind")
+        return value
 
 
 class ConnectionStrengthSpec(_Section):
