@@ -156,7 +156,7 @@ def test_missing_tokenizer_folder_is_refused(tmp_path):
 
 
 def test_fields_of_another_kind_are_refused():
-    with pytest.raises(ManifestError, match="model.lora_rank does not apply to model.kind 'mlp'"):
+    with pytest.raises(ManifestError, match="model.lora_rank: does not apply to model.kind 'mlp'"):
         parse_manifest({"dataset": "planted", "model": {"lora_rank": 4}})
     with pytest.raises(ManifestError, match="model.kind 'mlp' takes dataset.kind 'table', not 'text'"):
         parse_manifest({"dataset": "text", "model": {"kind": "mlp"}})
