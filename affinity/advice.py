@@ -153,7 +153,7 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
         gain_text += f" (per fold {fold_range[0]:+.1%} to {fold_range[1]:+.1%})"
     if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
         # the two readings disagree: say both, the user decides how much to trust the split
-        gain_text += f" ({in_sample:+.1%} on the validation rows it was chosen on)"
+        gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
     if k == 1:
         return "together", "no reliable structure: train these tasks together (one model for all)"
     if k == n:

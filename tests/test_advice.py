@@ -64,7 +64,7 @@ def test_verdict_texts():
     assert verdict(1, 8, 0.0, reliable, None)[1].startswith("no reliable structure")
     rec, text = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95})
     assert rec == "groups" and "stable" in text and "predicted gain over one model for all +12.0%" in text
-    assert "(+9.0% on the validation rows it was chosen on)" in verdict(3, 8, -0.02, reliable, {"mean_ari": 0.9},
+    assert "(+9.0% over all folds, where it was chosen)" in verdict(3, 8, -0.02, reliable, {"mean_ari": 0.9},
                                                                          in_sample=0.09)[1]
     assert "+12.0% (per fold +3.0% to +20.0%)" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95},
                                                           fold_range=(0.03, 0.2))[1]
