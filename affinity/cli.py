@@ -51,8 +51,10 @@ def print_summary(result, out: Optional[Path]) -> None:
 
     data, g, est = result.data, result.grouping, result.estimate
     info = Table(title="task-affinity", show_header=False)
-    info.add_row("dataset", f"{result.manifest.dataset.source}: "
-                 f"{data.X.shape[0]} rows, {data.X.shape[1]} features, {data.n_tasks} tasks")
+    # tokenized texts keep their length in the metadata (the columns of X are token ids, not features)
+    inputs = (f"texts of up to {data.metadata['tokens']} tokens" if "tokens" in data.metadata
+              else f"{data.X.shape[1]} features")
+    info.add_row("dataset", f"{result.manifest.dataset.source}: {data.X.shape[0]} rows, {inputs}, {data.n_tasks} tasks")
     info.add_row("device", result.device)
     info.add_row("base model", f"best epoch {result.training.best_epoch} of {result.training.epochs_run}, "
                  f"mean val loss {result.training.best_val_loss:.4f}")

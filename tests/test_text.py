@@ -178,6 +178,7 @@ def test_run_and_validate_a_tiny_text_job(tmp_path):
     path.write_text(json.dumps(TINY))
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
+    assert "texts of up to" in result.output and "features" not in result.output.split("device")[0]
     groups = json.loads((tmp_path / "run" / "groups.json").read_text())
     assert sorted(t for g in groups["groups"] for t in g) == [f"task_{t:02d}" for t in range(5)]
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]  # adapters and heads only
