@@ -93,18 +93,8 @@ def task_labels(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> tuple[np.n
 
 
 def _from_frame(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> TaskTable:
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
-    if spec.tasks is None:
-        raise DataError(
-            f"dataset.tasks is required for a table ({name}); list the label columns, e.g. "
-            '"tasks": ["label_a", {"name": "price", "type": "regression"}]'
-        )
-    task_names = [t.name for t in spec.tasks]
-    task_types = [t.type for t in spec.tasks]
-    missing = [c for c in task_names if c not in columns]
-    if missing:
-        raise DataError(f"task columns {missing} are not in {name}; its columns are {columns[:20]}")
+    frame.columns = columns = [str(c) for c in frame.columns]
+    Y, task_names, task_types = task_labels(frame, spec, name)
     features = spec.features if spec.features is not None else [c for c in columns if c not in task_names]
     missing = [c for c in features if c not in columns]
     if missing:
@@ -117,18 +107,7 @@ def _from_frame(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> TaskTable:
             f"feature columns {non_numeric} are not numeric (e.g. {c!r} holds {example!r}); encode them as "
             "numbers or leave them out of dataset.features"
         )
-    for c in task_names:
-        if not pd.api.types.is_numeric_dtype(frame[c]):
-            coerced = pd.to_numeric(frame[c], errors="coerce")
-            bad = frame[c].notna() & coerced.isna()
-            if bad.any():
-                raise DataError(
-                    f"task column {c!r} holds non-numeric labels (e.g. {str(frame[c][bad].iloc[0])!r}); use 0/1 "
-                    "for binary tasks, numbers for regression, and an empty cell for 'not labelled'"
-                )
-            frame[c] = coerced
     X = frame[features].to_numpy(dtype=np.float64)
-    Y = frame[task_names].to_numpy(dtype=np.float64)
     return TaskTable(X=X, Y=Y, task_names=task_names, task_types=task_types, feature_names=list(features),
                      metadata={"source": name})
 
