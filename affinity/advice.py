@@ -11,8 +11,9 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   the **predicted summed loss**. Stopping and scoring on the same rows would favour small groups
   (the best epoch of a noisy curve looks better than it is).
   The chosen grouping is the one with the lowest predicted loss, unless it is predicted to gain
-  less than ``grouping.min_gain`` over one model for all (then: train together); among
-  candidates within ``grouping.tolerance`` of the best, the one with fewest groups. The
+  less than ``grouping.min_gain`` over one model for all, or less than ``grouping.min_gain_se``
+  standard errors of its per-fold gains (then: train together); among candidates within
+  ``grouping.tolerance`` of the best, the one with fewest groups. The
   predicted gain reported is read without the winner's curse (``selection_gain``).
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
@@ -139,7 +140,8 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
 
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
             stable: dict[str, Any] | None, in_sample: float | None = None,
-            fold_range: tuple[float, float] | None = None) -> tuple[str, str]:
+            fold_range: tuple[float, float] | None = None,
+            best_split: dict[str, Any] | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -155,7 +157,13 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
     if k == 1:
-        return "together", "no reliable structure: train these tasks together (one model for all)"
+        text = "no reliable structure: train these tasks together (one model for all)"
+        if best_split is not None:
+            # what the best split would have bought, and how much the folds disagree: the reason for "together"
+            lo, hi = min(best_split["fold_gains"]), max(best_split["fold_gains"])
+            text += (f"; the best split ({best_split['k']} groups) is predicted {best_split['predicted_gain']:+.1%} "
+                     f"(per fold {lo:+.1%} to {hi:+.1%})")
+        return "together", text
     if k == n:
         return "separately", f"no reliable structure: train each task on its own ({gain_text})"
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
@@ -165,21 +173,31 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                       f"is not stable")
 
 
-def choose(totals: dict[int, float], predicted: dict[int, np.ndarray], spec: GroupingSpec) -> int:
-    """The candidate with the lowest predicted total, the fewest groups within ``tolerance`` of it, and
-    one model for all unless that is predicted to gain at least ``min_gain``."""
-    reference = float(predicted[1].sum())
+def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, folds: list[int] | None = None) -> int:
+    """Among ``candidates`` (k values; ``scores`` also holds k = 1, the reference), the one with the lowest
+    predicted total over ``folds`` (all by default), the fewest groups within ``tolerance`` of it; and
+    one model for all, where it is a candidate, unless the split is predicted to pay: a gain of at least
+    ``min_gain``, and at least ``min_gain_se`` standard errors of its per-fold gains (a gain that one
+    fold's luck carries is not a gain)."""
+    folds = list(range(scores[1].loss.shape[0])) if folds is None else folds
+    totals = {k: scores[k].total(folds) for k in candidates}
+    reference = scores[1].total(folds)
     best = min(totals.values())
     k = min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
-    if k != 1 and (reference - totals[k]) / reference < spec.min_gain and 1 in totals:
+    if k == 1 or 1 not in totals:
+        return k
+    gain = (reference - totals[k]) / reference
+    per_fold = np.array(fold_gains(scores[k], scores[1], folds))
+    se = per_fold.std(ddof=1) / np.sqrt(len(per_fold)) if len(per_fold) > 1 else 0.0
+    if gain < spec.min_gain or gain < spec.min_gain_se * se:
         return 1
     return k
 
 
-def fold_gains(grouping: FoldScores, together: FoldScores) -> list[float]:
+def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | None = None) -> list[float]:
     """The gain over one model for all on each fold's scoring rows (their spread: how sure the gain is)."""
-    n_folds = grouping.loss.shape[0]
-    return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in range(n_folds)]
+    folds = range(grouping.loss.shape[0]) if folds is None else folds
+    return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in folds]
 
 
 def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec) -> dict[str, Any]:
@@ -192,8 +210,7 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
     out = []
     for f in range(n_folds):
         rest = [g for g in range(n_folds) if g != f]
-        per_task = {k: v.task_loss(rest) for k, v in scores.items()}
-        k = choose({kk: float(v.sum()) for kk, v in per_task.items() if kk in groupings}, per_task, spec)
+        k = choose(scores, groupings, spec, rest)
         ref = scores[1].total([f])
         out.append({"k": k, "gain": (ref - scores[k].total([f])) / ref})
     return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
@@ -229,7 +246,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
-        k = choose({kk: float(v.sum()) for kk, v in predicted.items() if kk in groupings}, predicted, spec)
+        k = choose(scores, groupings, spec)
         honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
     else:
@@ -247,7 +264,9 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     if honest is not None:
         per_fold = [f["gain"] for f in honest["folds"]]
         spread = (min(per_fold), max(per_fold))
-    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread)
+    splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
+    best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
+    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split)
     record = {
         "selection": spec.selection,
         "recommendation": recommendation,

@@ -11,7 +11,9 @@ share of the validation rows, makes the prediction as precise as the data allows
 
 A group that appears in several candidate groupings (one model for all, one per task and the SDP
 groups at neighbouring k share many) is trained once per fold: every fold's distinct groups are
-stacked into one ``finetune_subsets`` call.
+stacked into one ``finetune_subsets`` call. With ``grouping.check_seeds`` > 1 every fold's models
+are trained once per seed (initialization and batch order) and their per-task losses averaged: the
+same folds, less of one training's luck.
 """
 
 from __future__ import annotations
@@ -67,12 +69,19 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     rows = np.zeros((len(views), 1, n))
     # Large groups first: shards of similar sizes, and the longest-running models start first.
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
+    seeds = [manifest.training.seed + s for s in range(spec.check_seeds)]
     for f, view in enumerate(views):
-        fresh = make_model(manifest.model, data, manifest.training.seed).to(tensors.X.device)
-        _, scored = finetune_subsets(fresh, view, [groups[g] for g in order], manifest.training,
-                                     manifest.estimation.exact_batch, progress, backend,
-                                     stage=f"checking groupings {f + 1}/{len(views)}: fold {f + 1}",
-                                     return_test=True)
+        runs = []
+        for i, seed in enumerate(seeds):
+            fresh = make_model(manifest.model, data, seed).to(tensors.X.device)
+            stage = f"checking groupings {f * len(seeds) + i + 1}/{len(views) * len(seeds)}: fold {f + 1}"
+            _, scored = finetune_subsets(fresh, view, [groups[g] for g in order],
+                                         manifest.training.model_copy(update={"seed": seed}),
+                                         manifest.estimation.exact_batch, progress, backend,
+                                         stage=stage + (f", seed {seed}" if len(seeds) > 1 else ""),
+                                         return_test=True)
+            runs.append(scored)
+        scored = np.mean(runs, axis=0)
         for r, g in enumerate(order):
             members = list(groups[g])
             loss[f, g, members] = scored[r, :len(members)]

@@ -381,6 +381,13 @@ class GroupingSpec(_Section):
         0.02, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
     )
+    min_gain_se: float = Field(
+        2.0, ge=0.0, le=10.0,
+        description=(
+            "outcome: a split must also be predicted to gain at least this many standard errors of its "
+            "per-fold gains (0: the mean alone decides), else: train together."
+        ),
+    )
     tolerance: float = Field(
         0.005, ge=0.0, lt=1.0,
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",
@@ -390,6 +397,14 @@ class GroupingSpec(_Section):
         description=(
             "outcome: cross-validation folds of the check (whole rows): each grouping is trained on all folds but "
             "two, early-stopped on one and scored on the other, for every fold."
+        ),
+    )
+    check_seeds: int = Field(
+        1, ge=1, le=10,
+        description=(
+            "outcome: training seeds of every fold's group models (different initializations and batch orders); "
+            "each grouping's per-task fold losses are their mean. More seeds: less training noise in the "
+            "check, at proportional cost."
         ),
     )
     seed: int = Field(0, ge=0)

@@ -296,8 +296,8 @@ def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
         # model for all and one per task are always distinct (a lower bound: the other candidates' groups
         # may repeat theirs)
         k = grouping.folds
-        parts["group models"] = training_seconds(R * (k - 2) / k, 2 * k)
-        fields["group models"] = ("grouping.folds", "grouping.candidates", "training.epochs",
+        parts["group models"] = training_seconds(R * (k - 2) / k, 2 * k * grouping.check_seeds)
+        fields["group models"] = ("grouping.folds", "grouping.check_seeds", "grouping.candidates", "training.epochs",
                                   "training.patience") + shape.fields
     return TimeEstimate(sum(parts.values()), parts, fields)
 
@@ -320,6 +320,7 @@ TIME_FIXES = {
     "estimation.num_subsets": "sample fewer subsets",
     "grouping.candidates": "try fewer candidate groupings, or grouping.selection 'affinity'",
     "grouping.folds": "check the candidate groupings on fewer folds (at least 3)",
+    "grouping.check_seeds": "train the check's models with fewer seeds",
 }
 
 

@@ -68,6 +68,9 @@ def test_verdict_texts():
                                                                          in_sample=0.09)[1]
     assert "+12.0% (per fold +3.0% to +20.0%)" in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95},
                                                           fold_range=(0.03, 0.2))[1]
+    best = {"k": 4, "predicted_gain": 0.025, "fold_gains": [0.15, -0.02, 0.0, 0.01, -0.015]}
+    rec, text = verdict(1, 8, 0.0, reliable, None, best_split=best)
+    assert rec == "together" and "the best split (4 groups) is predicted +2.5% (per fold -2.0% to +15.0%)" in text
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
     assert unstable.startswith("no reliable structure") and "not stable" in unstable and "+12.0%" in unstable
 
@@ -103,3 +106,27 @@ def test_pooling_groups_are_recovered():
 def test_unrelated_tasks_read_no_reliable_structure():
     result = job({"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 0})
     assert result.advice["verdict"].startswith("no reliable structure"), result.advice["verdict"]
+
+
+def _scores(fold_totals):
+    """FoldScores of one task whose per-fold losses are ``fold_totals`` (one scoring row per fold)."""
+    from affinity.group_check import FoldScores
+
+    loss = np.asarray(fold_totals, dtype=float)[:, None]
+    return FoldScores(loss, np.ones_like(loss))
+
+
+def test_a_split_one_fold_carries_is_not_advised():
+    from affinity.advice import choose
+
+    together = _scores([1.0] * 5)
+    steady = _scores([0.96, 0.97, 0.96, 0.97, 0.96])  # gains 3–4% on every fold
+    lucky = _scores([0.85, 1.0, 1.0, 1.02, 0.99])  # mean gain 2.8%, carried by fold 0
+    spec = GroupingSpec()
+    assert choose({1: together, 3: steady}, [1, 3], spec) == 3
+    assert choose({1: together, 3: lucky}, [1, 3], spec) == 1
+    assert choose({1: together, 3: lucky}, [1, 3], GroupingSpec(min_gain_se=0.0)) == 3
+    # one model for all is not a candidate (a fixed k): the split is the answer whatever its spread
+    assert choose({1: together, 3: lucky}, [3], spec) == 3
+    # the gain is read on the folds asked for: without fold 0 the lucky split loses
+    assert choose({1: together, 3: lucky}, [1, 3], GroupingSpec(min_gain_se=0.0), [1, 2, 3, 4]) == 1
