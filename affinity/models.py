@@ -12,6 +12,9 @@ The interface the rest of the engine relies on (any ``nn.Module`` that has it wo
   task (default: the last layer); the multitask optimizers aggregate the others (shared);
 - optionally ``task_norm_layers()``: each shared layer with its per-task normalization
   (needed by ``training.mtl_method = connection_strength``);
+- optionally ``takes_mask = True``: ``forward(x, mask=None, tasks=None)`` takes the batch's label
+  mask (rows × tasks; per-task normalization statistics over each task's own rows) and the task
+  indices to compute (as ``MultiTaskMLP`` does);
 - optionally ``compact_inputs(x)``: a batch of inputs in the shortest form the model gives the
   same outputs for (a transformer cuts token ids to the batch's longest text); the per-sample
   gradients call it once per chunk, before ``torch.func.vmap`` fixes the shapes;
@@ -202,7 +205,7 @@ def task_forward(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = 
                  tasks: torch.Tensor | None = None) -> torch.Tensor:
     """Training-mode outputs ``(batch, n_tasks)`` (or of ``tasks`` only), passing the label mask
     to models that take one (per-task normalization statistics over each task's own rows)."""
-    if isinstance(model, MultiTaskMLP):
+    if isinstance(model, MultiTaskMLP) or getattr(model, "takes_mask", False):
         return model(x, mask=mask, tasks=tasks)
     out = model(x)
     return out if tasks is None else out[:, tasks]
