@@ -53,6 +53,7 @@ def print_summary(result, out: Optional[Path]) -> None:
     info = Table(title="task-affinity", show_header=False)
     # tokenized texts keep their length in the metadata (the columns of X are token ids, not features)
     inputs = (f"texts of up to {data.metadata['tokens']} tokens" if "tokens" in data.metadata
+              else f"images of {'×'.join(map(str, data.X.shape[1:]))}" if "image_shape" in data.metadata
               else f"{data.X.shape[1]} features")
     info.add_row("dataset", f"{result.manifest.dataset.source}: {data.X.shape[0]} rows, {inputs}, {data.n_tasks} tasks")
     info.add_row("device", result.device)
