@@ -31,6 +31,16 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
                        "chunk_rows": 64},
         "grouping": {"k": "auto", "selection": "affinity"},
     },
+    # The digits as 8×8 single-channel images (affinity/data/images.py) on the small conv net: about a minute on
+    # 2 CPU cores. Grad-TAG on the conv layers (heads excluded, as the reference does), k chosen on the affinity.
+    "images": {
+        "dataset": {"kind": "images", "source": "digits", "params": {"label_fraction": 0.5, "seed": 0}},
+        "model": {"kind": "cnn", "arch": "small", "channels": [16, 32]},
+        "training": {"epochs": 40, "batch_size": 128, "patience": 5},
+        "estimation": {"method": "grad_tag", "params": "encoder", "subset_size": 5, "num_subsets": 200,
+                       "chunk_rows": 256},
+        "grouping": {"k": "auto", "selection": "affinity"},
+    },
 }
 
 

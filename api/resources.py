@@ -55,6 +55,7 @@ class DatasetShape:
     pairs: int  # labelled (row, task) pairs (an upper bound where only the table's size is known)
     fields: tuple[str, ...] = ("dataset.source",)
     values: dict[str, Any] = field(default_factory=dict)  # the fields' values (a built-in's defaults filled in)
+    image: tuple[int, int, int] | None = None  # kind images: channels, height, width (features = their product)
 
 
 @dataclass
@@ -80,6 +81,39 @@ def model_size(features: int, hidden: list[int], tasks: int, task_norm: bool) ->
     return shared + heads + norms, shared
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """What the estimates need of a model: parameters (all, shared), activation floats of one row through one
+    task path (the MLP's summed widths), work of one row's forward pass in multiply-adds (an MLP's: its
+    parameters), and the rows of a no-grad evaluation batch."""
+
+    params: int
+    shared: int
+    activations: int
+    work: int
+    eval_rows: int = EVAL_ROWS
+
+
+def _size_fields(manifest: Manifest) -> tuple[str, ...]:
+    """The model fields that set its size (for messages)."""
+    return ("model.arch", "model.channels") if manifest.model.kind == "cnn" else ("model.hidden",)
+
+
+def model_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
+    """The manifest's model on the dataset's shape: a cnn on images (api/image_resources.py), else the MLP."""
+    model = manifest.model
+    if model.kind == "cnn":
+        if shape.image is None:
+            raise _refusal(manifest, shape, ["dataset.kind"], "model.kind 'cnn' takes images but the dataset holds a "
+                           "table", {"dataset.kind": "set dataset.kind to 'images' with an images dataset"})
+        from api.image_resources import conv_cost
+
+        c = conv_cost(model, shape.image, max(shape.tasks, 1))
+        return ModelCost(c.params, c.shared, c.activations, c.macs, c.eval_rows)
+    P, P_shared = model_size(shape.features, list(model.hidden), shape.tasks, model.task_norm)
+    return ModelCost(P, P_shared, sum(model.hidden), P)
+
+
 def checkpoint_count(epochs: int) -> int:
     """len(affinity.training.checkpoint_epochs(epochs)), without importing torch here."""
     n, e = 0, 1.0
@@ -95,6 +129,8 @@ def _selected_parameters(manifest: Manifest, shape: DatasetShape, total: int, sh
         return total
     if est.params == "encoder":
         return shared
+    if manifest.model.kind == "cnn":  # the last layer is the heads and per-task norms; more: an upper bound
+        return total - shared if est.last_layers == 1 else total
     widths = [shape.features, *hidden]
     layers = [(a + 1) * b for a, b in zip(widths[:-1], widths[1:])]
     heads = shape.tasks * (widths[-1] + 1)
@@ -106,12 +142,12 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
     """The job's estimated peak memory (bytes), by part (see the module's docstring)."""
     R, F, T = shape.rows, shape.features, shape.tasks
     model, training, est = manifest.model, manifest.training, manifest.estimation
-    hidden = list(model.hidden)
-    width_sum = sum(hidden)
-    P, P_shared = model_size(F, hidden, T, model.task_norm)
+    cost = model_cost(manifest, shape)
+    width_sum = cost.activations  # activation floats of one row (one task path)
+    P, P_shared = cost.params, cost.shared
     pairs = math.ceil(shape.pairs * (1.0 - manifest.dataset.test_fraction))
     data_fields = shape.fields
-    model_fields = ("model.hidden",) + data_fields
+    model_fields = _size_fields(manifest) + data_fields
 
     load = 36 * R * F + 17 * R * T  # raw float64 table, float64 copy and temporaries, float32 result, masks
     kept = 4 * R * F + 17 * R * T + 32 * pairs  # float32 X and Y, label tensors, masks, pair indices
@@ -120,7 +156,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
     per_row = F + 3 * width_sum + 3 * T
     if model.task_norm:
         per_row += 6 * T * width_sum  # task norms expand every row to (tasks, units)
-    activations = 4 * 4 * batch * per_row + 4 * 3 * min(EVAL_ROWS, R) * (width_sum + T) * (T if model.task_norm else 1)
+    activations = 4 * 4 * batch * per_row + 4 * 3 * min(cost.eval_rows, R) * (width_sum + T) * (T if model.task_norm else 1)
     kept_states = checkpoint_count(training.epochs) if est.method == "grad_tag" and est.checkpoint < 1 else 0
     train = 4 * P * (5 + kept_states) + activations
     if training.mtl_method != "equal":
@@ -149,7 +185,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         held = p * d * (6 if low else 4)
         projection = held if held <= budget // 2 else 2 * min(est.block_params, p) * d * (6 if low else 4)
         stage_parts["per-sample gradients"] = gradients + projection
-        fields["per-sample gradients"] = ("estimation.memory_mb", "estimation.chunk_rows", "model.hidden",
+        fields["per-sample gradients"] = ("estimation.memory_mb", "estimation.chunk_rows", *_size_fields(manifest),
                                           "estimation.projection_dim", "estimation.block_params")
         stage_parts["projected features"] = int(FEATURE_COPIES * 4 * pairs * d) + 3 * 8 * d * d
         fields["projected features"] = ("estimation.projection_dim",) + data_fields
@@ -165,7 +201,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["projected features"] += fields.pop("per-sample gradients") + fields.pop("surrogate fits")
     elif est.method in ("exact", "scratch"):
         stage_parts["stacked models"] = stacked(min(est.exact_batch, est.num_subsets))
-        fields["stacked models"] = ("model.hidden", "estimation.exact_batch") + data_fields
+        fields["stacked models"] = (*_size_fields(manifest), "estimation.exact_batch") + data_fields
     elif est.method == "tag_lookahead":
         stage_parts["lookahead steps"] = 3 * 4 * min(64, T) * P
         fields["lookahead steps"] = model_fields
@@ -174,7 +210,7 @@ def estimate_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["task gradients"] = model_fields
     if manifest.grouping.selection == "outcome":
         stage_parts["group models"] = stacked(min(est.exact_batch, T)) + features_kept
-        fields["group models"] = ("model.hidden", "estimation.exact_batch") + data_fields
+        fields["group models"] = (*_size_fields(manifest), "estimation.exact_batch") + data_fields
     stage_parts["base training"] = train
     fields["base training"] = model_fields + (("training.mtl_method",) if training.mtl_method != "equal" else ()) \
         + (("estimation.checkpoint",) if kept_states else ())
@@ -213,6 +249,8 @@ def _refusal(manifest: Manifest, shape: DatasetShape, fields: list[str], why: st
 
 FIXES = {
     "model.hidden": "use fewer or narrower layers",
+    "model.arch": "use arch 'small' (ResNet-18 has 11 million parameters)",
+    "model.channels": "use fewer or narrower conv blocks",
     "dataset.params.rows_per_task": "use fewer rows per task",
     "dataset.params.tasks": "use fewer tasks",
     "dataset.params.features": "use fewer features",
@@ -264,8 +302,9 @@ def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
     within the limit even so is refused; the worker stops the others when they reach it."""
     R, T = shape.rows, max(shape.tasks, 1)
     model, training, est, grouping = manifest.model, manifest.training, manifest.estimation, manifest.grouping
-    P, _ = model_size(shape.features, list(model.hidden), T, model.task_norm)
-    per_row = 6 * P * (T if training.mtl_method != "equal" else 1) + 2 * P  # a step, and the validation pass
+    cost = model_cost(manifest, shape)
+    P, work = cost.params, cost.work  # work: multiply-adds of one row's forward pass (an MLP's: its parameters)
+    per_row = 6 * work * (T if training.mtl_method != "equal" else 1) + 2 * work  # a step, and the validation pass
     if model.task_norm:
         per_row *= T
     epochs, batch = min(training.epochs, training.patience), min(training.batch_size, max(R, 1))
@@ -276,21 +315,21 @@ def estimate_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
 
     subset_rows = min(R, shape.pairs * min(est.subset_size, T) / T)
     parts = {"base training": training_seconds(R, 1)}
-    fields = {"base training": ("training.epochs", "training.patience", "model.hidden") + shape.fields}
+    fields = {"base training": ("training.epochs", "training.patience", *_size_fields(manifest)) + shape.fields}
     if est.method in ("exact", "scratch"):
         parts["subset models"] = training_seconds(subset_rows, est.num_subsets)
         fields["subset models"] = ("estimation.num_subsets", "training.epochs", "training.patience") + shape.fields
     elif est.method == "grad_tag":
         d = est.projection_dim
         pairs = shape.pairs
-        parts["projected gradients"] = pairs * (6 * P + 2 * P * d) / FLOPS
+        parts["projected gradients"] = pairs * (6 * work + 2 * P * d) / FLOPS
         parts["surrogate fits"] = (est.num_subsets * 50 * 4 * subset_rows * d + d**3) / FLOPS
-        fields["projected gradients"] = ("estimation.projection_dim", "model.hidden") + shape.fields
+        fields["projected gradients"] = ("estimation.projection_dim", *_size_fields(manifest)) + shape.fields
         fields["surrogate fits"] = ("estimation.num_subsets", "estimation.projection_dim") + shape.fields
     elif est.method in ("tag_lookahead", "gradient_cosine"):
-        parts["task gradients"] = epochs * R * 6 * P * T / (est.lookahead_every if est.method == "tag_lookahead"
+        parts["task gradients"] = epochs * R * 6 * work * T / (est.lookahead_every if est.method == "tag_lookahead"
                                                            else epochs) / FLOPS
-        fields["task gradients"] = ("training.epochs", "model.hidden") + shape.fields
+        fields["task gradients"] = ("training.epochs", *_size_fields(manifest)) + shape.fields
     if grouping.selection == "outcome":
         # the check trains every distinct group of the candidates once per fold, on all folds but two; one
         # model for all and one per task are always distinct (a lower bound: the other candidates' groups
@@ -357,7 +396,8 @@ def builtin_shape(spec: Any, tasks: int) -> DatasetShape | None:
                             _PLANTED_FIELDS, _values(p, _PLANTED_FIELDS))
     fraction = params.get("label_fraction", 1.0)
     if spec.source == "digits":
-        return DatasetShape(DIGITS_ROWS, DIGITS_FEATURES, tasks, math.ceil(DIGITS_ROWS * tasks * fraction))
+        return DatasetShape(DIGITS_ROWS, DIGITS_FEATURES, tasks, math.ceil(DIGITS_ROWS * tasks * fraction),
+                            image=(1, 8, 8) if spec.kind == "images" else None)
     if spec.source == "yeast":
         return DatasetShape(YEAST_ROWS, YEAST_FEATURES, tasks, math.ceil(YEAST_ROWS * tasks * fraction))
     return None
@@ -396,6 +436,16 @@ def csv_rows(path: Any, sample: int = 1 << 16) -> int:
     return max(0, math.ceil(size / (len(head) / max(1, len(lines)))) - 1)
 
 
+def images_shape(spec: Any, path: Any, tasks: int) -> DatasetShape:
+    """An images NPZ's shape from its array headers: rows, pixels, tasks (every label counted)."""
+    from api.uploads import image_shape, npz_members
+
+    members = npz_members(path)
+    image = image_shape(members)
+    rows = members["images"].shape[0]
+    return DatasetShape(rows, math.prod(image), tasks, rows * tasks, image=tuple(image))
+
+
 def path_shape(spec: Any, path: Any, tasks: int | None) -> DatasetShape | None:
     """The shape of a data-root file: an NPZ's from its array headers, a Parquet file's from its metadata, a
     CSV's header and estimated rows; None when the file cannot be read this way (the worker says why)."""
@@ -407,6 +457,8 @@ def path_shape(spec: Any, path: Any, tasks: int | None) -> DatasetShape | None:
             from api.uploads import npz_members, npz_tasks
 
             members = npz_members(path)
+            if "images" in members:
+                return images_shape(spec, path, tasks) if tasks is not None else None
             rows, features = members["X"].shape
             return table_shape(spec, rows, features + npz_tasks(members["Y"].shape), npz_tasks(members["Y"].shape),
                                feature_columns=features)

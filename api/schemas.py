@@ -58,7 +58,7 @@ class JobList(BaseModel):
 class DatasetOut(BaseModel):
     id: str
     filename: str
-    format: Literal["csv", "parquet", "npz"]
+    format: Literal["csv", "parquet", "npz", "images"]
     size_bytes: int
     rows: int
     columns: list[str]

@@ -20,7 +20,8 @@ from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
 from affinity.manifest import Manifest, validation_problems
 from api.problems import MAX_NESTING
-from api.resources import DatasetShape, builtin_shape, check_memory, check_time, path_shape, table_shape
+from api.resources import (DatasetShape, builtin_shape, check_memory, check_time, images_shape, path_shape,
+                           table_shape)
 from api.settings import Settings
 from api.store import JobStore
 from api.uploads import BadUpload, npz_members, npz_tasks
@@ -85,7 +86,10 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                                                "upload one with POST /v1/datasets and use the id it returns")])
             dataset_id = ds.id
             _check_columns(manifest, ds.columns, ds.format)
-            if ds.format == "npz":
+            if ds.format == "images":
+                tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
+                shape = images_shape(spec, Path(ds.path), tasks.n)
+            elif ds.format == "npz":
                 y_columns = sum(c.startswith("task_") for c in ds.columns)
                 tasks = _npz_tasks(spec, y_columns)
                 shape = table_shape(spec, ds.rows, len(ds.columns), y_columns,
@@ -97,6 +101,8 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
             path = resolve_data_path(source, settings)
             tasks = _path_tasks(spec, path)
             shape = path_shape(spec, path, tasks.n if tasks is not None else None)
+    for field, value in _path_fields(manifest):  # images' label table, a cnn's weights: files in the data root
+        resolve_data_path(value, settings, field)
     _check_limits(manifest, tasks, settings)
     check_compute(manifest, settings)
     if shape is not None:
@@ -218,7 +224,14 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
         npz = False  # the worker says what is wrong with the file
     if npz:
         try:
-            return _npz_tasks(spec, npz_tasks(npz_members(path)["Y"].shape))
+            members = npz_members(path)
+            if "Y" not in members:  # an images NPZ whose labels are a table (dataset.labels)
+                if spec.tasks is None or spec.labels is None:
+                    raise SubmissionError([problem("dataset.labels" if spec.labels is None else "dataset.tasks", None,
+                                                   "is required for an images NPZ without 'Y': give the label table "
+                                                   "(dataset.labels) and its task columns (dataset.tasks)")])
+                return TaskCount(len(spec.tasks), "dataset.tasks")
+            return _npz_tasks(spec, npz_tasks(members["Y"].shape))
         except (BadUpload, OSError, ValueError, zipfile.BadZipFile) as exc:
             raise SubmissionError([problem("dataset.source", spec.source, f"cannot be read as an NPZ dataset: "
                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) \
@@ -228,14 +241,15 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
     return TaskCount(len(spec.tasks), "dataset.tasks")
 
 
-def resolve_data_path(source: str, settings: Settings) -> Path:
-    """The file a path source names, which must lie inside the data root."""
+def resolve_data_path(source: str, settings: Settings, field: str = "dataset.source") -> Path:
+    """The file a path source (or another path field: dataset.labels, model.weights) names, which must lie inside
+    the data root."""
     if settings.data_root is None:
-        raise SubmissionError([problem("dataset.source", source, "this server accepts no file paths (no data root "
+        raise SubmissionError([problem(field, source, "this server accepts no file paths (no data root "
                                        "is configured); upload the file with POST /v1/datasets and use its id, "
                                        "or use a built-in dataset (planted, digits)")])
     if "\x00" in source:
-        raise SubmissionError([problem("dataset.source", source.replace("\x00", "\\0"),
+        raise SubmissionError([problem(field, source.replace("\x00", "\\0"),
                                        "contains a NUL character; give a path relative to the data root")])
     root = settings.data_root.resolve()
     candidate = Path(source)
@@ -247,19 +261,23 @@ def resolve_data_path(source: str, settings: Settings) -> Path:
         # A name longer than the file system allows, a symbolic link loop, ...
         reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
                   else "a symbolic link loop" if isinstance(exc, RuntimeError) else type(exc).__name__)
-        raise SubmissionError([problem("dataset.source", source, f"is not a usable path in the server's data root "
+        raise SubmissionError([problem(field, source, f"is not a usable path in the server's data root "
                                        f"({reason}); give the path of a file inside it")]) from None
     if not inside:
-        raise SubmissionError([problem("dataset.source", source, "resolves outside the server's data root; give a "
+        raise SubmissionError([problem(field, source, "resolves outside the server's data root; give a "
                                        "path relative to the data root")])
     if not is_file:
-        raise SubmissionError([problem("dataset.source", source, "no such file in the server's data root")])
+        raise SubmissionError([problem(field, source, "no such file in the server's data root")])
     return path
 
 
 def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
     spec = manifest.dataset
-    if fmt == "npz":
+    if (fmt == "images") != (spec.kind == "images"):
+        holds = "images (an NPZ of 'images' and 'Y')" if fmt == "images" else f"a table ({fmt.upper()})"
+        raise SubmissionError([problem("dataset.kind", spec.kind, f"the uploaded dataset holds {holds}; set "
+                                       f"dataset.kind to {'images' if fmt == 'images' else 'table'!r}")])
+    if fmt in ("npz", "images"):
         return
     if spec.tasks is None:
         raise SubmissionError([problem("dataset.tasks", None, "is required for a table; list the label columns "
@@ -329,9 +347,22 @@ def ray_address(manifest: Manifest, settings: Settings) -> str | None:
     return address.strip() if address else settings.ray_address
 
 
+def _path_fields(manifest: Manifest) -> list[tuple[str, str]]:
+    """The manifest's file paths besides dataset.source (dataset.labels, model.weights) that are set."""
+    return [(f"{section}.{name}", getattr(getattr(manifest, section), name))
+            for section, name in (("dataset", "labels"), ("model", "weights"))
+            if getattr(getattr(manifest, section), name) is not None]
+
+
 def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore, settings: Settings) -> Manifest:
-    """The manifest a worker runs: the stored one with its source resolved to a file."""
+    """The manifest a worker runs: the stored one with its source (and other paths) resolved to files."""
     manifest = Manifest.model_validate(manifest_json)
+    try:
+        for field, value in _path_fields(manifest):
+            section, name = field.split(".")
+            setattr(getattr(manifest, section), name, str(resolve_data_path(value, settings, field)))
+    except SubmissionError as exc:
+        raise ValueError(str(exc)) from None
     source = manifest.dataset.source
     if source in BUILTINS:
         return manifest

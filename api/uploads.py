@@ -16,7 +16,7 @@ import pandas as pd
 from affinity.data.files import sniff_format
 from affinity.data.table import DataError
 
-SUFFIX = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
+SUFFIX = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz", "images": ".npz"}  # images: an NPZ of images
 
 
 class UploadTooLarge(Exception):
@@ -92,6 +92,12 @@ def inspect_file(path: Path, limit: int | None = None) -> Inspected:
             return Inspected(fmt, int(meta.metadata.num_rows), [str(c) for c in meta.schema_arrow.names])
         if fmt == "npz":
             arrays = check_npz(path, limit)
+            if "images" in arrays:  # data kind images: the columns are the images and the tasks of Y
+                if "Y" not in arrays:
+                    raise BadUpload(f"an images NPZ must hold 'Y' (N × tasks, NaN = not labelled) beside 'images'; "
+                                    f"this one holds {sorted(arrays)}")
+                images, Y = arrays["images"].shape, arrays["Y"].shape
+                return Inspected("images", images[0], ["images"] + [f"task_{i}" for i in range(npz_tasks(Y))])
             X, Y = arrays["X"].shape, arrays["Y"].shape
             return Inspected(fmt, X[0], [f"x{i}" for i in range(X[1])] + [f"task_{i}" for i in range(npz_tasks(Y))])
         frame = pd.read_csv(path, encoding="utf-8")
@@ -147,8 +153,11 @@ def npz_members(path: Path) -> dict[str, NpyMember]:
                     raise BadUpload(f"{name}.npy is in .npy format version {version}; save the arrays with "
                                     "numpy.savez or numpy.savez_compressed")
                 members[name] = NpyMember(name, tuple(int(n) for n in shape), dtype, f.tell(), info)
+    if "images" in members:
+        return _image_members(members)
     if not {"X", "Y"} <= set(members):
-        raise BadUpload(f"an NPZ dataset must hold arrays 'X' and 'Y'; this one holds {sorted(members)}")
+        raise BadUpload(f"an NPZ dataset must hold arrays 'X' and 'Y' (a table) or 'images' and 'Y' (images); this "
+                        f"one holds {sorted(members)}")
     X, Y = members["X"], members["Y"]
     if len(X.shape) != 2 or len(Y.shape) not in (1, 2) or Y.shape[0] != X.shape[0]:
         raise BadUpload(f"NPZ arrays must be X (rows × features) and Y (rows × tasks) with equal rows; "
@@ -157,6 +166,33 @@ def npz_members(path: Path) -> dict[str, NpyMember]:
         if m.dtype.hasobject or m.dtype.kind not in "biuf":
             raise BadUpload(f"NPZ array {m.name} has dtype {m.dtype}; a dataset's arrays are numbers (float or int)")
     return members
+
+
+def _image_members(members: dict[str, NpyMember]) -> dict[str, NpyMember]:
+    """An images NPZ (affinity/data/images.py): 'images' N×C×H×W (or N×H×W), 'Y' N × tasks (or N), an optional
+    'mask' of Y's shape; numeric. BadUpload naming the array otherwise."""
+    images = members["images"]
+    if len(images.shape) not in (3, 4) or 0 in images.shape:
+        raise BadUpload(f"'images' must be N×C×H×W (or N×H×W for one channel), got shape {images.shape}")
+    if images.dtype.hasobject or images.dtype.kind not in "biuf":
+        raise BadUpload(f"NPZ array images has dtype {images.dtype}; give uint8 or float pixels")
+    if "Y" not in members:  # labels in a table (dataset.labels): a data-root file only
+        return members
+    Y = members["Y"]
+    if len(Y.shape) not in (1, 2) or Y.shape[0] != images.shape[0]:
+        raise BadUpload(f"'Y' must be N × tasks with one row per image; got 'images' {images.shape}, 'Y' {Y.shape}")
+    mask = members.get("mask")
+    if mask is not None and (mask.shape != Y.shape or mask.dtype.kind not in "bui"):
+        raise BadUpload(f"'mask' must be boolean with the shape of 'Y' {Y.shape}; got {mask.shape} {mask.dtype}")
+    if Y.dtype.hasobject or Y.dtype.kind not in "biuf":
+        raise BadUpload(f"NPZ array Y has dtype {Y.dtype}; give numbers (NaN = not labelled)")
+    return members
+
+
+def image_shape(members: dict[str, NpyMember]) -> tuple[int, int, int]:
+    """(channels, height, width) of an images NPZ's 'images'."""
+    shape = members["images"].shape
+    return (1, *shape[1:]) if len(shape) == 3 else shape[1:]
 
 
 def check_npz(path: Path, limit: int | None) -> dict[str, NpyMember]:
@@ -168,7 +204,7 @@ def check_npz(path: Path, limit: int | None) -> dict[str, NpyMember]:
         infos = zf.infolist()
         unpacked = max(sum(i.file_size for i in infos), sum(m.nbytes + m.header_bytes for m in members.values()))
         if limit is not None and unpacked > limit:
-            shapes = ", ".join(f"{m.name} {m.shape} {m.dtype}" for m in (members["X"], members["Y"]))
+            shapes = ", ".join(f"{m.name} {m.shape} {m.dtype}" for m in members.values() if m.name in ("X", "images", "Y"))
             raise BadUpload(f"the NPZ's arrays decompress to {unpacked} bytes ({shapes}), over this server's upload "
                             f"limit of {limit} bytes (TASK_AFFINITY_UPLOAD_LIMIT_MB); upload fewer rows or "
                             "features, or ask the operator to raise the limit", status=413)
