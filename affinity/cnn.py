@@ -35,7 +35,7 @@ from torch import nn
 
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import ModelSpec
-from affinity.models import ACTIVATIONS
+from affinity.models import ACTIVATIONS, _transformed
 
 ACTIVATION_BUDGET = 2**24  # floats of the first layer's activations per no-grad evaluation batch
 
@@ -69,7 +69,8 @@ class TaskNorm2d(nn.Module):
     ``(rows × k, C, H, W)``. In training mode task t is normalized with the mean and variance over
     its own labelled rows (the route's mask; every row without one) and all pixels, and only tasks
     with at least two such rows update their running statistics; otherwise the running statistics
-    are used. With ``route.rows`` row b is normalized by task ``rows[b]``'s running statistics.
+    are used (and, inside a torch.func transform, not updated). With ``route.rows`` row b is
+    normalized by task ``rows[b]``'s running statistics.
     """
 
     def __init__(self, n_tasks: int, channels: int, route: Route, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -102,11 +103,12 @@ class TaskNorm2d(nn.Module):
             batch_var = torch.einsum("bk,bkchw->kc", m, (h5 - batch_mean[None, :, :, None, None]) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            with torch.no_grad():
-                unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
-                self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
-                                                     run_mean)
-                self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
+            if not _transformed(h):
+                with torch.no_grad():
+                    unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
+                    self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
+                                                         run_mean)
+                    self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
         else:
             mean, var = run_mean, run_var
         scale = self.weight[idx] / torch.sqrt(var + self.eps)

@@ -34,6 +34,12 @@ from affinity.manifest import ModelSpec
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
+def _transformed(h: torch.Tensor) -> bool:
+    """Whether ``h`` is inside a torch.func transform (grad, vmap): a pure function there, so the running
+    statistics are read but not updated (e.g. TAG's lookahead steps leave the model's statistics alone)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(h)
+
+
 class TaskNorm(nn.Module):
     """Per-task batch normalization of a shared layer's units.
 
@@ -47,7 +53,8 @@ class TaskNorm(nn.Module):
     a task with fewer uses its running statistics and leaves them unchanged. ``tasks`` restricts the
     computation to some tasks' paths (``(batch, len(tasks), units)``): the other tasks' statistics
     are neither used nor changed. Without a mask (the engine's gradient paths, which run in eval
-    mode), every row counts for every task, as in plain batch normalization.
+    mode), every row counts for every task, as in plain batch normalization. Inside a torch.func
+    transform the running statistics are not updated.
     """
 
     def __init__(self, n_tasks: int, units: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -77,10 +84,12 @@ class TaskNorm(nn.Module):
             batch_var = torch.einsum("bk,bku->ku", m, (h - batch_mean) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            with torch.no_grad():
-                unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
-                self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum), run_mean)
-                self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
+            if not _transformed(h):
+                with torch.no_grad():
+                    unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
+                    self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
+                                                         run_mean)
+                    self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
         else:
             mean, var = run_mean, run_var
         return (h - mean) / torch.sqrt(var + self.eps) * self.weight[idx] + self.bias[idx]
@@ -91,10 +100,11 @@ class TaskNorm(nn.Module):
         if self.training and h.shape[0] > 1:
             mean = h.mean(dim=0)
             var = h.var(dim=0, unbiased=False)
-            with torch.no_grad():
-                n = h.shape[0]
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
+            if not _transformed(h):
+                with torch.no_grad():
+                    n = h.shape[0]
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
+                    self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         return (h - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias

@@ -351,3 +351,34 @@ def test_bad_images_job_is_one_line(tmp_path):
 
 def test_cnn_is_a_multitask_cnn():
     assert isinstance(cnn(tiny_images(), task_norm=True), MultiTaskCNN)
+
+
+@pytest.mark.parametrize("method, mtl, task_norm", [
+    ("exact", "equal", False), ("scratch", "equal", True), ("tag_lookahead", "equal", True),
+    ("gradient_cosine", "equal", True), ("grad_tag", "upgrad", True), ("exact", "equal", True),
+])
+def test_every_estimator_and_an_aggregator_run_on_a_cnn(tmp_path, method, mtl, task_norm):
+    from affinity.pipeline import run_job
+
+    data = tiny_images((1, 6, 6), n=40)
+    np.savez(tmp_path / "d.npz", images=data.X, Y=data.Y)
+    m = parse_manifest({"dataset": {"kind": "images", "source": str(tmp_path / "d.npz")},
+                        "model": {"channels": [3, 4], "task_norm": task_norm},
+                        "training": {"epochs": 2, "batch_size": 16, "patience": 2, "mtl_method": mtl},
+                        "estimation": {"method": method, "num_subsets": 6, "subset_size": 2, "projection_dim": 8},
+                        "grouping": {"selection": "affinity", "k": 2}})
+    result = run_job(m)
+    assert result.estimate.matrix.shape == (3, 3) and np.isfinite(result.estimate.matrix).all()
+
+
+def test_lookahead_steps_leave_the_running_statistics_alone():
+    from affinity.estimators.tag_lookahead import LookaheadRecorder
+
+    data = tiny_images((1, 6, 6), n=20)
+    net = cnn(data, task_norm=True, channels=[3]).train()
+    before = {k: v.clone() for k, v in net.named_buffers()}
+    t = TensorData.from_split(data, torch.device("cpu"))
+    recorder = LookaheadRecorder(3, 0.01, 1, t.binary)
+    recorder(net, t.X, t.Y, t.train)
+    assert recorder.counts.sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in net.named_buffers())

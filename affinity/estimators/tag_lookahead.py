@@ -35,7 +35,7 @@ class LookaheadRecorder:
             return
         t0 = time.perf_counter()
         params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}  # frozen ones stay fixed
-        buffers = dict(model.named_buffers())
+        buffers = {k: v.clone() for k, v in model.named_buffers()}  # a measurement: the model's statistics stay
 
         def task_losses(p):
             out = functional_call(model, {**p, **buffers}, (x,))
