@@ -36,7 +36,7 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
     "images": {
         "dataset": {"kind": "images", "source": "digits", "params": {"label_fraction": 0.5, "seed": 0}},
         "model": {"kind": "cnn", "arch": "small", "channels": [16, 32]},
-        "training": {"epochs": 40, "batch_size": 128, "patience": 5},
+        "training": {"epochs": 100, "batch_size": 128, "patience": 5},
         "estimation": {"method": "grad_tag", "params": "encoder", "subset_size": 5, "num_subsets": 200,
                        "chunk_rows": 256},
         "grouping": {"k": "auto", "selection": "affinity"},
