@@ -213,7 +213,7 @@ class Client:
         return [Job(self, item) for item in self._json("GET", "/v1/jobs", params=params)["items"]]
 
     def upload_dataset(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """Upload a CSV, Parquet or NPZ file; returns {id, filename, format, size_bytes, rows, columns, ...}.
+        """Upload a CSV, Parquet or NPZ file (a table, or images: 'images' and 'Y'); returns {id, filename, format, size_bytes, rows, columns, ...}.
 
         Use the returned ``id`` as the manifest's ``dataset.source``.
         """
