@@ -117,6 +117,16 @@ class TaskNorm2d(nn.Module):
         return out.reshape(b * k, *shape)
 
 
+class SharedNorm2d(nn.BatchNorm2d):
+    """Plain (shared) batch norm, as torchvision's, whose running statistics stay as they are inside a torch.func
+    transform (where a module must be a pure function: TAG's lookahead steps)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and _transformed(h):
+            return nn.functional.batch_norm(h, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(h)
+
+
 class ConvBlock(nn.Module):
     """3×3 conv → [per-task batch norm] → activation → [2×2 max pool]."""
 
@@ -175,7 +185,7 @@ def _torchvision_models():
 def resnet18_backbone(spec: ModelSpec, image_shape: tuple[int, int, int], n_tasks: int,
                       route: Route) -> tuple[nn.Module, int]:
     models = _torchvision_models()
-    norm = (lambda channels: TaskNorm2d(n_tasks, channels, route)) if spec.task_norm else None
+    norm = (lambda channels: TaskNorm2d(n_tasks, channels, route)) if spec.task_norm else SharedNorm2d
     net = models.resnet18(weights=None, norm_layer=norm)
     channels = image_shape[0]
     if channels != 3:

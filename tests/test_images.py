@@ -353,17 +353,21 @@ def test_cnn_is_a_multitask_cnn():
     assert isinstance(cnn(tiny_images(), task_norm=True), MultiTaskCNN)
 
 
-@pytest.mark.parametrize("method, mtl, task_norm", [
-    ("exact", "equal", False), ("scratch", "equal", True), ("tag_lookahead", "equal", True),
-    ("gradient_cosine", "equal", True), ("grad_tag", "upgrad", True), ("exact", "equal", True),
+SMALL = {"channels": [3, 4]}
+
+
+@pytest.mark.parametrize("method, mtl, model", [
+    ("exact", "equal", SMALL), ("scratch", "equal", {**SMALL, "task_norm": True}),
+    ("tag_lookahead", "equal", {**SMALL, "task_norm": True}),
+    ("gradient_cosine", "equal", {**SMALL, "task_norm": True}), ("grad_tag", "upgrad", {**SMALL, "task_norm": True}),
+    ("exact", "equal", {**SMALL, "task_norm": True}),
 ])
-def test_every_estimator_and_an_aggregator_run_on_a_cnn(tmp_path, method, mtl, task_norm):
+def test_every_estimator_and_an_aggregator_run_on_a_cnn(tmp_path, method, mtl, model):
     from affinity.pipeline import run_job
 
     data = tiny_images((1, 6, 6), n=40)
     np.savez(tmp_path / "d.npz", images=data.X, Y=data.Y)
-    m = parse_manifest({"dataset": {"kind": "images", "source": str(tmp_path / "d.npz")},
-                        "model": {"channels": [3, 4], "task_norm": task_norm},
+    m = parse_manifest({"dataset": {"kind": "images", "source": str(tmp_path / "d.npz")}, "model": model,
                         "training": {"epochs": 2, "batch_size": 16, "patience": 2, "mtl_method": mtl},
                         "estimation": {"method": method, "num_subsets": 6, "subset_size": 2, "projection_dim": 8},
                         "grouping": {"selection": "affinity", "k": 2}})
@@ -382,3 +386,17 @@ def test_lookahead_steps_leave_the_running_statistics_alone():
     recorder(net, t.X, t.Y, t.train)
     assert recorder.counts.sum() > 0
     assert all(torch.equal(before[k], v) for k, v in net.named_buffers())
+
+
+def test_shared_batch_norm_is_pure_inside_a_transform():
+    from torch.func import functional_call, grad
+
+    from affinity.cnn import SharedNorm2d
+
+    norm = SharedNorm2d(3).train()
+    x = torch.randn(4, 3, 2, 2)
+    before = {k: v.clone() for k, v in norm.named_buffers()}
+    g = grad(lambda w: functional_call(norm, {"weight": w}, (x,)).pow(2).sum())(norm.weight.detach())
+    assert g.shape == (3,) and all(torch.equal(before[k], v) for k, v in norm.named_buffers())
+    norm(x)  # outside a transform: plain batch norm, its statistics move
+    assert not torch.equal(before["running_mean"], norm.running_mean)
