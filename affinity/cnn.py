@@ -103,7 +103,7 @@ class TaskNorm2d(nn.Module):
             batch_var = torch.einsum("bk,bkchw->kc", m, (h5 - batch_mean[None, :, :, None, None]) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            if not _transformed(h):
+            if not (_transformed(h) or _transformed(self.weight)):
                 with torch.no_grad():
                     unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
                     self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
@@ -122,7 +122,7 @@ class SharedNorm2d(nn.BatchNorm2d):
     transform (where a module must be a pure function: TAG's lookahead steps)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.training and _transformed(h):
+        if self.training and (_transformed(h) or _transformed(self.weight)):
             return nn.functional.batch_norm(h, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(h)
 

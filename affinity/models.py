@@ -34,10 +34,10 @@ from affinity.manifest import ModelSpec
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-def _transformed(h: torch.Tensor) -> bool:
-    """Whether ``h`` is inside a torch.func transform (grad, vmap): a pure function there, so the running
+def _transformed(t: torch.Tensor) -> bool:
+    """Whether ``t`` is inside a torch.func transform (grad, vmap): a pure function there, so the running
     statistics are read but not updated (e.g. TAG's lookahead steps leave the model's statistics alone)."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(h)
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 class TaskNorm(nn.Module):
@@ -84,7 +84,7 @@ class TaskNorm(nn.Module):
             batch_var = torch.einsum("bk,bku->ku", m, (h - batch_mean) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            if not _transformed(h):
+            if not (_transformed(h) or _transformed(self.weight)):
                 with torch.no_grad():
                     unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
                     self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
@@ -100,7 +100,7 @@ class TaskNorm(nn.Module):
         if self.training and h.shape[0] > 1:
             mean = h.mean(dim=0)
             var = h.var(dim=0, unbiased=False)
-            if not _transformed(h):
+            if not (_transformed(h) or _transformed(self.weight)):
                 with torch.no_grad():
                     n = h.shape[0]
                     self.running_mean.lerp_(mean.detach(), self.momentum)
