@@ -147,8 +147,9 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
         with torch.no_grad():
             base.eval()
             val_rows = torch.nonzero((split & sel_now.any(0)).any(dim=1)).squeeze(1)
-            for s0 in range(0, len(val_rows), 4096):
-                r = val_rows[s0:s0 + 4096]
+            step = min(4096, getattr(base, "max_batch_rows", 4096))  # a transformer's activations scale with length
+            for s0 in range(0, len(val_rows), step):
+                r = val_rows[s0:s0 + step]
                 out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
                 loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * split[r]
                 per_task += loss.sum(1).to(torch.float64)

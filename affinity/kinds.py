@@ -10,6 +10,14 @@ the module (``build``), which has the interface documented in affinity/models.py
 
 The stages call :func:`load_data` and :func:`make_model` and never look at a kind's name.
 
+**Estimates.** The server refuses a manifest whose job would pass its memory or time limit before
+queueing it (api/resources.py). It can do so when the data kind is ``sized`` (the server reads the
+dataset's rows, columns and tasks from its file or a built-in's params: tables and texts) and the
+model kind declares ``memory`` and ``seconds`` (its estimate of the job's peak memory and least
+running time from the manifest and that :class:`~affinity.footprint.DatasetShape`). A job with any
+other kind is refused at submit unless the server allows unestimated kinds
+(TASK_AFFINITY_ALLOW_UNESTIMATED_KINDS): then only the worker's own memory and time limits bound it.
+
 **Plug-ins.** An installed package adds kinds through the entry-point groups
 ``task_affinity.datasets`` (each entry a :class:`DataKind`) and ``task_affinity.models`` (each a
 :class:`ModelKind`), used by their entry-point name in a manifest (``dataset.kind``,
@@ -26,6 +34,7 @@ from importlib.metadata import entry_points
 from torch import nn
 
 from affinity.data.table import DataError, SplitTable, TaskTable
+from affinity.footprint import DatasetShape, MemoryEstimate, TimeEstimate, mlp_memory, mlp_seconds
 from affinity.manifest import DatasetSpec, Manifest, ModelSpec
 
 
@@ -36,6 +45,7 @@ class DataKind:
 
     name: str
     read: Callable[[DatasetSpec], TaskTable]
+    sized: bool = False  # the server reads its shape (rows, columns, tasks) from the file or built-in params
 
 
 def _same(data: SplitTable, spec: ModelSpec) -> SplitTable:
@@ -46,12 +56,15 @@ def _same(data: SplitTable, spec: ModelSpec) -> SplitTable:
 class ModelKind:
     """``build(model section, data, seed) -> nn.Module`` with the interface of affinity/models.py, for the data
     kinds in ``accepts``; ``inputs(data, model section)`` turns the data's raw inputs into the module's (default:
-    as they are)."""
+    as they are). ``memory(manifest, shape) -> MemoryEstimate`` and ``seconds(manifest, shape) -> TimeEstimate``
+    (affinity/footprint.py) estimate a job before it runs; a kind without them is not estimated (see above)."""
 
     name: str
     accepts: tuple[str, ...]
     build: Callable[[ModelSpec, SplitTable, int], nn.Module]
     inputs: Callable[[SplitTable, ModelSpec], SplitTable] = _same
+    memory: Callable[[Manifest, DatasetShape], MemoryEstimate] | None = None
+    seconds: Callable[[Manifest, DatasetShape], TimeEstimate] | None = None
 
 
 def _read_table(spec: DatasetSpec) -> TaskTable:
@@ -96,15 +109,28 @@ def _build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Modul
     return build_transformer(spec, data, seed)
 
 
+def _transformer_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
+    from affinity.transformer_footprint import transformer_memory
+
+    return transformer_memory(manifest, shape)
+
+
+def _transformer_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
+    from affinity.transformer_footprint import transformer_seconds
+
+    return transformer_seconds(manifest, shape)
+
+
 DATA_KINDS: dict[str, DataKind] = {
-    "table": DataKind("table", _read_table),
-    "text": DataKind("text", _read_text),
-    "images": DataKind("images", _read_images),
+    "table": DataKind("table", _read_table, sized=True),
+    "text": DataKind("text", _read_text, sized=True),
+    "images": DataKind("images", _read_images, sized=True),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
-    "mlp": ModelKind("mlp", ("table",), _build_mlp),
-    "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts),
-    "cnn": ModelKind("cnn", ("images",), _build_cnn),
+    "mlp": ModelKind("mlp", ("table",), _build_mlp, memory=mlp_memory, seconds=mlp_seconds),
+    "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts,
+                             memory=_transformer_memory, seconds=_transformer_seconds),
+    "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=mlp_memory, seconds=mlp_seconds),
 }
 DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_job_hours: float = Field(24.0, gt=0, description="Longest a job may run: a manifest that could not finish "
                                  "within it even on a fast machine is refused at submit (422); a worker stops a job "
                                  "that reaches it (failed, with the reason).")
+    allow_unestimated_kinds: bool = Field(False, description="Queue jobs whose data or model kind the server cannot "
+                                          "estimate (a plug-in kind without an estimate): only the worker's memory "
+                                          "and time limits then bound them. Off: such a manifest is refused (422).")
     worker_pool_file: Path | None = Field(None, description="Set by `serve` for its API processes: the state of its "
                                           "worker processes, which /readyz reports. Not an operator setting.")
     torch_threads: int | None = Field(

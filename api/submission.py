@@ -20,8 +20,8 @@ from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
 from affinity.manifest import Manifest, validation_problems
 from api.problems import MAX_NESTING
-from api.resources import (DatasetShape, builtin_shape, check_memory, check_time, images_shape, path_shape,
-                           table_shape)
+from api.resources import (DatasetShape, builtin_shape, check_estimable, check_memory, check_time, images_shape,
+                           path_shape, table_shape)
 from api.settings import Settings
 from api.store import JobStore
 from api.uploads import BadUpload, npz_members, npz_tasks
@@ -105,7 +105,8 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
         resolve_data_path(value, settings, field)
     _check_limits(manifest, tasks, settings)
     check_compute(manifest, settings)
-    if shape is not None:
+    estimable = check_estimable(manifest, settings.allow_unestimated_kinds)
+    if shape is not None and estimable:
         check_memory(manifest, shape, settings.worker_memory_mb)
         check_time(manifest, shape, settings.max_job_hours)
     return Checked(manifest, dataset_id)
@@ -195,6 +196,11 @@ def builtin_tasks(spec: Any) -> TaskCount | None:
             from affinity.data.synthetic import synthetic_params
 
             return TaskCount(synthetic_params(params)["tasks"], "dataset.params.tasks")
+        if spec.source == "text":
+            from affinity.data.sentences import sentence_params
+
+            p = sentence_params(params)
+            return TaskCount(p["groups"] * p["per_group"] + p["unrelated"], "dataset.params.per_group")
         if spec.source == "yeast":
             from affinity.data.real import LABELS, yeast_params
 
@@ -286,6 +292,9 @@ def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
                         f"{columns[:20]}") for i, t in enumerate(spec.tasks) if t.name not in columns]
     problems += [problem(f"dataset.features[{i}]", c, "is not a column of the dataset")
                  for i, c in enumerate(spec.features or []) if c not in columns]
+    problems += [problem(f"dataset.{name}", getattr(spec, name), f"is not a column of the dataset; its columns are "
+                         f"{columns[:20]}") for name in ("text", "text_pair")
+                 if getattr(spec, name, None) is not None and getattr(spec, name) not in columns]
     if problems:
         raise SubmissionError(problems)
 

@@ -1,0 +1,220 @@
+"""Text jobs through the service: the memory and time of a transformer job estimated before it is queued
+(refused past the server's limits, 422 naming the field), plug-in kinds without an estimate refused unless
+the server allows them, and text datasets uploaded and run like tables.
+
+The app runs in-process on SQLite (these tests probe the API's edge, not the database).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from affinity.kinds import MODEL_KINDS, ModelKind
+
+EXAMPLE = json.loads((Path(__file__).parent.parent / "examples" / "text.json").read_text())
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """SQLite only (overrides conftest's SQLite + PostgreSQL parameters)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def problem_of(r, status: int = 422) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    return r.json()
+
+
+def fields_of(p: dict) -> list[str]:
+    return [e["field"] for e in p.get("errors") or []]
+
+
+def stored(store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM jobs")).scalar()
+
+
+def text_csv(rows_per_task: int = 12, tasks: int = 3) -> bytes:
+    """A small CSV of texts: one column of sentences, one label column per task (empty = not labelled)."""
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "dog", "car", "happy", "sad", "park", "kitchen"]
+    n = rows_per_task * tasks
+    frame = pd.DataFrame({"sentence": [" ".join(rng.choice(words, 6)) for _ in range(n)],
+                          "id": np.arange(n)})
+    for t in range(tasks):
+        y = np.full(n, np.nan)
+        y[t * rows_per_task:(t + 1) * rows_per_task] = rng.integers(0, 2, rows_per_task)
+        frame[f"label_{t}"] = y
+    return frame.to_csv(index=False).encode()
+
+
+# -- A. the estimate of a transformer job ----------------------------------------------------------------
+
+TEXT_HOGS = [  # each would grow a worker past the default 4 GB
+    ({"model": {"max_length": 4096}}, "model.max_length"),
+    ({"estimation": {"chunk_rows": 4096, "memory_mb": 65536}}, "estimation.chunk_rows"),
+    ({"estimation": {"method": "exact", "exact_batch": 256}, "training": {"batch_size": 256}},
+     "estimation.exact_batch"),
+    ({"training": {"batch_size": 4096}, "dataset": {"params": {"rows_per_task": 1000}}}, "training.batch_size"),
+    ({"dataset": {"params": {"rows_per_task": 2_000_000}}}, "dataset.params.rows_per_task"),
+]
+
+
+@pytest.mark.parametrize("change, field", TEXT_HOGS)
+def test_text_jobs_past_the_memory_limit_are_refused_before_queueing(service, change, field):
+    client, settings, store, alice, _ = service
+    body = json.loads(json.dumps(EXAMPLE))
+    for section, values in change.items():
+        body[section] = {**body[section], **{k: ({**body[section][k], **v} if isinstance(v, dict) else v)
+                                             for k, v in values.items()}}
+    t0 = time.perf_counter()
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert time.perf_counter() - t0 < 10  # estimated from the model's config and headers, not tried
+    assert "TASK_AFFINITY_WORKER_MEMORY_MB" in p["detail"] and "estimated" in p["detail"], p
+    assert field in fields_of(p), p
+    assert all(e["message"].startswith(e["field"]) for e in p["errors"])
+    assert stored(store) == 0
+
+
+def test_the_builtin_text_job_passes_and_the_limit_is_a_setting(service_settings):
+    """examples/text.json peaks at 1,147 MB RSS (measured): accepted at 4 GB, refused at 1 GB."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.keys import create_key
+
+    for limit, expected in ((4096.0, 201), (1024.0, 422)):
+        app = create_app(service_settings.model_copy(update={"worker_memory_mb": limit}))
+        headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, f'k{limit}').token}"}
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.post("/v1/jobs", json=EXAMPLE, headers=headers)
+            assert r.status_code == expected, r.text
+            if expected == 422:
+                assert "1.0 GB" in r.json()["detail"] and "model.max_length" in fields_of(r.json())
+        app.state.store.engine.dispose()
+
+
+def test_text_jobs_that_could_not_finish_in_time_are_refused(service):
+    client, settings, store, alice, _ = service
+    body = {**EXAMPLE, "training": {**EXAMPLE["training"], "epochs": 100_000, "patience": 100_000},
+            "estimation": {**EXAMPLE["estimation"], "method": "exact", "num_subsets": 2000, "exact_batch": 1},
+            "dataset": {**EXAMPLE["dataset"], "params": {**EXAMPLE["dataset"]["params"], "rows_per_task": 2000}}}
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert "TASK_AFFINITY_MAX_JOB_HOURS" in p["detail"] and "training.epochs" in fields_of(p), p
+    assert stored(store) == 0
+
+
+def test_the_transformer_estimate_matches_measured_runs():
+    """Against the peak RSS of real runs of the built-in text job (measured with the built-in MiniLM on CPU:
+    examples/text.json 1,147 MB; the same tasks with texts six times as long, max_length 128, 2,471 MB):
+    never below, at most 1.6 times above; and it grows with what the engine allocates."""
+    from affinity.manifest import parse_manifest
+    from affinity.transformer_footprint import architecture
+    from api.resources import builtin_shape, estimate_memory, estimate_seconds
+
+    def est(change=None, tokens=None):
+        raw = json.loads(json.dumps(EXAMPLE))
+        for section, values in (change or {}).items():
+            raw[section].update(values)
+        m = parse_manifest(raw)
+        shape = builtin_shape(m.dataset, 0)
+        shape.tokens = tokens
+        return m, shape, estimate_memory(m, shape)
+
+    m, shape, base = est()
+    assert 1147 * 2**20 <= base.total <= 1.6 * 1147 * 2**20, base
+    _, _, long = est({"model": {**EXAMPLE["model"], "max_length": 128}}, tokens=110)
+    assert 2471 * 2**20 <= long.total <= 1.6 * 2471 * 2**20, long
+    assert est({"estimation": {**EXAMPLE["estimation"], "chunk_rows": 256, "memory_mb": 4096}})[2].total > base.total
+    exact = est({"estimation": {**EXAMPLE["estimation"], "method": "exact"}})[2]
+    assert exact.biggest(1)[0][0] == "stacked fine-tunes"
+    # the adapters' size from the safetensors headers: rank 8 on query and value of 6 layers of width 384
+    a = architecture(m.model)
+    assert (a.hidden, a.layers, a.heads, a.ffn) == (384, 6, 12, 1536)
+    assert a.lora == 6 * 2 * 8 * (384 + 384) and 22_000_000 < a.params < 23_000_000
+    assert 0 < estimate_seconds(m, shape).seconds < 49.8  # a lower bound: the run took 49.8 s on one core
+
+
+def test_the_adapter_count_equals_the_built_model(tmp_path):
+    from affinity.kinds import load_data, make_model
+    from affinity.manifest import parse_manifest
+    from affinity.transformer_footprint import architecture
+
+    m = parse_manifest({"dataset": {"source": "text", "params": {"groups": 2, "per_group": 1, "unrelated": 0,
+                                                                 "rows_per_task": 10}},
+                        "model": {"lora_rank": 4, "target_modules": ["query", "key", "dense"]}})
+    model = make_model(m.model, load_data(m), 0)
+    assert architecture(m.model).lora == model.trainable_counts()["lora"]
+
+
+def test_a_missing_pretrained_folder_is_refused_at_submit(service):
+    client, _, store, alice, _ = service
+    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "/no/such/model"}}
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert fields_of(p) == ["model.pretrained"] and "not a folder" in p["detail"], p
+    assert stored(store) == 0
+
+
+# -- plug-in kinds: a declared estimate, or the server's consent -----------------------------------------
+
+def _plugin_kind(monkeypatch, **hooks):
+    monkeypatch.setitem(MODEL_KINDS, "probe", ModelKind("probe", ("table",), MODEL_KINDS["mlp"].build, **hooks))
+
+
+def test_a_plugin_kind_without_an_estimate_is_refused_unless_the_server_allows_it(service_settings, tiny_job,
+                                                                                  monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.keys import create_key
+
+    _plugin_kind(monkeypatch)
+    body = {**tiny_job, "model": {"kind": "probe"}}
+    for allow, expected in ((False, 422), (True, 201)):
+        app = create_app(service_settings.model_copy(update={"allow_unestimated_kinds": allow}))
+        headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, f'k{allow}').token}"}
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.post("/v1/jobs", json=body, headers=headers)
+            assert r.status_code == expected, r.text
+            if expected == 422:
+                p = r.json()
+                assert fields_of(p) == ["model.kind"] and "TASK_AFFINITY_ALLOW_UNESTIMATED_KINDS" in p["detail"]
+                assert stored(app.state.store) == 0
+            # the built-in kinds are estimated either way
+            assert client.post("/v1/jobs", json=tiny_job, headers=headers).status_code == 201
+        app.state.store.engine.dispose()
+
+
+def test_a_plugin_kinds_declared_estimate_decides(service, tiny_job, monkeypatch):
+    from affinity.footprint import MemoryEstimate, TimeEstimate
+
+    client, _, store, alice, _ = service
+    need = {"bytes": 2**40}
+
+    def memory(manifest, shape):
+        return MemoryEstimate(need["bytes"], {"probe weights": need["bytes"]}, {"probe weights": ("model.params",)})
+
+    def seconds(manifest, shape):
+        return TimeEstimate(1.0, {"probe": 1.0}, {"probe": ("model.params",)})
+
+    _plugin_kind(monkeypatch, memory=memory, seconds=seconds)
+    body = {**tiny_job, "model": {"kind": "probe", "params": {"width": 10**9}}}
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert fields_of(p) == ["model.params"] and "1024.0 GB" in p["detail"], p
+    need["bytes"] = 2**20
+    assert client.post("/v1/jobs", json=body, headers=alice).status_code == 201
+
+    def broken(manifest, shape):
+        raise KeyError("width")
+
+    _plugin_kind(monkeypatch, memory=broken, seconds=seconds)
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert fields_of(p) == ["model.kind"] and "fix the plug-in" in p["detail"], p
