@@ -46,6 +46,9 @@ class DataKind:
     name: str
     read: Callable[[DatasetSpec], TaskTable]
     sized: bool = False  # the server reads its shape (rows, columns, tasks) from the file or built-in params
+    # the dataset fields that name a file's input columns, each with whether it takes a list (the dashboard's form
+    # offers them as column roles, next to the task columns)
+    columns: tuple[tuple[str, bool], ...] = ()
 
 
 def _same(data: SplitTable, spec: ModelSpec) -> SplitTable:
@@ -122,8 +125,8 @@ def _transformer_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimat
 
 
 DATA_KINDS: dict[str, DataKind] = {
-    "table": DataKind("table", _read_table, sized=True),
-    "text": DataKind("text", _read_text, sized=True),
+    "table": DataKind("table", _read_table, sized=True, columns=(("features", True),)),
+    "text": DataKind("text", _read_text, sized=True, columns=(("text", False), ("text_pair", False))),
     "images": DataKind("images", _read_images, sized=True),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
@@ -193,3 +196,33 @@ def load_data(manifest: Manifest) -> SplitTable:
 def make_model(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
     """A fresh model of ``spec.kind`` for ``data`` (inputs as encoded by :func:`load_data`)."""
     return model_kind(spec.kind).build(spec, data, seed)
+
+
+def describe_kinds() -> dict[str, list[dict]]:
+    """Every data and model kind (built-in, then installed plug-ins) as the service lists them: a data kind's
+    column fields, a model kind's data kinds and the model, training, estimation and grouping sections of the
+    first built-in job that uses it (settings known to run; empty for a plug-in). A plug-in that fails to load
+    is listed with its error."""
+    from affinity.defaults import BUILTIN_JOBS
+    from affinity.manifest import parse_manifest
+
+    starts: dict[str, dict] = {}
+    for job in BUILTIN_JOBS.values():
+        kind = parse_manifest(job).model.kind
+        starts.setdefault(kind, {k: job[k] for k in ("model", "training", "estimation", "grouping") if k in job})
+    data, models = [], []
+    for name in data_kind_names():
+        try:
+            kind = data_kind(name)
+            data.append({"name": name, "columns": [{"field": f, "many": many} for f, many in kind.columns],
+                         "estimated": kind.sized})
+        except DataError as exc:
+            data.append({"name": name, "error": str(exc)})
+    for name in model_kind_names():
+        try:
+            kind = model_kind(name)
+            models.append({"name": name, "accepts": list(kind.accepts), "settings": starts.get(name, {}),
+                           "estimated": kind.memory is not None and kind.seconds is not None})
+        except DataError as exc:
+            models.append({"name": name, "error": str(exc)})
+    return {"data": data, "models": models}

@@ -232,11 +232,29 @@ def advice_summary(advice: dict[str, Any] | None) -> dict[str, Any]:
                             "stability_ari": (rel.get("stability") or {}).get("mean_ari")}}
 
 
+def model_summary(result: Any) -> dict[str, Any]:
+    """The base model in a job record: its kind, its parameters, those trained (and, where the model counts them,
+    the adapters' and the heads'), and those whose gradients the estimator took."""
+    model = result.model
+    params = list(model.parameters())
+    counts = model.trainable_counts() if callable(getattr(model, "trainable_counts", None)) else {}
+    info = {"kind": result.manifest.model.kind, "parameters": sum(p.numel() for p in params),
+            "trained": sum(p.numel() for p in params if p.requires_grad),
+            **{k: int(v) for k, v in counts.items() if k in ("lora", "heads")}}
+    differentiated = result.estimate.info.get("n_params")
+    if differentiated is not None:
+        info["differentiated"] = int(differentiated)
+    return info
+
+
 def job_summary(result: Any, out: Path) -> dict[str, Any]:
     names = result.data.task_names
     g = result.grouping
+    tokens = result.data.metadata.get("tokens") if result.data.texts is not None else None
     return {
-        "tasks": len(names), "rows": int(result.data.X.shape[0]), "features": int(result.data.X.shape[1]),
+        "tasks": len(names), "rows": int(result.data.X.shape[0]),
+        **({"tokens": int(tokens)} if tokens is not None else {"features": int(result.data.X.shape[1])}),
+        "model": model_summary(result),
         "k": int(g.k), "groups": [[names[i] for i in members] for members in g.groups],
         "objective": float(g.objective), "estimator": result.estimate.method, "device": result.device,
         "backend": result.backend,

@@ -218,3 +218,54 @@ def test_a_plugin_kinds_declared_estimate_decides(service, tiny_job, monkeypatch
     _plugin_kind(monkeypatch, memory=broken, seconds=seconds)
     p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
     assert fields_of(p) == ["model.kind"] and "fix the plug-in" in p["detail"], p
+
+
+# -- B. text datasets upload and run like tables ---------------------------------------------------------
+
+def test_kinds_are_listed_for_the_form(service, monkeypatch):
+    client, *_ = service
+    kinds = client.get("/v1/schema/kinds").json()
+    data = {k["name"]: k for k in kinds["data"]}
+    models = {k["name"]: k for k in kinds["models"]}
+    assert {"table", "text"} <= set(data) and {"mlp", "transformer"} <= set(models)
+    assert data["text"]["columns"] == [{"field": "text", "many": False}, {"field": "text_pair", "many": False}]
+    assert models["transformer"]["accepts"] == ["text"] and models["transformer"]["estimated"]
+    assert models["transformer"]["settings"]["model"]["kind"] == "transformer"  # the built-in text job's settings
+    _plugin_kind(monkeypatch)  # a kind added to the registry shows up without touching the form
+    models = {k["name"]: k for k in client.get("/v1/schema/kinds").json()["models"]}
+    assert models["probe"] == {"name": "probe", "accepts": ["table"], "settings": {}, "estimated": False}
+
+
+def test_a_text_csv_uploads_and_runs_like_a_table(service):
+    from api.worker import Worker
+
+    client, settings, store, alice, _ = service
+    r = client.post("/v1/datasets", files={"file": ("texts.csv", text_csv())}, headers=alice)
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["columns"] == ["sentence", "id", "label_0", "label_1", "label_2"] and ds["rows"] == 36
+    tasks = [{"name": f"label_{t}", "type": "binary"} for t in range(3)]
+    job = {"dataset": {"kind": "text", "source": ds["id"], "text": "sentence", "tasks": tasks},
+           "model": {"kind": "transformer", "max_length": 16, "lora_rank": 4},
+           "training": {"epochs": 2, "batch_size": 32, "patience": 2},
+           "estimation": {"method": "grad_tag", "params": "encoder", "num_subsets": 6, "subset_size": 2,
+                          "projection_dim": 16, "chunk_rows": 32},
+           "grouping": {"selection": "affinity", "k": 2}}
+    # a text column that is not in the upload: refused at submit, naming the field
+    bad = {**job, "dataset": {**job["dataset"], "text": "body"}}
+    p = problem_of(client.post("/v1/jobs", json=bad, headers=alice))
+    assert fields_of(p) == ["dataset.text"] and "sentence" in p["detail"]
+    submitted = client.post("/v1/jobs", json=job, headers=alice)
+    assert submitted.status_code == 201, submitted.text
+    assert Worker(settings, store, worker_id="w1").run_once()
+    done = client.get(f"/v1/jobs/{submitted.json()['id']}", headers=alice).json()
+    assert done["status"] == "succeeded", done
+    s = done["summary"]
+    assert s["rows"] == 36 and s["tasks"] == 3 and 0 < s["tokens"] <= 16 and "features" not in s
+    assert sorted(sum(s["groups"], [])) == ["label_0", "label_1", "label_2"]
+    m = s["model"]
+    assert m["kind"] == "transformer" and 22_000_000 < m["parameters"] < 23_000_000
+    assert m["lora"] == 6 * 2 * 4 * (384 + 384) and m["heads"] == 3 * 385
+    assert m["trained"] == m["lora"] + m["heads"] and m["differentiated"] == m["lora"]  # params: encoder
+    affinity = client.get(f"/v1/jobs/{done['id']}/affinity", headers=alice).json()
+    assert affinity["tasks"] == ["label_0", "label_1", "label_2"] and np.isfinite(affinity["matrix"]).all()

@@ -27,6 +27,16 @@ def get_manifest_schema() -> dict[str, Any]:
     return manifest_schema()
 
 
+@router.get("/schema/kinds", tags=["schema"])
+def get_kinds() -> dict[str, Any]:
+    """The data kinds (``dataset.kind``) and model kinds (``model.kind``) this server runs, built-in and from
+    installed plug-ins: a data kind's column fields, the data kinds a model kind takes and its starting
+    settings, and whether the server estimates jobs of the kind before queueing them."""
+    from affinity.kinds import describe_kinds
+
+    return describe_kinds()
+
+
 @router.post("/jobs", status_code=201, response_model=JobOut, responses={
     200: {"model": JobOut, "description": "The job created before with the same Idempotency-Key and body."},
     **responses(409, 413, 422)})
