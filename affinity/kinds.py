@@ -35,7 +35,7 @@ from torch import nn
 
 from affinity.data.table import DataError, SplitTable, TaskTable
 from affinity.footprint import DatasetShape, MemoryEstimate, TimeEstimate, mlp_memory, mlp_seconds
-from affinity.manifest import DatasetSpec, Manifest, ModelSpec
+from affinity.manifest import MODEL_FIELDS, DatasetSpec, Manifest, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class ModelKind:
     inputs: Callable[[SplitTable, ModelSpec], SplitTable] = _same
     memory: Callable[[Manifest, DatasetShape], MemoryEstimate] | None = None
     seconds: Callable[[Manifest, DatasetShape], TimeEstimate] | None = None
+    fields: tuple[str, ...] = ()  # the model section's fields of this kind (a plug-in's settings are model.params)
 
 
 def _read_table(spec: DatasetSpec) -> TaskTable:
@@ -130,10 +131,13 @@ DATA_KINDS: dict[str, DataKind] = {
     "images": DataKind("images", _read_images, sized=True),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
-    "mlp": ModelKind("mlp", ("table",), _build_mlp, memory=mlp_memory, seconds=mlp_seconds),
+    "mlp": ModelKind("mlp", ("table",), _build_mlp, memory=mlp_memory, seconds=mlp_seconds,
+                     fields=MODEL_FIELDS["mlp"]),
     "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts,
-                             memory=_transformer_memory, seconds=_transformer_seconds),
-    "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=mlp_memory, seconds=mlp_seconds),
+                             memory=_transformer_memory, seconds=_transformer_seconds,
+                             fields=MODEL_FIELDS["transformer"]),
+    "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=mlp_memory, seconds=mlp_seconds,
+                     fields=MODEL_FIELDS["cnn"]),
 }
 DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
 
@@ -200,8 +204,9 @@ def make_model(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
 
 def describe_kinds() -> dict[str, list[dict]]:
     """Every data and model kind (built-in, then installed plug-ins) as the service lists them: a data kind's
-    column fields, a model kind's data kinds and the model, training, estimation and grouping sections of the
-    first built-in job that uses it (settings known to run; empty for a plug-in). A plug-in that fails to load
+    column fields, a model kind's data kinds, its model fields with their starting values, and the model,
+    training, estimation and grouping sections of the first built-in job that uses it (settings known to run;
+    empty for a plug-in). A plug-in that fails to load
     is listed with its error."""
     from affinity.defaults import BUILTIN_JOBS
     from affinity.manifest import parse_manifest
@@ -221,7 +226,11 @@ def describe_kinds() -> dict[str, list[dict]]:
     for name in model_kind_names():
         try:
             kind = model_kind(name)
-            models.append({"name": name, "accepts": list(kind.accepts), "settings": starts.get(name, {}),
+            settings = starts.get(name, {})
+            given = settings.get("model", {})
+            fields = {f: given.get(f, ModelSpec.model_fields[f].get_default(call_default_factory=True))
+                      for f in kind.fields if f in ModelSpec.model_fields}
+            models.append({"name": name, "accepts": list(kind.accepts), "settings": settings, "fields": fields,
                            "estimated": kind.memory is not None and kind.seconds is not None})
         except DataError as exc:
             models.append({"name": name, "error": str(exc)})

@@ -35,6 +35,7 @@ _TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_a
 _CNN_ONLY = ("arch", "channels", "weights")
 # The fields each built-in model kind reads (a field of another kind, set off its default, is refused).
 _MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY, "cnn": ("task_norm", "activation") + _CNN_ONLY}
+MODEL_FIELDS = _MODEL_FIELDS  # the model section's fields of each built-in kind (the dashboard's form offers them)
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
 MTL_METHODS = ("equal", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "aligned_mtl", "dualproj",

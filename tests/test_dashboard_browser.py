@@ -77,8 +77,9 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
             expect(page.get_by_test_id("jobs-table")).to_be_visible()
             assert page.evaluate("sessionStorage.getItem('task-affinity-key')") == key
 
-            # a bad manifest: 422 with the field named on the form
+            # a bad manifest: 422 with the field named on the form (the JSON box, for experts)
             page.get_by_test_id("nav-submit").click()
+            page.get_by_test_id("expert-toggle").click()
             manifest_box = page.get_by_test_id("manifest-input")
             expect(manifest_box).not_to_have_value("")
             manifest_box.fill(json.dumps({"dataset": {"source": "planted"}, "estimation": {"num_subsets": -3}}))
@@ -89,6 +90,7 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
             from affinity.defaults import builtin_manifest
             from affinity.manifest import parse_manifest
 
+            page.get_by_test_id("source-builtin").check()
             page.get_by_test_id("example-select").select_option("planted")
             prefilled = json.loads(manifest_box.input_value())
             assert parse_manifest(prefilled) == builtin_manifest("planted")
@@ -183,3 +185,103 @@ def test_dashboard_assets_are_served_by_the_app_and_not_in_the_api_schema(tmp_pa
         paths = client.get("/openapi.json").json()["paths"]
         assert "/" not in paths and not any(p.startswith("/static") for p in paths)
     app.state.store.engine.dispose()
+
+
+def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_path):
+    """The submit form as a person uses it: upload a CSV, see its columns, pick the kind (listed by the server),
+    the text and task columns, the model and k; the manifest it writes is submitted and runs; the job page shows
+    the model kind and what was trained and differentiated against the whole model."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_text_service import text_csv
+
+    base, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    csv = tmp_path / "texts.csv"
+    csv.write_bytes(text_csv())
+    page_errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        page = None
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.set_default_timeout(30_000)
+            page.goto(base + "/")
+            page.get_by_test_id("key-input").fill(key)
+            page.get_by_test_id("key-submit").click()
+            page.get_by_test_id("nav-submit").click()
+
+            # the kinds come from the server
+            kinds = httpx.get(f"{base}/v1/schema/kinds", timeout=120).json()
+            listed = page.get_by_test_id("data-kind").locator("option").all_inner_texts()
+            assert listed == [k["name"] for k in kinds["data"]] and "text" in listed
+
+            # upload: the detected columns, each with a role
+            page.get_by_test_id("dataset-file").set_input_files(str(csv))
+            page.get_by_test_id("dataset-upload").click()
+            expect(page.get_by_test_id("upload-result")).to_contain_text("36 rows")
+            rows = page.get_by_test_id("column-row")
+            expect(rows).to_have_count(5)
+            assert [r.get_attribute("data-column") for r in rows.all()] == ["sentence", "id", "label_0", "label_1",
+                                                                            "label_2"]
+            page.get_by_test_id("data-kind").select_option("text")
+            expect(page.get_by_test_id("model-kind")).to_have_value("transformer")  # the kind that takes texts
+            def role(column):
+                return page.locator(f"[data-testid=column-role][data-column='{column}']")
+
+            role("sentence").select_option("field:text")
+            role("id").select_option("ignore")
+            role("label_0").select_option("task:binary")
+            role("label_1").select_option("task:binary")
+            role("label_2").select_option("task:regression")
+            expect(page.get_by_test_id("model-field-pretrained")).to_have_value("all-MiniLM-L6-v2")
+            page.get_by_test_id("model-field-max_length").fill("16")
+            page.get_by_test_id("model-field-max_length").dispatch_event("change")
+            page.get_by_test_id("model-field-lora_rank").fill("4")
+            page.get_by_test_id("model-field-lora_rank").dispatch_event("change")
+            page.get_by_test_id("k-input").fill("2")
+            page.get_by_test_id("k-input").dispatch_event("change")
+            page.screenshot(path=str(tmp_path / "dashboard-form.png"), full_page=True)
+
+            # the manifest the form wrote, in the JSON box; an expert trims the run to seconds there
+            page.get_by_test_id("expert-toggle").click()
+            box = page.get_by_test_id("manifest-input")
+            manifest = json.loads(box.input_value())
+            ds_id = page.get_by_test_id("dataset-id").inner_text()
+            assert manifest["dataset"] == {"kind": "text", "source": ds_id, "text": "sentence",
+                                           "tasks": [{"name": "label_0", "type": "binary"},
+                                                     {"name": "label_1", "type": "binary"},
+                                                     {"name": "label_2", "type": "regression"}]}
+            assert manifest["model"]["kind"] == "transformer" and manifest["model"]["max_length"] == 16
+            assert manifest["model"]["lora_rank"] == 4 and manifest["grouping"]["k"] == 2
+            manifest["training"].update({"epochs": 2, "patience": 2})
+            manifest["estimation"].update({"num_subsets": 6, "subset_size": 2, "projection_dim": 16})
+            box.fill(json.dumps(manifest))
+            page.get_by_test_id("manifest-submit").click()
+            expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
+            row = page.locator("[data-testid=job-row]").first
+            job_id = row.get_attribute("data-job-id")
+            expect(row.get_by_test_id("job-model")).to_have_text("transformer")
+            done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
+            expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+
+            # the job page: model kind, LoRA and heads against the whole model
+            done.get_by_test_id("job-link").click()
+            expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
+            model = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=60).json()["summary"]["model"]
+            meta = page.get_by_test_id("job-metadata")
+            expect(meta).to_contain_text("transformer")
+            expect(meta).to_contain_text(f"{model['parameters']:,}")
+            expect(meta).to_contain_text(f"LoRA {model['lora']:,} + heads {model['heads']:,}")
+            expect(meta).to_contain_text(f"differentiated{model['differentiated']:,}")
+            expect(meta).to_contain_text("up to")
+            page.screenshot(path=str(tmp_path / "dashboard-text-job.png"), full_page=True)
+        except Exception:
+            if page is not None:
+                page.screenshot(path=str(tmp_path / "dashboard-failure.png"), full_page=True)
+                print(f"dashboard screenshot at the failure: {tmp_path / 'dashboard-failure.png'}")
+            raise
+        finally:
+            browser.close()
+    assert not page_errors, page_errors

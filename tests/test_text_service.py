@@ -233,7 +233,10 @@ def test_kinds_are_listed_for_the_form(service, monkeypatch):
     assert models["transformer"]["settings"]["model"]["kind"] == "transformer"  # the built-in text job's settings
     _plugin_kind(monkeypatch)  # a kind added to the registry shows up without touching the form
     models = {k["name"]: k for k in client.get("/v1/schema/kinds").json()["models"]}
-    assert models["probe"] == {"name": "probe", "accepts": ["table"], "settings": {}, "estimated": False}
+    assert models["transformer"]["fields"]["pretrained"] == "all-MiniLM-L6-v2"
+    assert models["transformer"]["fields"]["max_length"] == 32 and models["mlp"]["fields"]["hidden"] == [64, 64]
+    assert models["probe"] == {"name": "probe", "accepts": ["table"], "settings": {}, "fields": {},
+                               "estimated": False}
 
 
 def test_a_text_csv_uploads_and_runs_like_a_table(service):

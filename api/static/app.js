@@ -193,6 +193,7 @@ function renderJobs(page) {
       el("td", { class: "progress" }, el("progress", { max: "1", value: String(job.progress || 0) }), " ", pct(job.progress)),
       el("td", {}, job.status === "running" ? duration(job.eta_seconds) : ""),
       el("td", {}, el("code", {}, source)),
+      el("td", { "data-testid": "job-model" }, job.manifest && job.manifest.model ? job.manifest.model.kind : ""),
       el("td", { class: "small" }, when(job.created_at)),
       el("td", {}, active && !job.cancel_requested
         ? el("button", { type: "button", class: "secondary", onclick: () => cancelJob(job.id) }, "Cancel") : ""));
@@ -309,9 +310,11 @@ function renderMetadata(job, affinity, groups) {
     ["estimator", affinity.method],
     ["tasks", s.tasks !== undefined ? s.tasks : affinity.tasks.length],
     ["rows", s.rows], ["features", s.features],
+    ["texts", s.tokens !== undefined ? `up to ${s.tokens} tokens` : undefined],
+    ...modelRows(job, s.model),
     ["subsets", est.num_subsets !== undefined ? `${est.num_subsets} of ${est.subset_size} tasks` : undefined],
     ["projection", est.projection_dim !== undefined ? `${est.projection} d = ${est.projection_dim}` : undefined],
-    ["parameters", est.n_params], ["ridge l2", est.l2],
+    ["ridge l2", est.l2],
     ["grouping", `${groups.method}, k = ${groups.k}`],
     ["objective", groups.objective],
     ["k selection", groups.k_selection ? fmt(groups.k_selection.chosen !== undefined ? groups.k_selection.chosen : groups.k_selection) : undefined],
@@ -323,6 +326,23 @@ function renderMetadata(job, affinity, groups) {
   ];
   $("job-metadata").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null && v !== "")
     .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, fmt(v))]));
+}
+
+function count(n) { return typeof n === "number" ? n.toLocaleString("en-US") : undefined; }
+
+// The base model: its kind, and what was trained and differentiated against the whole model.
+function modelRows(job, m) {
+  const kind = (m && m.kind) || (job.manifest && job.manifest.model && job.manifest.model.kind);
+  if (!m) return [["model", kind]];
+  const share = (n) => (m.parameters ? ` (${(100 * n / m.parameters).toPrecision(2)}% of the model)` : "");
+  const parts = [m.lora !== undefined ? `LoRA ${count(m.lora)}` : null, m.heads !== undefined ? `heads ${count(m.heads)}` : null]
+    .filter(Boolean).join(" + ");
+  return [
+    ["model", kind],
+    ["model parameters", count(m.parameters)],
+    ["trained", m.trained !== undefined ? count(m.trained) + (parts ? ` = ${parts}` : "") + share(m.trained) : undefined],
+    ["differentiated", m.differentiated !== undefined ? count(m.differentiated) + share(m.differentiated) : undefined],
+  ];
 }
 
 function renderDownloads(job, base) {
@@ -440,23 +460,219 @@ function drawHeatmap(affinity, groups) {
   canvas.onmouseleave = () => { tip.hidden = true; };
 }
 
-// -- submit form
+// -- submit form: the form writes the manifest (the JSON box, which experts may edit); the data and model
+// kinds, their column fields and starting settings come from the server (GET /v1/schema/kinds), so a kind a
+// plug-in adds appears here without changing this page.
 let examples = null;
+let kinds = null;
+let upload = null; // the uploaded dataset the form uses: {id, filename, format, rows, columns}
+let roles = {}; // column -> role: "field:<dataset field>", "task:binary", "task:regression" or "ignore"
+
+const TASK_ROLES = [["task:binary", "task (binary 0/1)"], ["task:regression", "task (regression)"]];
+const FIELD_LABELS = { features: "feature", text: "text", text_pair: "second text (pairs)" };
+
+function currentManifest() {
+  const raw = $("manifest-input").value.trim();
+  if (!raw) return {};
+  try { return JSON.parse(raw); } catch (_) { return null; }
+}
+
+// Apply a change of the form to the manifest in the JSON box.
+function editManifest(change) {
+  const m = currentManifest();
+  if (m === null) {
+    showProblem("The manifest in the JSON box is not valid JSON; fix it there, or reload the page to start over.", []);
+    return;
+  }
+  change(m);
+  $("manifest-input").value = JSON.stringify(m, null, 2);
+}
+
+function dataKind(name) { return (kinds.data || []).find((k) => k.name === name); }
+function modelKind(name) { return (kinds.models || []).find((k) => k.name === name); }
+function modelsFor(data) { return (kinds.models || []).filter((k) => !k.error && (k.accepts || []).includes(data)); }
+function sourceMode() { return document.querySelector("input[name=source-mode]:checked").value; }
+
+function kValue() {
+  const v = $("k-input").value.trim();
+  return /^\d+$/.test(v) ? Number(v) : (v || "auto");
+}
+
+function fieldValue(text) {
+  const t = text.trim();
+  if (t === "") return null;
+  try { return JSON.parse(t); } catch (_) { /* a plain string */ }
+  if (/^-?\d+(\.\d+)?(\s*,\s*-?\d+(\.\d+)?)+$/.test(t)) return t.split(",").map(Number); // "64, 64"
+  return t;
+}
+
+function fieldText(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "string") return v;
+  if (Array.isArray(v) && v.every((x) => typeof x === "number")) return v.join(", ");
+  return JSON.stringify(v);
+}
+
+function fillSelect(select, options, value) {
+  select.replaceChildren(...options.map(([v, label, disabled]) =>
+    el("option", { value: v, disabled: disabled || null }, label)));
+  if (value !== undefined && options.some(([v]) => v === value)) select.value = value;
+}
+
+function renderModelKinds(data, chosen) {
+  const options = modelsFor(data).map((k) => [k.name, k.name]);
+  if (!options.length) options.push(["", `no model kind takes ${data} data`, true]);
+  fillSelect($("model-kind"), options, chosen);
+}
+
+function renderModelFields(manifest) {
+  const kind = modelKind($("model-kind").value);
+  const given = (manifest && manifest.model) || {};
+  const fields = Object.entries((kind && kind.fields) || {});
+  $("model-fields").replaceChildren(...fields.flatMap(([name, start]) => {
+    const id = "model-field-" + name;
+    const value = Object.prototype.hasOwnProperty.call(given, name) ? given[name] : start;
+    return [el("label", { for: id }, name.replace(/_/g, " ")),
+      el("input", { id, type: "text", value: fieldText(value), "data-testid": id, "data-field": name,
+        onchange: (ev) => editManifest((m) => {
+          m.model = m.model || {};
+          const v = fieldValue(ev.target.value);
+          if (v === null) delete m.model[name]; else m.model[name] = v;
+        }) })];
+  }));
+}
+
+// The model kind's starting settings (those of a built-in job that uses it) replace the model, training,
+// estimation and grouping sections: the previous kind's fields do not apply to the new one.
+function applyModelKind(m, name) {
+  const kind = modelKind(name);
+  for (const section of ["model", "training", "estimation", "grouping"]) {
+    m[section] = JSON.parse(JSON.stringify(((kind && kind.settings) || {})[section] || {}));
+  }
+  m.model.kind = name;
+  m.grouping.k = kValue();
+}
+
+function defaultRoles(kind, columns) {
+  const out = {};
+  const fields = (kind && kind.columns) || [];
+  const singles = fields.filter((f) => !f.many).map((f) => f.field);
+  const many = fields.find((f) => f.many);
+  for (const c of columns) {
+    if (/^(label|task|target|y)([_\s-]?\d*|[_\s-].*)$/i.test(c)) out[c] = "task:binary";
+    else if (singles.length) out[c] = "field:" + singles.shift();
+    else out[c] = many ? "field:" + many.field : "ignore";
+  }
+  return out;
+}
+
+function renderColumns() {
+  const kind = dataKind($("data-kind").value);
+  const show = upload && upload.format !== "npz";
+  $("columns-box").hidden = !show;
+  if (!show) return;
+  const options = ((kind && kind.columns) || []).map((f) => ["field:" + f.field, FIELD_LABELS[f.field] || f.field.replace(/_/g, " ")])
+    .concat(TASK_ROLES, [["ignore", "not used"]]);
+  $("columns-body").replaceChildren(...upload.columns.map((c) => {
+    const select = el("select", { "data-testid": "column-role", "data-column": c,
+      onchange: (ev) => { roles[c] = ev.target.value; editManifest(applyDataset); } });
+    fillSelect(select, options, roles[c]);
+    roles[c] = select.value;
+    return el("tr", { "data-testid": "column-row", "data-column": c }, el("td", {}, el("code", {}, c)), el("td", {}, select));
+  }));
+}
+
+// The dataset section from the upload and the column roles.
+function applyDataset(m) {
+  if (!upload) return;
+  const kind = dataKind($("data-kind").value);
+  const dataset = { kind: kind ? kind.name : "table", source: upload.id };
+  if (upload.format !== "npz") {
+    for (const f of (kind && kind.columns) || []) {
+      const cols = upload.columns.filter((c) => roles[c] === "field:" + f.field);
+      if (cols.length) dataset[f.field] = f.many ? cols : cols[0];
+    }
+    const tasks = upload.columns.filter((c) => roles[c] && roles[c].startsWith("task:"))
+      .map((c) => ({ name: c, type: roles[c].slice(5) }));
+    if (tasks.length) dataset.tasks = tasks;
+  }
+  m.dataset = dataset;
+}
+
+function syncControls(m) {
+  const modelName = (m.model && m.model.kind) || "mlp";
+  const model = modelKind(modelName);
+  const data = (m.dataset && m.dataset.kind) || (model && model.accepts ? model.accepts[0] : "table");
+  $("data-kind").value = data;
+  renderModelKinds(data, modelName);
+  $("k-input").value = m.grouping && m.grouping.k !== undefined ? fieldText(m.grouping.k) : "auto";
+  renderModelFields(m);
+}
+
+function loadExample(name) {
+  if (!examples || !examples[name]) return;
+  $("manifest-input").value = JSON.stringify(examples[name], null, 2);
+  syncControls(examples[name]);
+}
+
+function setSourceMode(mode) {
+  $("upload-box").hidden = mode !== "upload";
+  $("builtin-box").hidden = mode !== "builtin";
+  if (mode === "builtin") {
+    $("columns-box").hidden = true;
+    loadExample($("example-select").value);
+  } else {
+    renderColumns();
+    editManifest((m) => {
+      applyModelKind(m, $("model-kind").value);
+      m.dataset = { kind: $("data-kind").value };
+      applyDataset(m);
+    });
+    renderModelFields(currentManifest());
+  }
+}
 
 async function showSubmit() {
   show("view-submit");
-  const select = $("example-select");
-  if (!examples) {
+  if (!examples || !kinds) {
     try {
-      examples = await (await fetch("/static/examples.json")).json();
-    } catch (_) { examples = {}; }
-    select.replaceChildren(...Object.keys(examples).map((name) => el("option", { value: name },
-      name === "small" ? "small planted job (seconds)" : `built-in ${name} job`)));
-    select.onchange = () => { $("manifest-input").value = JSON.stringify(examples[select.value], null, 2); };
+      [examples, kinds] = await Promise.all([(await fetch("/static/examples.json")).json(),
+        (await fetch("/v1/schema/kinds")).json()]);
+    } catch (err) {
+      examples = examples || {};
+      kinds = kinds || { data: [{ name: "table", columns: [{ field: "features", many: true }] }],
+        models: [{ name: "mlp", accepts: ["table"], settings: {}, fields: {} }] };
+      flash("cannot load the kinds this server runs: " + err.message, true);
+    }
+    fillSelect($("example-select"), Object.keys(examples).map((name) =>
+      [name, name === "small" ? "small planted job (seconds)" : `built-in ${name} job`]));
+    fillSelect($("data-kind"), (kinds.data || []).map((k) => [k.name, k.error ? `${k.name} (${k.error})` : k.name, !!k.error]));
+    $("example-select").onchange = () => loadExample($("example-select").value);
+    for (const radio of document.querySelectorAll("input[name=source-mode]")) {
+      radio.onchange = () => setSourceMode(sourceMode());
+    }
+    $("data-kind").onchange = () => {
+      const data = $("data-kind").value;
+      const keep = modelsFor(data).some((k) => k.name === $("model-kind").value);
+      renderModelKinds(data, $("model-kind").value);
+      if (upload) roles = defaultRoles(dataKind(data), upload.columns);
+      renderColumns();
+      editManifest((m) => {
+        if (!keep) applyModelKind(m, $("model-kind").value);
+        m.dataset = Object.assign({}, m.dataset || {}, { kind: data });
+        applyDataset(m);
+      });
+      renderModelFields(currentManifest());
+    };
+    $("model-kind").onchange = () => {
+      editManifest((m) => applyModelKind(m, $("model-kind").value));
+      renderModelFields(currentManifest());
+    };
+    $("k-input").onchange = () => editManifest((m) => { m.grouping = m.grouping || {}; m.grouping.k = kValue(); });
+    $("dataset-upload").onclick = uploadDataset;
+    renderModelKinds($("data-kind").value);
   }
-  if (!$("manifest-input").value && examples.small) {
-    $("manifest-input").value = JSON.stringify(examples.small, null, 2);
-  }
+  if (!$("manifest-input").value) setSourceMode(sourceMode());
 }
 
 function showProblem(detail, errors) {
@@ -474,6 +690,7 @@ async function submitManifest(ev) {
   try {
     manifest = JSON.parse($("manifest-input").value);
   } catch (err) {
+    $("expert").open = true;
     showProblem("The manifest is not valid JSON: " + err.message, []);
     return;
   }
@@ -493,33 +710,31 @@ async function submitManifest(ev) {
   }
 }
 
-async function uploadDataset(ev) {
-  ev.preventDefault();
+async function uploadDataset() {
   const file = $("dataset-file").files[0];
   const out = $("upload-result");
-  if (!file) return;
+  out.hidden = false;
+  if (!file) {
+    out.className = "small error";
+    out.textContent = "choose a file first";
+    return;
+  }
   const form = new FormData();
   form.append("file", file);
-  out.hidden = false;
   out.className = "small";
   out.textContent = "uploading…";
   try {
     const ds = await apiJson("/v1/datasets", { method: "POST", body: form });
-    out.replaceChildren(`Uploaded ${ds.filename}: ${ds.rows} rows, columns ${ds.columns.join(", ")}. Id `,
-      el("code", {}, ds.id), " ",
-      el("button", { type: "button", class: "secondary", onclick: () => useDataset(ds) }, "Use in manifest"));
+    upload = ds;
+    roles = defaultRoles(dataKind($("data-kind").value), ds.columns);
+    out.replaceChildren(`Uploaded ${ds.filename}: ${ds.rows} rows, ${ds.columns.length} columns. Id `,
+      el("code", { "data-testid": "dataset-id" }, ds.id));
+    renderColumns();
+    editManifest(applyDataset);
   } catch (err) {
     out.className = "small error";
     out.textContent = err.detail;
   }
-}
-
-function useDataset(ds) {
-  let manifest;
-  try { manifest = JSON.parse($("manifest-input").value); } catch (_) { manifest = {}; }
-  manifest.dataset = Object.assign({}, manifest.dataset || {}, { source: ds.id });
-  if (manifest.dataset.params && ds.id) delete manifest.dataset.params;
-  $("manifest-input").value = JSON.stringify(manifest, null, 2);
 }
 
 // ------------------------------------------------------------------------------------------- start
@@ -544,7 +759,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", () => { forgetKey(""); flash(""); });
   $("submit-form").addEventListener("submit", submitManifest);
-  $("upload-form").addEventListener("submit", uploadDataset);
   window.addEventListener("hashchange", () => { if (!keepFlash) flash(""); keepFlash = false; route(); });
   route();
 });
