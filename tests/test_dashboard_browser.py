@@ -81,7 +81,7 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
             page.get_by_test_id("nav-submit").click()
             page.get_by_test_id("expert-toggle").click()
             manifest_box = page.get_by_test_id("manifest-input")
-            expect(manifest_box).not_to_have_value("")
+            expect(manifest_box).not_to_have_value("", timeout=60_000)  # the kinds load with the engine
             manifest_box.fill(json.dumps({"dataset": {"source": "planted"}, "estimation": {"num_subsets": -3}}))
             page.get_by_test_id("manifest-submit").click()
             expect(page.locator("[data-testid=form-error][data-field='estimation.num_subsets']")).to_be_visible()
