@@ -568,7 +568,7 @@ function defaultRoles(kind, columns) {
 
 function renderColumns() {
   const kind = dataKind($("data-kind").value);
-  const show = upload && upload.format !== "npz";
+  const show = upload && !["npz", "images"].includes(upload.format); // their columns are arrays, not a table's
   $("columns-box").hidden = !show;
   if (!show) return;
   const options = ((kind && kind.columns) || []).map((f) => ["field:" + f.field, FIELD_LABELS[f.field] || f.field.replace(/_/g, " ")])
@@ -587,7 +587,7 @@ function applyDataset(m) {
   if (!upload) return;
   const kind = dataKind($("data-kind").value);
   const dataset = { kind: kind ? kind.name : "table", source: upload.id };
-  if (upload.format !== "npz") {
+  if (!["npz", "images"].includes(upload.format)) {
     for (const f of (kind && kind.columns) || []) {
       const cols = upload.columns.filter((c) => roles[c] === "field:" + f.field);
       if (cols.length) dataset[f.field] = f.many ? cols : cols[0];
