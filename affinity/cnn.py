@@ -26,7 +26,6 @@ and ``max_batch_rows``.
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,29 +155,15 @@ def small_backbone(spec: ModelSpec, image_shape: tuple[int, int, int], n_tasks: 
     return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c
 
 
-_OPERATOR_SHIMS: list = []  # torch.library fragments kept alive (see _torchvision_models)
-
-
 def _torchvision_models():
-    """``torchvision.models``. A torchvision wheel built for another variant of torch (a CUDA wheel on the
-    CPU build) cannot load its compiled operators (nms, roi_align, ...), and its import then fails
-    declaring fake kernels for two of them; the model definitions need none. Their schemas are declared
-    (no kernel) and the import retried."""
-    try:
-        import torchvision.models as models
-    except ImportError:
+    """``torchvision.models`` (affinity/torchvision_compat.py makes it importable on any build of torch)."""
+    from affinity.torchvision_compat import import_torchvision
+
+    if import_torchvision() is None:
         raise DataError("model.arch 'resnet18' needs torchvision; install the project as README says "
-                        "(pip install -e .)") from None
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "FRAGMENT")
-        for op in ("nms", "qnms"):
-            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _OPERATOR_SHIMS.append(lib)
-        import torchvision.models as models
+                        "(pip install -e .)")
+    import torchvision.models as models
+
     return models
 
 

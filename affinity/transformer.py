@@ -31,6 +31,9 @@ from torch import nn
 
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import BUILTIN_TRANSFORMER, ModelSpec
+from affinity.torchvision_compat import import_torchvision
+
+import_torchvision()  # before transformers (which loads torchvision when it is installed) is imported
 
 _FALLBACK_TARGETS = ("query", "value", "q_proj", "v_proj", "q", "v", "q_lin", "v_lin", "c_attn")
 
