@@ -72,7 +72,14 @@ def labelled_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
-    """Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel).
+    """Per-row gradients of f_{tasks[b]}(x[b]) (see :func:`gradients_and_outputs`)."""
+    return gradients_and_outputs(model, names, x, tasks)[0]
+
+
+def gradients_and_outputs(model: nn.Module, names: list[str], x: torch.Tensor, tasks: torch.Tensor
+                          ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Per-row gradients, and the outputs f_{tasks[b]}(x[b]) of the forward pass that gave them (None on the
+    torch.func path). Per-row gradients of f_{tasks[b]}(x[b]) w.r.t. the named parameters, each flattened (batch × numel).
 
     Parameters of ``nn.Linear`` modules that run once per forward on 2-D inputs (or 3-D: a
     sequence per row, e.g. LoRA adapters in a transformer) get their per-sample gradients from one
@@ -85,7 +92,7 @@ def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, ta
     """
     linear = _linear_modules(model, names)
     if not linear:
-        return vmap_per_sample_gradients(model, names, x, tasks)
+        return vmap_per_sample_gradients(model, names, x, tasks), None
     captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in linear}
 
     def capture(module_name: str):
@@ -103,7 +110,7 @@ def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, ta
             h.remove()
     usable = all(len(c) == 1 and c[0][0].dim() in (2, 3) and c[0][1].requires_grad for c in captured.values())
     if not usable:  # a layer called twice, on deeper inputs, or detached: the general path
-        return vmap_per_sample_gradients(model, names, x, tasks)
+        return vmap_per_sample_gradients(model, names, x, tasks), None
     order = list(linear)
     deltas = torch.autograd.grad(out.sum(), [captured[m][0][1] for m in order], allow_unused=True)
     by_name: dict[str, torch.Tensor] = {}
@@ -123,7 +130,7 @@ def per_sample_gradients(model: nn.Module, names: list[str], x: torch.Tensor, ta
     rest = [n for n in names if n not in by_name]
     if rest:
         by_name.update(zip(rest, vmap_per_sample_gradients(model, rest, x, tasks)))
-    return [by_name[n] for n in names]
+    return [by_name[n] for n in names], out.detach()
 
 
 def _linear_modules(model: nn.Module, names: list[str]) -> dict[str, set[str]]:
@@ -228,10 +235,12 @@ def gradient_shard(model: nn.Module, X: torch.Tensor | np.ndarray, names: list[s
         r = torch.as_tensor(rows[start:start + chunk], device=device)
         t = torch.as_tensor(tasks[start:start + chunk], device=device)
         x = X[r]
-        segments = per_sample_gradients(model, names, x, t)
+        segments, out = gradients_and_outputs(model, names, x, t)  # the base outputs of the same forward pass
         feats[start:start + len(r)] = projector.project_segments(segments).float().cpu().numpy()
-        with torch.no_grad():
-            base[start:start + len(r)] = task_outputs(model, x, t).float().cpu().numpy()
+        if out is None:
+            with torch.no_grad():
+                out = task_outputs(model, x, t)
+        base[start:start + len(r)] = out.float().cpu().numpy()
         if progress is not None:
             progress.advance(len(r))
             progress.check_cancelled()

@@ -68,13 +68,13 @@ def test_memory_budget_bounds_the_chunk(model, monkeypatch):
     import affinity.gradients as g
 
     seen = []
-    real = g.per_sample_gradients
+    real = g.gradients_and_outputs
 
     def spy(model, names, x, tasks):
         seen.append(x.shape[0])
         return real(model, names, x, tasks)
 
-    monkeypatch.setattr(g, "per_sample_gradients", spy)
+    monkeypatch.setattr(g, "gradients_and_outputs", spy)
     names = select_parameters(model, "all")
     p = sum(dict(model.named_parameters())[n].numel() for n in names)
     X = torch.randn(30, 4)
