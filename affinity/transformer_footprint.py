@@ -182,9 +182,9 @@ def transformer_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimat
             return train
         # Measured (finetune_subsets on the built-in text job, 15 tokens): 16 copies add 270 MB, 4 copies 224 MB,
         # 16 copies with batch_size 128 the same 275 MB: the copies' parameters and optimizer states grow with the
-        # copies, the activations of a batch and of a validation pass do not. This gives 16 copies 774 MB at 32
-        # tokens (417 MB at 15).
-        return (copies * 4 * STACKED_COPY_PARAMS * trainable + _activations(a, batch, s)
+        # copies, the activations of a batch and of a validation pass do not. Two batches' activations for margin
+        # (vmap's batched temporaries): 16 copies of the built-in text job get 436 MB at 16 tokens.
+        return (copies * 4 * STACKED_COPY_PARAMS * trainable + 2 * _activations(a, batch, s)
                 + _layer(a, min(VAL_ROWS, EVAL_BATCH, R), s))
 
     if est.method == "grad_tag":
