@@ -13,7 +13,7 @@ from .choose_k import select_k, select_k_screened, undo_merges
 from .full_cone import FULL_CONE_MAX_N, GAP_TOL, solve_full_cone
 from .grouping import Grouping, partition_objective
 from .lowrank import solve_lowrank, spectral_init_labels
-from .rounding import round_kmeans
+from .rounding import round_factor, round_kmeans
 from .sdp import solve_sdp
 from .validation import check_affinity, check_k, check_method, standardize
 
@@ -118,7 +118,7 @@ def _solve_one(T: np.ndarray, k: int, method: str, seed: int, n_init: int, solve
         polish_time_limit = opts.pop("polish_time_limit", None)
         U, certificate = solve_lowrank(T, k, seed=seed, **opts)
         relaxation = certificate["relaxation_objective"]
-        labels = round_kmeans(U, T, k, n_init=n_init, seed=seed)
+        labels = round_factor(U, T, k, n_init=n_init, seed=seed)
         if polish and n <= polish_max_n:
             relaxation, certificate, labels = _polish(T, k, U, certificate, labels, n_init, seed,
                                                       polish_gap_tol, polish_time_limit)
@@ -130,6 +130,11 @@ def _solve_one(T: np.ndarray, k: int, method: str, seed: int, n_init: int, solve
                                 seconds=time.perf_counter() - start, certificate=certificate)
 
 
+# The fields of a certificate that describe its X (kept from the factor when the polish certifies it).
+_PRIMAL_FIELDS = ("relaxation_objective", "max_row_sum_violation", "trace_violation", "min_entry",
+                  "min_eigenvalue", "feasible_objective", "feasible_mix_weight")
+
+
 def _polish(T: np.ndarray, k: int, U: np.ndarray, certificate: dict[str, Any], labels: np.ndarray,
             n_init: int, seed: int, gap_tol: float,
             time_limit: float | None) -> tuple[float, dict[str, Any], np.ndarray]:
@@ -138,8 +143,20 @@ def _polish(T: np.ndarray, k: int, U: np.ndarray, certificate: dict[str, Any], l
     The polished certificate replaces the factor's when the polish converged or its exactly
     feasible objective is at least the factor's certified one; the partition is the
     better by ⟨T, X_P⟩ of the factor's rounding and k-means on the polished X's rows (ties: the
-    factor's)."""
-    X, full = solve_full_cone(T, k, X0=U @ U.T, gap_tol=gap_tol, time_limit=time_limit)
+    factor's).
+
+    The ADMM also stops as soon as its dual upper bound is within gap_tol of the factor's own
+    exactly feasible objective (full_cone's known_feasible): the factor is then certified
+    near-optimal and is kept, with the ADMM's upper bound added to its certificate (measured,
+    planted groups of random sizes, n = 200: 160 ADMM iterations instead of 740, where X⁺'s trace
+    violation crept to 1e-4 long after the bounds had met)."""
+    X, full = solve_full_cone(T, k, X0=U @ U.T, gap_tol=gap_tol, time_limit=time_limit,
+                              known_feasible=certificate.get("feasible_objective"))
+    if full["stopped_by"] == "known_feasible":
+        kept = {key: certificate[key] for key in _PRIMAL_FIELDS if key in certificate}
+        cert = {**full, **kept, "certified_gap": full["known_feasible_gap"],
+                "nonnegative_factor": certificate, "rounded_from": "nonnegative_factor"}
+        return certificate["relaxation_objective"], cert, labels
     if not full["converged"] and full["feasible_objective"] < certificate.get("feasible_objective", -np.inf):
         return certificate["relaxation_objective"], {**certificate, "polish_rejected": full}, labels
     full["nonnegative_factor"] = certificate

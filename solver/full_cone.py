@@ -154,19 +154,24 @@ def _violation(X: torch.Tensor, k: int) -> float:
 
 
 def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol: float = GAP_TOL,
-                    feas_tol: float = FEASIBILITY_TOL,
+                    feas_tol: float = FEASIBILITY_TOL, known_feasible: float | None = None,
                     max_iter: int = 3000, time_limit: float | None = None, gamma: float = 1.6,
                     device: str | torch.device | None = None,
                     dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, dict[str, Any]]:
     """Solve the SDP on the full cone by the dual ADMM of the module docstring; return (X, info).
 
     X0: primal start (e.g. UUᵀ from solve_lowrank; default kI/n). gap_tol, feas_tol: the stop of
-    the module docstring. max_iter / time_limit (seconds): other stops (then info["converged"] is
-    False; the bounds still hold). Returns the last PSD iterate X⁺ and info:
+    the module docstring. known_feasible: ⟨T, X_f⟩ of an exactly feasible X_f known to the caller
+    (original T units; e.g. solve_lowrank's feasible_objective); the loop also stops, with
+    info["stopped_by"] = "known_feasible", once the dual upper bound is within gap_tol of it (that
+    X_f is then certified near-optimal; X⁺ itself may still be short of feas_tol). max_iter /
+    time_limit (seconds): other stops (then info["converged"] is False; the bounds still hold). Returns the last PSD iterate X⁺ and info:
     "relaxation_objective" = ⟨T, X⁺⟩; "max_row_sum_violation", "trace_violation", "min_entry",
     "min_eigenvalue" of X⁺ and "feasibility_tol"; "feasible_objective" ≤ optimum ≤ "upper_bound"
     (original T units); "upper_bound_gap" (the stopping quantity), "certified_gap"
-    ((upper − feasible)/(1 + |objective|), standardized).
+    ((upper − feasible)/(1 + |objective|), standardized), "stopped_by" ("gap", "known_feasible",
+    "time_limit" or "max_iter") and, with known_feasible, "known_feasible_gap"
+    ((upper − known_feasible)/(1 + |known_feasible|), standardized).
     """
     start = time.perf_counter()
     n = T.shape[0]
@@ -174,6 +179,7 @@ def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol
         raise ValueError(f"need n ≥ 2 and 1 ≤ k ≤ n; got n={n}, k={k}.")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     T_np, mu_t, s_t = standardize(T)
+    known = None if known_feasible is None else (known_feasible - mu_t * n) / s_t  # standardized
     C = -torch.as_tensor(T_np, dtype=dtype, device=dev)
     b = torch.ones(n + 1, dtype=dtype, device=dev)
     b[n] = float(k)
@@ -187,7 +193,7 @@ def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol
     mu = MU0 * norm_c / norm_b
     streak_p = streak_d = 0
     X_plus, s_min = X, 0.0
-    converged, it = False, 0
+    converged, stopped_by, it = False, "max_iter", 0
     for it in range(1, max_iter + 1):
         y = _solve_normal(mu * (b - _affine(X)) - _affine(S + Z - C))
         Ay = _adjoint(y)
@@ -214,9 +220,13 @@ def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol
                 TRACE.append({"it": it, "obj": obj, "upper": upper, "gap": gap, "viol": viol,
                               "pres": pres, "dres": dres, "mu": mu})
             if viol <= feas_tol and gap <= gap_tol:
-                converged = True
+                converged, stopped_by = True, "gap"
+                break
+            if known is not None and upper - known <= gap_tol * (1 + abs(known)):
+                converged, stopped_by = True, "known_feasible"
                 break
             if time_limit is not None and time.perf_counter() - start > time_limit:
+                stopped_by = "time_limit"
                 break
         # μ: more weight on the side whose residual lags (streaks of 10× imbalance)
         if pres > RATIO * dres:
@@ -240,6 +250,7 @@ def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol
         "polish": "full_cone_admm",
         "iterations": it,
         "converged": converged,
+        "stopped_by": stopped_by,
         "device": str(dev),
         "relaxation_objective": float((T_t * X_plus).sum()),
         "max_row_sum_violation": float((rows - 1).abs().max()),
@@ -255,5 +266,7 @@ def solve_full_cone(T: np.ndarray, k: int, X0: np.ndarray | None = None, gap_tol
         "gap_tol": gap_tol,
         "penalty": mu,
     }
+    if known is not None:
+        info["known_feasible_gap"] = (upper - known) / (1 + abs(known))
     info["solve_seconds"] = time.perf_counter() - start
     return X_plus.cpu().numpy(), info

@@ -58,3 +58,29 @@ def round_kmeans(points: np.ndarray, T: np.ndarray, k: int, n_init: int = 10,
         if obj > best_obj:
             best, best_obj = labels, obj
     return best
+
+
+def partition_of_factor(U: np.ndarray, k: int, tol: float = 1e-3) -> np.ndarray | None:
+    """The partition X = UUᵀ already is, if any: rows grouped by their largest column, accepted
+    when there are k groups and ‖UUᵀ − X_P‖_F ≤ tol·‖X_P‖_F (‖X_P‖_F = √k); else None.
+
+    O(nr): ‖UUᵀ − X_P‖²_F = ‖UᵀU‖²_F − 2 Σ_G ‖1_Gᵀ U‖²/|G| + k. k-means on such rows returns this
+    partition anyway (the rows of one group are nearly equal, other groups' rows nearly orthogonal),
+    at the cost of n_init k-means runs on n points in r = 2k dimensions."""
+    U = np.asarray(U, dtype=float)
+    labels = canonical_labels(U.argmax(axis=1))
+    if labels.max() + 1 != k:
+        return None
+    sums = np.zeros((k, U.shape[1]))
+    np.add.at(sums, labels, U)
+    sizes = np.bincount(labels, minlength=k)
+    gram = U.T @ U
+    dist2 = float((gram * gram).sum() - 2 * ((sums * sums).sum(axis=1) / sizes).sum() + k)
+    return labels if dist2 <= (tol * tol) * k else None
+
+
+def round_factor(U: np.ndarray, T: np.ndarray, k: int, n_init: int = 10, seed: int = 0) -> np.ndarray:
+    """Rounding of a non-negative factor (X = UUᵀ): the partition X already is when there is one
+    (partition_of_factor), else round_kmeans on U's rows."""
+    labels = partition_of_factor(U, k)
+    return labels if labels is not None else round_kmeans(U, T, k, n_init=n_init, seed=seed)
