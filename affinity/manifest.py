@@ -405,7 +405,14 @@ class EstimationSpec(_Section):
 class GroupingSpec(_Section):
     """Clustering of the affinity matrix into groups (solver package)."""
 
-    method: Literal["auto", "sdp", "lowrank", "spectral", "agglomerative"] = "auto"
+    method: Literal["auto", "sdp", "lowrank", "spectral", "agglomerative"] = Field(
+        "auto",
+        description=(
+            "Solver of the grouping SDP. sdp: exact (cvxpy + SCS); lowrank: X = UUᵀ with U ≥ 0 in torch, "
+            "certified, for any number of tasks; auto: sdp up to 40 tasks (SCS cut after 10 s, then lowrank), "
+            "lowrank above; spectral, agglomerative: baselines on the matrix, no relaxation."
+        ),
+    )
     k: int | Literal["auto"] | list[int] = Field(
         "auto", description="Number of groups: an integer, 'auto' (1 … number of tasks), or [k_min, k_max]."
     )

@@ -10,6 +10,7 @@ import torch
 
 from .baselines import agglomerative_labels, spectral_labels
 from .choose_k import select_k, select_k_screened, undo_merges
+from .errors import SolverError
 from .full_cone import FULL_CONE_MAX_N, GAP_TOL, solve_full_cone
 from .grouping import Grouping, partition_objective
 from .lowrank import solve_lowrank, spectral_init_labels
@@ -17,12 +18,18 @@ from .rounding import round_factor, round_kmeans
 from .sdp import solve_sdp
 from .validation import check_affinity, check_k, check_method, standardize
 
-AUTO_SDP_MAX_N = 150
-# k selection with lowrank above this n (where method "auto" turns to lowrank): candidates
-# screened on the spectral start partition, only the SCREEN_KEEP best solved (each with the
-# polish up to FULL_CONE_MAX_N). From n = 150 rather than 300 since session 5: planted n = 200
-# and 300 chose the same k in a sixth to a third of the time (benchmarks/README.md, choosing k).
-SCREEN_MIN_N = AUTO_SDP_MAX_N
+# method "auto": SCS for n ≤ AUTO_SDP_MAX_N, cut after AUTO_SCS_TIME_LIMIT seconds of solver time
+# (then lowrank), lowrank above. Measured (benchmarks/README.md, grouping solver): on planted
+# groups of equal, random and power-law sizes lowrank was faster than SCS from n = 30 up (SCS's
+# time grows like n³ and, on uneven sizes, jumps by minutes between n = 200 and 400); on
+# unstructured T SCS was faster at n = 60. Below 50 tasks both take well under a second.
+AUTO_SDP_MAX_N = 40
+AUTO_SCS_TIME_LIMIT = 10.0
+# k selection with lowrank above this n: candidates screened on the spectral start partition,
+# only the SCREEN_KEEP best solved (each with the polish up to FULL_CONE_MAX_N). From n = 150
+# (benchmarks/README.md, choosing k: planted n = 200 and 300 chose the same k in a sixth to a
+# third of the time).
+SCREEN_MIN_N = 150
 SCREEN_KEEP = 4
 
 
@@ -46,8 +53,11 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     method: "sdp" (exact, cvxpy; solver "scs" or "clarabel"), "lowrank" (non-negative
     Burer–Monteiro in torch, see solver.lowrank; for n ≤ full_cone.FULL_CONE_MAX_N it is then
     polished on the full cone X ⪰ 0, X ≥ 0 by our own ADMM, see solver.full_cone, which reaches
-    the SDP optimum where U ≥ 0 cannot), "auto" (sdp if n ≤ 150 else lowrank),
-    "spectral" or "agglomerative" (baselines on T, no relaxation).
+    the SDP optimum where U ≥ 0 cannot), "auto" (sdp for n ≤ AUTO_SDP_MAX_N = 40 with SCS cut
+    after AUTO_SCS_TIME_LIMIT = 10 s of solver time, or sdp_options["time_limit"]; if SCS is cut or
+    fails, lowrank, and the certificate's "auto_fallback" says why; lowrank above 40),
+    "spectral" or "agglomerative" (baselines on T, no relaxation). Grouping.method names the
+    method that produced the partition.
     lowrank_options: keyword arguments of solve_lowrank, plus "polish" (default True),
     "polish_max_n" (default FULL_CONE_MAX_N), "polish_gap_tol" (default full_cone.GAP_TOL) and
     "polish_time_limit" (seconds, default None). With the polish, the relaxation objective and
@@ -59,8 +69,7 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     A = check_affinity(T)
     method = check_method(method)
     ks = check_k(k, A.shape[0])
-    if method == "auto":
-        method = "sdp" if A.shape[0] <= AUTO_SDP_MAX_N else "lowrank"
+    concrete = auto_method(A.shape[0]) if method == "auto" else method
 
     def solve(kk: int) -> Grouping:
         return _solve_one(A, kk, method, seed, n_init, solver, sdp_options or {},
@@ -72,14 +81,14 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     options = dict(lowrank_options or {})
     k_max = min(max(ks), A.shape[0] - 1)
     candidate_solve = solve
-    if method == "lowrank" and A.shape[0] > SCREEN_MIN_N and len(ks) > SCREEN_KEEP:
+    if concrete == "lowrank" and A.shape[0] > SCREEN_MIN_N and len(ks) > SCREEN_KEEP:
         # A lowrank solve per candidate costs seconds to a minute at these sizes: score every
         # candidate on the spectral start partition first and solve only the best SCREEN_KEEP.
         T_s = torch.as_tensor(standardize(A)[0])
         best, record = select_k_screened(A, ks, lambda kk: spectral_init_labels(T_s, kk, seed), solve,
                                          SCREEN_KEEP)
     else:
-        if method == "lowrank" and options.get("polish", True):
+        if concrete == "lowrank" and options.get("polish", True):
             # Candidates are scored without the full-cone polish (each would cost a polish: 2.7×
             # the whole selection at n = 200); the chosen k is then solved again with it.
             def candidate_solve(kk: int) -> Grouping:
@@ -95,9 +104,27 @@ def cluster(T: Any, k: int | str | Sequence[int], method: str = "auto", seed: in
     return dataclasses.replace(best, k_selection=record, seconds=time.perf_counter() - start)
 
 
+def auto_method(n: int) -> str:
+    """The method "auto" tries first for n tasks (see cluster)."""
+    return "sdp" if n <= AUTO_SDP_MAX_N else "lowrank"
+
+
 def _solve_one(T: np.ndarray, k: int, method: str, seed: int, n_init: int, solver: str,
                sdp_options: dict[str, Any], lowrank_options: dict[str, Any]) -> Grouping:
-    """One fixed k with one concrete method."""
+    """One fixed k with one method ("auto": see cluster)."""
+    if method == "auto":
+        n = T.shape[0]
+        if auto_method(n) == "lowrank":
+            return _solve_one(T, k, "lowrank", seed, n_init, solver, sdp_options, lowrank_options)
+        start = time.perf_counter()
+        try:
+            return _solve_one(T, k, "sdp", seed, n_init, solver,
+                              {"time_limit": AUTO_SCS_TIME_LIMIT, **sdp_options}, lowrank_options)
+        except SolverError as exc:
+            reason = f"{exc} (after {time.perf_counter() - start:.1f} s); solved with lowrank instead"
+        g = _solve_one(T, k, "lowrank", seed, n_init, solver, sdp_options, lowrank_options)
+        return dataclasses.replace(g, certificate={**(g.certificate or {}), "auto_fallback": reason},
+                                   seconds=time.perf_counter() - start)
     start = time.perf_counter()
     n = T.shape[0]
     relaxation, certificate = None, None

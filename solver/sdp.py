@@ -21,12 +21,15 @@ SOLVERS = {"scs": cp.SCS, "clarabel": cp.CLARABEL}
 
 
 def solve_sdp(T: np.ndarray, k: int, solver: str = "scs", eps: float = 1e-5,
-              max_iters: int | None = None, verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+              max_iters: int | None = None, time_limit: float | None = None,
+              verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Solve the SDP for symmetric T; return (X, info) with info holding the status, the
     relaxation objective ⟨T, X⟩ and the constraint violations of the returned X.
 
     solver: "scs" (default; first order, eps_abs = eps_rel = eps) or "clarabel" (interior point,
-    exact but O(n⁶)-ish: fine only for n ≲ 100). Raises SolverError unless the status is optimal.
+    exact but O(n⁶)-ish: fine only for n ≲ 100). time_limit: seconds of solver time (SCS's
+    time_limit_secs, Clarabel's time_limit; cvxpy's compilation comes on top); a run cut there
+    is not optimal, so it raises SolverError. Raises SolverError unless the status is optimal.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}; got {solver!r}.")
@@ -40,8 +43,13 @@ def solve_sdp(T: np.ndarray, k: int, solver: str = "scs", eps: float = 1e-5,
         options = {"eps_abs": eps, "eps_rel": eps}
         if max_iters is not None:
             options["max_iters"] = max_iters
-    elif max_iters is not None:
-        options["max_iter"] = max_iters
+        if time_limit is not None:
+            options["time_limit_secs"] = float(time_limit)
+    else:
+        if max_iters is not None:
+            options["max_iter"] = max_iters
+        if time_limit is not None:
+            options["time_limit"] = float(time_limit)
     try:
         problem.solve(solver=SOLVERS[solver], verbose=verbose, **options)
     except cp.error.SolverError as exc:
@@ -49,7 +57,7 @@ def solve_sdp(T: np.ndarray, k: int, solver: str = "scs", eps: float = 1e-5,
     if problem.status != cp.OPTIMAL or X.value is None:
         raise SolverError(
             f"{solver} returned status {problem.status!r} on the grouping SDP (n={n}, k={k}); "
-            f"only 'optimal' is accepted. Try method='lowrank', a larger max_iters, or "
+            f"only 'optimal' is accepted. Try method='lowrank', a larger max_iters or time_limit, or "
             f"solver='clarabel' for small n.")
     Xv = (X.value + X.value.T) / 2
     info = {
