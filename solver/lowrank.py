@@ -345,7 +345,7 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
                   init_labels: np.ndarray | None = None, tol: float = 1e-5,
                   max_outer: int = 50, inner_iters: int = 40,
                   time_limit: float | None = None, max_escapes: int = 3,
-                  escape_min_gain: float = 1.0, escape_outer: int = 5,
+                  escape_min_gain: float = 1.0, escape_outer: int = 1,
                   device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float64,
                   product_dtype: torch.dtype | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -359,7 +359,11 @@ def solve_lowrank(T: np.ndarray, k: int, rank: int | None = None, seed: int = 0,
     ±1.1% of the longer runs', 0.3% better on average: diagnostic runs, session 4);
     time_limit: seconds, checked between multiplier steps; max_escapes / escape_min_gain / escape_outer: saddle escapes (module docstring): at
     most this many, only if the best direction's vᵀSv − μ exceeds escape_min_gain (units of the
-    standardized T), at most escape_outer multiplier steps, rounding after each. info["escapes"]
+    standardized T), at most escape_outer multiplier steps, rounding after each (default 1: with
+    the refined start, an escape that the first step does not turn into a better partition rarely
+    pays; measured on planted power-law group sizes, n = 800, where splitting a large group
+    costs nothing in expectation and many directions qualify: 5 steps took the solve from 5 s to
+    26 s for no better partition, 1 step to 11 s). info["escapes"]
     counts the accepted ones.
     product_dtype: dtype of the n×n products inside the AL (None: ``dtype``; float32 is an
     experimental option, see the note above default_device); each step adds T_s(U_new − U) in that dtype to the previous
