@@ -20,9 +20,9 @@ from .validation import check_affinity, check_k, check_method, standardize
 
 # method "auto": SCS for n ≤ AUTO_SDP_MAX_N, cut after AUTO_SCS_TIME_LIMIT seconds of solver time
 # (then lowrank), lowrank above. Measured (benchmarks/README.md, grouping solver): on planted
-# groups of equal, random and power-law sizes lowrank was faster than SCS from n = 30 up (SCS's
-# time grows like n³ and, on uneven sizes, jumps by minutes between n = 200 and 400); on
-# unstructured T SCS was faster at n = 60. Below 50 tasks both take well under a second.
+# groups of equal, random and power-law sizes lowrank was faster than SCS from n = 50 up (SCS's
+# time grows like n³ and, on uneven sizes, jumps past 120 s between n = 100 and 400); on uniform
+# random T SCS was faster at n = 30 (0.9 s against 2.4 s), lowrank from n = 60.
 AUTO_SDP_MAX_N = 40
 AUTO_SCS_TIME_LIMIT = 10.0
 # k selection with lowrank above this n: candidates screened on the spectral start partition,
