@@ -56,6 +56,11 @@ def print_summary(result, out: Optional[Path]) -> None:
               else f"images of {'×'.join(map(str, data.X.shape[1:]))}" if "image_shape" in data.metadata
               else f"{data.X.shape[1]} features")
     info.add_row("dataset", f"{result.manifest.dataset.source}: {data.X.shape[0]} rows, {inputs}, {data.n_tasks} tasks")
+    if getattr(data, "graph", None) is not None:  # kind graph: the edges, isolated nodes, where the features came from
+        gs = data.graph.summary()
+        info.add_row("graph", f"{gs['nodes']} nodes, {gs['edges']} {'directed ' if gs['directed'] else ''}edges, "
+                     f"{gs['isolated_nodes']} isolated nodes, node features: {gs['features']}"
+                     + (f", {data.metadata['hops']} hops" if "hops" in data.metadata else ""))
     info.add_row("device", result.device)
     info.add_row("base model", f"best epoch {result.training.best_epoch} of {result.training.epochs_run}, "
                  f"mean val loss {result.training.best_val_loss:.4f}")
@@ -187,7 +192,7 @@ def schema() -> None:
 
 
 @app.command()
-def example(name: Annotated[str, typer.Argument(help="planted or digits")] = "planted") -> None:
+def example(name: Annotated[str, typer.Argument(help="planted, digits, text or graph")] = "planted") -> None:
     """Print the full manifest of a built-in job, every default spelled out."""
     try:
         m = builtin_manifest(name)

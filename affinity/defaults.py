@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from affinity.data.communities import DEFAULTS as GRAPH_DEFAULTS
 from affinity.data.planted import DEFAULTS as PLANTED_DEFAULTS
 from affinity.data.sentences import DEFAULTS as TEXT_DEFAULTS
 from affinity.manifest import Manifest, parse_manifest
@@ -40,6 +41,14 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
         "estimation": {"method": "grad_tag", "params": "encoder", "subset_size": 5, "num_subsets": 200,
                        "chunk_rows": 256},
         "grouping": {"k": "auto", "selection": "affinity"},
+    },
+    # 120 community tasks on a planted graph of 3,000 nodes (affinity/data/communities.py), SIGN with 3 hops:
+    # Grad-TAG on subsets of 10 (the paper's graph workload, scaled down), k chosen on the affinity itself.
+    "graph": {
+        "dataset": {"source": "graph", "params": dict(GRAPH_DEFAULTS)},
+        "model": {"kind": "sign", "hops": 3, "hidden": [64, 16]},
+        "estimation": {"method": "grad_tag", "subset_size": 10, "num_subsets": 500},
+        "grouping": {"k": "auto", "selection": "affinity", "method": "spectral"},
     },
 }
 

@@ -44,6 +44,8 @@ PROCESS_BYTES = 600 * MB  # measured: ~390 MB after the imports, ~545 MB peak fo
 FEATURE_COPIES = 5.5  # projected features: result, per-task blocks, packs (padded), rotated packs, Hessian temporaries
 STACKED_COPY_PARAMS = 7  # per stacked model: parameters, gradients, m, v, best state, stacking and vmap temporaries
 EVAL_ROWS = 8192  # evaluate_losses' batch of rows
+GRAPH_LOAD_BYTES = 160  # per edge while a graph is read and Â built (ids, row numbers, COO, CSR, float64 Â)
+GRAPH_KEPT_BYTES = 16  # per edge afterwards: the CSR adjacency, both directions (float32 value, int32 index)
 VAL_ROWS = 4096  # the stacked models' validation batch
 
 
@@ -60,6 +62,7 @@ class DatasetShape:
     values: dict[str, Any] = field(default_factory=dict)  # the fields' values (a built-in's defaults filled in)
     image: tuple[int, int, int] | None = None  # kind images: channels, height, width (features = their product)
     tokens: int | None = None  # texts: tokens of the longest text (None: as many as model.max_length allows)
+    edges: int = 0  # a graph's edges (features are then the SIGN inputs: node features × (hops + 1))
 
 
 @dataclass
@@ -155,6 +158,8 @@ def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
 
     load = 36 * R * F + 17 * R * T  # raw float64 table, float64 copy and temporaries, float32 result, masks
     kept = 4 * R * F + 17 * R * T + 32 * pairs  # float32 X and Y, label tensors, masks, pair indices
+    load += GRAPH_LOAD_BYTES * shape.edges  # a graph's edge list, COO triples, CSR and Â while they are built
+    kept += GRAPH_KEPT_BYTES * shape.edges  # its CSR adjacency (both directions)
 
     batch = min(training.batch_size, R)
     per_row = F + 3 * width_sum + 3 * T
@@ -278,6 +283,10 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
     subset_rows = min(R, shape.pairs * min(est.subset_size, T) / T)
     parts = {"base training": training_seconds(R, 1)}
     fields = {"base training": ("training.epochs", "training.patience") + model_fields + shape.fields}
+    if shape.edges:  # SIGN's propagation: hops sparse products over both directions of every edge
+        hops = manifest.model.hops if manifest.model.kind == "sign" else 0
+        parts["propagation"] = 2 * 2 * shape.edges * shape.features / (hops + 1) * hops / FLOPS
+        fields["propagation"] = ("dataset.edges", "model.hops")
     if est.method in ("exact", "scratch"):
         parts["subset models"] = training_seconds(subset_rows, est.num_subsets)
         fields["subset models"] = ("estimation.num_subsets", "training.epochs", "training.patience") + shape.fields

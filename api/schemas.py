@@ -58,7 +58,7 @@ class JobList(BaseModel):
 class DatasetOut(BaseModel):
     id: str
     filename: str
-    format: Literal["csv", "parquet", "npz", "images"]
+    format: Literal["csv", "parquet", "npz", "images", "graph"]  # graph: a node table (path), its edge list beside it
     size_bytes: int
     rows: int
     columns: list[str]

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from affinity.data import BUILTINS, DataError
 from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
-from affinity.manifest import Manifest, validation_problems
+from affinity.manifest import GRAPH_BUILTINS, Manifest, validation_problems
 from api.problems import MAX_NESTING
-from api.resources import (DatasetShape, builtin_shape, check_estimable, check_memory, check_time, images_shape,
-                           path_shape, table_shape)
+from api.resources import (DatasetShape, builtin_shape, check_estimable, check_memory, check_time, graph_shape,
+                           images_shape, path_shape, table_shape)
 from api.settings import Settings
 from api.store import JobStore
 from api.uploads import BadUpload, npz_members, npz_tasks
@@ -72,9 +72,9 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
     spec = manifest.dataset
     source = spec.source
     shape: DatasetShape | None = None
-    if source in BUILTINS:
+    if source in BUILTINS or source in GRAPH_BUILTINS:
         tasks = builtin_tasks(spec)
-        shape = builtin_shape(spec, tasks.n) if tasks is not None else None
+        shape = builtin_shape(spec, tasks.n, manifest.model) if tasks is not None else None
     else:
         if spec.params:
             raise SubmissionError([problem("dataset.params", spec.params, "applies to built-in datasets only "
@@ -85,10 +85,14 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                 raise SubmissionError([problem("dataset.source", source, "no uploaded dataset with this id; "
                                                "upload one with POST /v1/datasets and use the id it returns")])
             dataset_id = ds.id
+            _check_graph_upload(manifest, ds.format)
             _check_columns(manifest, ds.columns, ds.format)
             if ds.format == "images":
                 tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 shape = images_shape(spec, Path(ds.path), tasks.n)
+            elif ds.format == "graph":
+                tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")
+                shape = graph_shape(spec, manifest.model, ds.rows, len(ds.columns), tasks.n, upload_edges(ds.path))
             elif ds.format == "npz":
                 y_columns = sum(c.startswith("task_") for c in ds.columns)
                 tasks = _npz_tasks(spec, y_columns)
@@ -101,6 +105,10 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
             path = resolve_data_path(source, settings)
             tasks = _path_tasks(spec, path)
             shape = path_shape(spec, path, tasks.n if tasks is not None else None)
+            if spec.edges is not None:  # a graph's edge list: inside the data root too
+                edges = resolve_data_path(spec.edges, settings, "dataset.edges")
+                shape = graph_shape(spec, manifest.model, shape.rows, shape.features + tasks.n, tasks.n, edges) \
+                    if shape is not None and tasks is not None else None
     for field, value in _path_fields(manifest):  # images' label table, a cnn's weights: files in the data root
         resolve_data_path(value, settings, field)
     _check_limits(manifest, tasks, settings)
@@ -201,6 +209,11 @@ def builtin_tasks(spec: Any) -> TaskCount | None:
 
             p = sentence_params(params)
             return TaskCount(p["groups"] * p["per_group"] + p["unrelated"], "dataset.params.per_group")
+        if spec.source == "graph":
+            from affinity.data.communities import community_params
+
+            p = community_params(params)
+            return TaskCount(p["regions"] * p["communities_per_region"], "dataset.params.communities_per_region")
         if spec.source == "yeast":
             from affinity.data.real import LABELS, yeast_params
 
@@ -248,8 +261,8 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
 
 
 def resolve_data_path(source: str, settings: Settings, field: str = "dataset.source") -> Path:
-    """The file a path source (or another path field: dataset.labels, model.weights) names, which must lie inside
-    the data root."""
+    """The file a path source (or another path field: dataset.labels, dataset.edges, model.weights) names, which
+    must lie inside the data root."""
     if settings.data_root is None:
         raise SubmissionError([problem(field, source, "this server accepts no file paths (no data root "
                                        "is configured); upload the file with POST /v1/datasets and use its id, "
@@ -277,6 +290,29 @@ def resolve_data_path(source: str, settings: Settings, field: str = "dataset.sou
     return path
 
 
+def upload_edges(nodes_path: str) -> Path:
+    """The edge list stored beside an uploaded graph's node table (api/routes/datasets.py)."""
+    found = sorted(Path(nodes_path).parent.glob("edges.*"))
+    if not found:
+        raise ValueError(f"the uploaded graph's edge list is missing from {Path(nodes_path).parent}; upload it again")
+    return found[0]
+
+
+def _check_graph_upload(manifest: Manifest, fmt: str) -> None:
+    """An uploaded graph (nodes + edges) is read by dataset.kind graph, and only a graph is."""
+    spec = manifest.dataset
+    if fmt == "graph" and spec.kind != "graph":
+        raise SubmissionError([problem("dataset.kind", spec.kind, f"the uploaded dataset {spec.source} is a graph "
+                                       "(nodes and edges); set dataset.kind to 'graph'")])
+    if fmt != "graph" and spec.kind == "graph":
+        raise SubmissionError([problem("dataset.source", spec.source, "is an uploaded table, not a graph; upload the "
+                                       "node table and the edge list as the parts 'nodes' and 'edges' of one "
+                                       "POST /v1/datasets")])
+    if fmt == "graph" and spec.edges is not None:
+        raise SubmissionError([problem("dataset.edges", spec.edges, f"the uploaded graph {spec.source} holds its "
+                                       "edge list; remove dataset.edges")])
+
+
 def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
     spec = manifest.dataset
     if (fmt == "images") != (spec.kind == "images"):
@@ -295,6 +331,9 @@ def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
     problems += [problem(f"dataset.{name}", getattr(spec, name), f"is not a column of the dataset; its columns are "
                          f"{columns[:20]}") for name in ("text", "text_pair")
                  if getattr(spec, name, None) is not None and getattr(spec, name) not in columns]
+    if fmt == "graph" and spec.node_column not in columns:
+        problems.append(problem("dataset.node_column", spec.node_column, f"is not a column of the node table; its "
+                                f"columns are {columns[:20]}"))
     if problems:
         raise SubmissionError(problems)
 
@@ -373,16 +412,20 @@ def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore
     except SubmissionError as exc:
         raise ValueError(str(exc)) from None
     source = manifest.dataset.source
-    if source in BUILTINS:
+    if source in BUILTINS or source in GRAPH_BUILTINS:
         return manifest
     if source.startswith("ds_"):
         ds = store.get_dataset(owner, source)
         if ds is None:
             raise ValueError(f"dataset {source} was deleted after the job was submitted; upload it again")
         manifest.dataset.source = ds.path
+        if ds.format == "graph":
+            manifest.dataset.edges = str(upload_edges(ds.path))
         return manifest
     try:
         manifest.dataset.source = str(resolve_data_path(source, settings))
+        if manifest.dataset.edges is not None:
+            manifest.dataset.edges = str(resolve_data_path(manifest.dataset.edges, settings, "dataset.edges"))
     except SubmissionError as exc:
         raise ValueError(str(exc)) from None
     return manifest

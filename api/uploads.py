@@ -114,6 +114,51 @@ def inspect_file(path: Path, limit: int | None = None) -> Inspected:
     return Inspected(fmt, int(frame.shape[0]), [str(c) for c in frame.columns])
 
 
+def inspect_edges(path: Path, limit: int | None = None) -> Inspected:
+    """Format, edge count and columns of a stored edge list (a graph's second file): a CSV or Parquet table of at
+    least two columns, or an NPZ holding 'edges' (edges × 2 node ids, numbers); BadUpload otherwise."""
+    if path.stat().st_size == 0:
+        raise BadUpload("the edge list is empty; upload a CSV, Parquet or NPZ edge list")
+    try:
+        fmt = sniff_format(path)
+    except DataError as exc:
+        raise BadUpload(str(exc), status=415) from None
+    if fmt != "npz":
+        info = inspect_file(path, limit) if fmt == "parquet" else None
+        if info is None:
+            try:
+                frame = pd.read_csv(path, encoding="utf-8")
+            except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise BadUpload(f"cannot read the edge list as CSV: {first}") from None
+            info = Inspected(fmt, int(frame.shape[0]), [str(c) for c in frame.columns])
+        if len(info.columns) < 2:
+            raise BadUpload(f"the edge list has the columns {info.columns}; it needs two node-id columns "
+                            "(dataset.edge_columns, default source and target)")
+        return info
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [i.filename[:-4] for i in zf.infolist() if i.filename.endswith(".npy")]
+            if "edges" not in names:
+                raise BadUpload(f"an NPZ edge list must hold an array 'edges' (edges × 2 node ids); this one holds "
+                                f"{sorted(names)}")
+            with zf.open("edges.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except BadUpload:
+        raise
+    except Exception as exc:  # zipfile and numpy raise their own types for corrupt files
+        raise BadUpload(f"cannot read the edge list as NPZ: {type(exc).__name__}") from None
+    if len(shape) != 2 or shape[1] != 2 or dtype.hasobject or dtype.kind not in "biu":
+        raise BadUpload(f"the NPZ array 'edges' must be edges × 2 whole-number node ids; got {tuple(shape)} {dtype}")
+    if limit is not None and unpacked > limit:
+        raise BadUpload(f"the NPZ edge list decompresses to {unpacked} bytes, over this server's upload limit of "
+                        f"{limit} bytes (TASK_AFFINITY_UPLOAD_LIMIT_MB)", status=413)
+    return Inspected(fmt, int(shape[0]), sorted(names))
+
+
 @dataclass(frozen=True)
 class NpyMember:
     """One array of an NPZ as its .npy header tells it."""

@@ -47,11 +47,15 @@ DATASETS: dict[str, Any] = {
     "digits": lambda seed: {"source": "digits", "params": {"label_fraction": 0.5, "seed": seed}},
     "yeast": lambda seed: {"source": "yeast", "params": {"seed": seed}},
     "text": lambda seed: {"source": "text", "params": {"seed": seed}},
+    "graph": lambda seed: {"source": "graph", "params": {"seed": seed}},
 }
 # The text job also names its model, training and estimator (MiniLM with LoRA, affinity/defaults.py). It
 # trains a transformer for every grouping it scores, so it runs when named (--datasets text), not by default.
-JOB_SECTIONS: dict[str, dict[str, Any]] = {"text": {k: v for k, v in BUILTIN_JOBS["text"].items() if k != "dataset"}}
-BY_DEFAULT = [name for name in DATASETS if name != "text"]
+# The graph job (120 community tasks, SIGN, Grad-TAG) names its sections too; scoring one model per task means 120
+# models per training seed, so it also runs when named (--datasets graph).
+JOB_SECTIONS: dict[str, dict[str, Any]] = {name: {k: v for k, v in BUILTIN_JOBS[name].items() if k != "dataset"}
+                                           for name in ("text", "graph")}
+BY_DEFAULT = [name for name in DATASETS if name not in ("text", "graph")]
 
 
 def manifest_for(name: str, seed: int, overrides: dict[str, Any]) -> Any:

@@ -45,6 +45,7 @@ def load_dataset(spec: DatasetSpec) -> SplitTable:
     split = split_table(table, spec.val_fraction, spec.seed, spec.standardize and table.texts is None, spec.split,
                         spec.test_fraction)
     split.texts = table.texts
+    split.graph = table.graph
     return split
 
 

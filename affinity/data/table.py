@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from affinity.data.graph import Graph
 
 TASK_TYPES = ("binary", "regression")
 
@@ -26,6 +29,7 @@ class TaskTable:
     truth_groups: list[list[str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     texts: list[tuple[str, ...]] | None = None  # kind text: each row's text (or pair of texts); X is then empty
+    graph: "Graph | None" = None  # kind graph: the edges between the rows (one row per node)
 
     @property
     def n_tasks(self) -> int:
@@ -53,6 +57,7 @@ class SplitTable:
     metadata: dict[str, Any] = field(default_factory=dict)
     test: np.ndarray | None = None  # (rows × tasks) held-out test pairs, never trained or selected on
     texts: list[tuple[str, ...]] | None = None  # kind text: each row's text(s); the model kind encodes them into X
+    graph: "Graph | None" = None  # kind graph: the edges between the rows; the model kind propagates X over them
 
     def __post_init__(self) -> None:
         if self.test is None:
@@ -67,7 +72,7 @@ class SplitTable:
         return np.array([t == "binary" for t in self.task_types])
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "rows": int(self.X.shape[0]),
             "features": int(self.X.shape[1]),
             "tasks": self.n_tasks,
@@ -75,6 +80,9 @@ class SplitTable:
             "val_labels": int(self.val.sum()),
             "test_labels": int(self.test.sum()),
         }
+        if self.graph is not None:
+            out["graph"] = self.graph.summary()
+        return out
 
 
 def check_table(table: TaskTable, min_rows_per_task: int) -> None:

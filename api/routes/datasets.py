@@ -12,36 +12,58 @@ from api.problems import ApiError, responses
 from api.schemas import DatasetList, DatasetOut
 from api.store import DatasetInUse, new_id
 from api.tables import Dataset
-from api.uploads import SUFFIX, BadUpload, UploadTooLarge, inspect_file, remove, save_stream
+from api.uploads import SUFFIX, BadUpload, Inspected, UploadTooLarge, inspect_edges, inspect_file, remove, save_stream
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=responses(401))
 
 
 @router.post("", status_code=201, response_model=DatasetOut, responses=responses(400, 413, 415, 422))
-def upload_dataset(request: Request, file: Annotated[UploadFile, File(description="A CSV, Parquet or NPZ table.")],
-                   owner: Owner, store: Store, settings: Config) -> DatasetOut:
-    """Upload a wide table: one row per example, feature columns, one label column per task."""
+def upload_dataset(request: Request, owner: Owner, store: Store, settings: Config,
+                   file: Annotated[UploadFile | None, File(description="A CSV, Parquet or NPZ table.")] = None,
+                   nodes: Annotated[UploadFile | None, File(
+                       description="A graph's node table (CSV, Parquet or NPZ), sent with `edges` instead of `file`."
+                   )] = None,
+                   edges: Annotated[UploadFile | None, File(
+                       description="A graph's edge list (CSV, Parquet or NPZ), sent with `nodes` instead of `file`."
+                   )] = None) -> DatasetOut:
+    """Upload a wide table (`file`: one row per example, feature columns, one label column per task), or a graph
+    (`nodes` and `edges` in the same request: the node table and the edge list of dataset.kind graph)."""
     limit = settings.upload_limit_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise ApiError(413, f"upload of {int(declared)} bytes exceeds this server's limit of {limit} bytes")
+    parts = {"file": file, "nodes": nodes, "edges": edges}
+    given = [name for name, part in parts.items() if part is not None]
+    if given not in (["file"], ["nodes", "edges"]):
+        raise ApiError(422, f"the upload has parts {given or 'none'}; send a table as the part 'file', or a graph as "
+                            "the two parts 'nodes' and 'edges' (multipart/form-data)")
     ds_id = new_id("ds")
     folder = settings.datasets / ds_id
-    raw = folder / "upload"
+    stored: dict[str, tuple[Path, Inspected, int]] = {}
     try:
-        size = save_stream(file.file, raw, limit)
-        info = inspect_file(raw, limit)
+        for name in given:
+            raw = folder / f"upload-{name}"
+            size = save_stream(parts[name].file, raw, limit - sum(s for *_, s in stored.values()))
+            info = inspect_edges(raw, limit) if name == "edges" else inspect_file(raw, limit)
+            stored[name] = (raw, info, size)
     except UploadTooLarge:
         remove(folder)
         raise ApiError(413, f"upload exceeds this server's limit of {limit} bytes") from None
     except BadUpload as exc:
         remove(folder)
-        raise ApiError(exc.status, str(exc)) from None
-    path = folder / f"data{SUFFIX[info.format]}"
-    raw.replace(path)
-    name = Path(file.filename or "upload").name[:500]
-    ds = store.add_dataset(Dataset(id=ds_id, owner=owner, filename=name, format=info.format, path=str(path),
-                                   size_bytes=size, rows=info.rows, columns=info.columns))
+        raise ApiError(exc.status, f"{given[len(stored)]}: {exc}" if len(given) > 1 else str(exc)) from None
+    for name, (raw, info, _) in stored.items():
+        path = folder / f"{'data' if name == 'file' else name}{SUFFIX[info.format]}"
+        raw.replace(path)
+        stored[name] = (path, info, stored[name][2])
+    main = stored["file" if file is not None else "nodes"]
+    name = Path(parts[given[0]].filename or "upload").name[:500]
+    if edges is not None:  # a graph: the node table's rows and columns; the edge list lies beside it
+        name = f"{name} + {Path(edges.filename or 'edges').name}"[:500]
+    ds = store.add_dataset(Dataset(id=ds_id, owner=owner, filename=name,
+                                   format="graph" if edges is not None else main[1].format, path=str(main[0]),
+                                   size_bytes=sum(s for *_, s in stored.values()), rows=main[1].rows,
+                                   columns=main[1].columns))
     return DatasetOut.of(ds)
 
 
