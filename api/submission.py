@@ -73,6 +73,9 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
     source = spec.source
     shape: DatasetShape | None = None
     if source in BUILTINS or source in GRAPH_BUILTINS:
+        if spec.edges is not None:  # an edge list is read with a node table only, never beside a built-in
+            raise SubmissionError([problem("dataset.edges", spec.edges, f"a built-in dataset ({source}) has no edge "
+                                           "list; remove it, or give a node table as dataset.source")])
         tasks = builtin_tasks(spec)
         shape = builtin_shape(spec, tasks.n, manifest.model) if tasks is not None else None
     else:
@@ -413,6 +416,8 @@ def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore
         raise ValueError(str(exc)) from None
     source = manifest.dataset.source
     if source in BUILTINS or source in GRAPH_BUILTINS:
+        if manifest.dataset.edges is not None:
+            raise ValueError("dataset.edges: a built-in dataset has no edge list; remove it")
         return manifest
     if source.startswith("ds_"):
         ds = store.get_dataset(owner, source)

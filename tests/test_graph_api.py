@@ -104,6 +104,9 @@ def test_graph_jobs_are_estimated_and_refused_by_name(service, tmp_path):
     assert any(e["field"].startswith("dataset.params.") for e in body["errors"])
     assert_problem(client.post("/v1/jobs", json={"dataset": {"source": "graph", "params": {"regions": 0}}},
                                headers=alice), 422, "dataset.params.regions")
+    # an edge list is never read beside a built-in (it would escape the data root)
+    beside = {"dataset": {"kind": "graph", "source": "planted", "edges": "/etc/hostname", "tasks": ["a"]}, **JOB}
+    assert_problem(client.post("/v1/jobs", json=beside, headers=alice), 422, "dataset.edges", "built-in")
     # a graph in the data root: its edge list must lie there too
     nodes, edges = _graph()
     (settings.data_root / "nodes.csv").write_bytes(nodes)
