@@ -120,3 +120,31 @@ def test_graph_jobs_are_estimated_and_refused_by_name(service, tmp_path):
     assert r.status_code == 201, r.text
     small = {"dataset": {"source": "graph", "params": {"regions": 3, "communities_per_region": 4}}, **JOB}
     assert client.post("/v1/jobs", json=small, headers=alice).status_code == 201
+
+
+def test_the_python_client_uploads_a_local_graph_with_its_job(service, tmp_path):
+    from api.client import Client
+
+    client, settings, store, alice, _ = service
+    nodes, edges = _graph()
+    (tmp_path / "nodes.csv").write_bytes(nodes)
+    (tmp_path / "edges.csv").write_bytes(edges)
+    manifest = {"dataset": {"kind": "graph", "source": "nodes.csv", "edges": "edges.csv", "tasks": ["a", "b"]}, **JOB}
+    (tmp_path / "graph.json").write_text(json.dumps(manifest))
+    import httpx
+
+    class InProcess(httpx.BaseTransport):  # the app behind the TestClient, answers read whole
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = client._transport.handle_request(request)
+            response.read()
+            return httpx.Response(response.status_code, headers=response.headers, content=response.content)
+
+    key = alice["Authorization"].split()[1]
+    with Client("http://testserver", key, transport=InProcess()) as c:
+        job = c.submit(tmp_path / "graph.json")
+        (ds,) = c.datasets()
+    assert ds["format"] == "graph" and ds["filename"] == "nodes.csv + edges.csv" and ds["rows"] == 60
+    stored = client.get(f"/v1/jobs/{job.id}", headers=alice).json()
+    assert stored["status"] == "queued"
+    assert Worker(settings, store, worker_id="w1").run_once()
+    assert client.get(f"/v1/jobs/{job.id}", headers=alice).json()["status"] == "succeeded"
