@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from affinity.cnn_footprint import ACTIVATION_BUDGET
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import ModelSpec
 from affinity.models import ACTIVATIONS, _transformed
 
-ACTIVATION_BUDGET = 2**24  # floats of the first layer's activations per no-grad evaluation batch
 
 
 class Route:

@@ -107,13 +107,13 @@ def _size_fields(manifest: Manifest) -> tuple[str, ...]:
 
 
 def model_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
-    """The manifest's model on the dataset's shape: a cnn on images (api/image_resources.py), else the MLP."""
+    """The manifest's model on the dataset's shape: a cnn on images (affinity/cnn_footprint.py), else the MLP."""
     model = manifest.model
     if model.kind == "cnn":
         if shape.image is None:
             raise DataError("dataset.kind: model.kind 'cnn' takes images but the dataset holds a table; set "
                             "dataset.kind to 'images' with an images dataset")
-        from api.image_resources import conv_cost
+        from affinity.cnn_footprint import conv_cost
 
         c = conv_cost(model, shape.image, max(shape.tasks, 1))
         return ModelCost(c.params, c.shared, c.activations, c.macs, c.eval_rows)

@@ -400,3 +400,26 @@ def test_shared_batch_norm_is_pure_inside_a_transform():
     assert g.shape == (3,) and all(torch.equal(before[k], v) for k, v in norm.named_buffers())
     norm(x)  # outside a transform: plain batch norm, its statistics move
     assert not torch.equal(before["running_mean"], norm.running_mean)
+
+
+@pytest.mark.parametrize("model, shape, tasks", [
+    ({"task_norm": True}, (1, 8, 8), 15), ({"channels": [8, 16, 32]}, (3, 32, 32), 4),
+    ({"arch": "resnet18", "task_norm": True}, (3, 32, 32), 3), ({"arch": "resnet18"}, (1, 28, 28), 2),
+])
+def test_footprint_counts_the_built_model(model, shape, tasks):
+    from affinity.cnn_footprint import conv_cost
+
+    net = cnn(tiny_images(shape, n=8, tasks=tasks), **model)
+    cost = conv_cost(parse_manifest({"dataset": {"kind": "images", "source": "digits"}, "model": model}).model,
+                     shape, tasks)
+    own = set(net.task_parameters())
+    assert cost.params == sum(p.numel() for p in net.parameters())
+    assert cost.shared == sum(p.numel() for n, p in net.named_parameters() if n not in own)
+    assert cost.eval_rows == net.max_batch_rows
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    outputs = []
+    hooks = [c.register_forward_hook(lambda m, i, o: outputs.append(o[:1].numel())) for c in convs]
+    net(torch.zeros(1, *shape), tasks=torch.tensor([0]))
+    for h in hooks:
+        h.remove()
+    assert cost.activations == sum(outputs)  # every conv's output floats, one task path

@@ -1,6 +1,6 @@
 """The size and work of a ``cnn`` model (affinity/cnn.py) on images of a given shape, without building it.
 
-What api/resources.py needs to estimate an images job: the parameters (all; shared = all but the
+What the estimate of an images job needs (affinity/footprint.py): the parameters (all; shared = all but the
 heads and per-task norms), the conv activations of one row (floats of every conv layer's output,
 one task path), the multiply-adds of one row's forward pass (one path), and the rows of a no-grad
 evaluation batch (the model's ``max_batch_rows``). With ``model.task_norm`` every row runs one path
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATION_BUDGET = 2**24  # = affinity.cnn.ACTIVATION_BUDGET (kept import-free of torch)
+ACTIVATION_BUDGET = 2**24  # floats of the first conv's outputs per no-grad evaluation batch (MultiTaskCNN.max_batch_rows)
 
 
 @dataclass(frozen=True)
