@@ -35,7 +35,7 @@ from torch import nn
 from affinity.cnn_footprint import ACTIVATION_BUDGET
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import ModelSpec
-from affinity.models import ACTIVATIONS, _transformed
+from affinity.models import ACTIVATIONS, _transformed, update_task_statistics
 
 
 
@@ -102,12 +102,7 @@ class TaskNorm2d(nn.Module):
             batch_var = torch.einsum("bk,bkchw->kc", m, (h5 - batch_mean[None, :, :, None, None]) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            if not (_transformed(h) or _transformed(self.weight)):
-                with torch.no_grad():
-                    unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
-                    self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
-                                                         run_mean)
-                    self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
+            update_task_statistics(self, idx, enough, batch_mean, batch_var, c, h)
         else:
             mean, var = run_mean, run_var
         scale = self.weight[idx] / torch.sqrt(var + self.eps)

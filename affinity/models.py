@@ -40,6 +40,20 @@ def _transformed(t: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
+def update_task_statistics(norm: nn.Module, idx: torch.Tensor, enough: torch.Tensor, batch_mean: torch.Tensor,
+                           batch_var: torch.Tensor, count: torch.Tensor, h: torch.Tensor) -> None:
+    """Move ``norm``'s running statistics of tasks ``idx`` toward a batch's (where ``enough`` of their rows are
+    labelled; ``count``: values per statistic, for the unbiased variance), except inside a torch.func
+    transform (there the forward is a pure function)."""
+    if _transformed(h) or _transformed(norm.weight):
+        return
+    with torch.no_grad():
+        run_mean, run_var = norm.running_mean[idx], norm.running_var[idx]
+        unbiased = batch_var.detach() * (count / (count - 1).clamp_min(1))
+        norm.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), norm.momentum), run_mean)
+        norm.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, norm.momentum), run_var)
+
+
 class TaskNorm(nn.Module):
     """Per-task batch normalization of a shared layer's units.
 
@@ -84,12 +98,7 @@ class TaskNorm(nn.Module):
             batch_var = torch.einsum("bk,bku->ku", m, (h - batch_mean) ** 2) / c
             mean = torch.where(enough, batch_mean, run_mean)
             var = torch.where(enough, batch_var, run_var)
-            if not (_transformed(h) or _transformed(self.weight)):
-                with torch.no_grad():
-                    unbiased = batch_var.detach() * (c / (c - 1).clamp_min(1))
-                    self.running_mean[idx] = torch.where(enough, run_mean.lerp(batch_mean.detach(), self.momentum),
-                                                         run_mean)
-                    self.running_var[idx] = torch.where(enough, run_var.lerp(unbiased, self.momentum), run_var)
+            update_task_statistics(self, idx, enough, batch_mean, batch_var, c, h)
         else:
             mean, var = run_mean, run_var
         return (h - mean) / torch.sqrt(var + self.eps) * self.weight[idx] + self.bias[idx]
