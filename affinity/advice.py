@@ -174,21 +174,28 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
 
 
 def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, folds: list[int] | None = None) -> int:
-    """Among ``candidates`` (k values; ``scores`` also holds k = 1, the reference), the one with the lowest
-    predicted total over ``folds`` (all by default), the fewest groups within ``tolerance`` of it; and
-    one model for all, where it is a candidate, unless the split is predicted to pay: a gain of at least
-    ``min_gain``, and at least ``min_gain_se`` standard errors of its per-fold gains (a gain that one
-    fold's luck carries is not a gain)."""
+    """Among ``candidates`` (k values; ``scores`` also holds k = 1, the reference), the choice of
+    ``choose_k_from`` on their predicted totals over ``folds`` (all by default)."""
     folds = list(range(scores[1].loss.shape[0])) if folds is None else folds
     totals = {k: scores[k].total(folds) for k in candidates}
-    reference = scores[1].total(folds)
+    per_fold = {k: fold_gains(scores[k], scores[1], folds) for k in candidates}
+    return choose_k_from(totals, scores[1].total(folds), per_fold, spec)
+
+
+def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int, list[float]],
+                  spec: GroupingSpec) -> int:
+    """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
+    it; and one model for all (k = 1), where it is a candidate, unless the split is predicted to pay:
+    a gain over ``reference`` (one model for all's total) of at least ``min_gain``, and at least
+    ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
+    a gain). Works from the numbers a ``groups.json`` records, so a choice rule can be replayed."""
     best = min(totals.values())
     k = min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
     if k == 1 or 1 not in totals:
         return k
     gain = (reference - totals[k]) / reference
-    per_fold = np.array(fold_gains(scores[k], scores[1], folds))
-    se = per_fold.std(ddof=1) / np.sqrt(len(per_fold)) if len(per_fold) > 1 else 0.0
+    gains = np.asarray(per_fold[k], dtype=float)
+    se = gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else 0.0
     if gain < spec.min_gain or gain < spec.min_gain_se * se:
         return 1
     return k
@@ -289,4 +296,4 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "split_half", "stability", "verdict"]
+__all__ = ["advise", "candidate_ks", "choose_k_from", "split_half", "stability", "verdict"]

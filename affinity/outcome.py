@@ -77,9 +77,12 @@ def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progres
 
 def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress | None = None,
              random_seeds: int = 20, estimators: tuple[str, ...] | None = None,
-             train_seeds: int = 1) -> dict[str, Any]:
+             train_seeds: int = 1, score_candidates: bool = False) -> dict[str, Any]:
     """The held-out outcome of each estimator's recommendation and of the baselines (module docstring);
-    every grouping's test loss is the mean over ``train_seeds`` trainings."""
+    every grouping's test loss is the mean over ``train_seeds`` trainings. ``score_candidates``: also
+    the test loss of every candidate grouping the advice checked (each candidate's record gains
+    ``test_loss``), so any choice rule can be replayed on the recorded numbers
+    (``benchmarks/outcome.py --replay``) and the best candidate read beside the chosen one."""
     progress = progress or Progress()
     manifest = held_out(manifest)
     estimators = estimators or (manifest.estimation.method,)
@@ -103,6 +106,11 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}",
                              trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
+        if score_candidates:
+            index = {t: i for i, t in enumerate(names)}
+            for c in advice[name]["candidates"]:
+                c["test_loss"] = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
+                                         f"candidate k = {c['k']} of {name}", trained, train_seeds)["sum_test_loss"]
     rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained,
                                         train_seeds)
     rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
@@ -148,6 +156,9 @@ def outcome_summary(rows: dict[str, Any], name: str, randoms: list[float],
            "measured_gain": (together - rec) / together,
            "predicted_gain": advice.get("predicted_gain") if advice else None,
            "recommendation": advice.get("recommendation") if advice else None}
+    if advice and all("test_loss" in c for c in advice.get("candidates", [])) and advice.get("candidates"):
+        out["candidates"] = [{key: c[key] for key in ("k", "predicted_val_loss", "fold_gains", "test_loss")
+                              if key in c} for c in advice["candidates"]]
     if planted is not None and planted < together:
         out["gap_closed"] = (together - rec) / (together - planted)
     return out

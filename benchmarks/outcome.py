@@ -12,6 +12,9 @@ holds" over the suite.
     # the seeds side by side (one thread each), then one table:
     for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/outcome.py --seeds $s --out runs/outcome/$s & done; wait
     python benchmarks/outcome.py --merge runs/outcome/0 runs/outcome/1 runs/outcome/2 --out runs/outcome
+    # with --candidates every candidate grouping's test loss is recorded too; a choice rule can then be
+    # replayed on the recorded runs without training anything:
+    python benchmarks/outcome.py --merge runs/outcome/0 runs/outcome/1 runs/outcome/2 --replay grouping.min_gain=0.01
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 import torch
 
 from affinity.defaults import BUILTIN_JOBS
-from affinity.manifest import parse_manifest
+from affinity.advice import choose_k_from
+from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import ESTIMATOR_ORDER, evaluate
 
 
@@ -71,6 +75,31 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
+    """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
+    losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
+    own (over all folds; the selection check is not replayed); the percentile among random partitions is
+    kept only when the replayed k is the recorded one (the random partitions have the recorded sizes)."""
+    if "candidates" not in row:
+        raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
+    cands = {c["k"]: c for c in row["candidates"]}
+    reference = cands[1]["predicted_val_loss"]
+    k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
+                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec)
+    rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]
+    best = min(v for v in (together, alone, row["planted"]) if v is not None)
+    out = {**row, "k": k, "test_loss": rec, "regret": (rec - best) / best,
+           "vs_one_for_all": (rec - together) / together, "vs_one_per_task": (rec - alone) / alone,
+           "measured_gain": (together - rec) / together,
+           "predicted_gain": (reference - cands[k]["predicted_val_loss"]) / reference,
+           "recommendation": "together" if k == 1 else ("separately" if k == row.get("n_tasks") else "groups")}
+    if k != row["k"]:
+        out["percentile"] = out["random_median"] = None
+    if row.get("gap_closed") is not None:
+        out["gap_closed"] = (together - rec) / (together - row["planted"])
+    return out
+
+
 def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The done-when criteria of the advice, over all (dataset, seed) rows."""
     within_all = [r["vs_one_for_all"] <= 0.01 for r in rows]
@@ -87,6 +116,10 @@ def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "beats_median_random_when_split": f"{sum(split)}/{len(split)}",
         "median_gap_closed": {d: float(np.median(g)) for d, g in gaps.items()},
         "median_abs_gain_error_pp": 100 * float(np.median(errors)) if errors else None,
+        # the best candidate the advice checked, by test loss: what a perfect choice among them would get
+        "best_candidate_regret": {f"{r['dataset']}_{r['seed']}": round(min(c["test_loss"] for c in r["candidates"])
+                                                                         / r["test_loss"] - 1, 4)
+                                  for r in rows if "candidates" in r},
     }
 
 
@@ -101,6 +134,10 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=20, help="random partitions per (dataset, seed)")
     ap.add_argument("--train-seeds", type=int, default=3,
                     help="trainings per grouping (training seeds); a grouping's test loss is their mean")
+    ap.add_argument("--candidates", action="store_true",
+                    help="also train and score every candidate grouping the advice checked (for --replay)")
+    ap.add_argument("--replay", nargs="*", default=None, metavar="grouping.KEY=JSON",
+                    help="with --merge: re-choose k from the recorded candidates with these grouping settings")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
     ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
@@ -120,6 +157,17 @@ def main() -> None:
         for path in args.merge:
             rows += json.loads((path / "outcome.json").read_text())["rows"]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
+        if args.replay is not None:
+            rule = {}
+            for item in args.replay:
+                key, value = item.split("=", 1)
+                if not key.startswith("grouping."):
+                    raise SystemExit(f"--replay {item}: only grouping settings can be replayed")
+                rule[key.split(".", 1)[1]] = json.loads(value)
+            spec = GroupingSpec(**rule)
+            print(f"replayed choice rule: min_gain {spec.min_gain}, min_gain_se {spec.min_gain_se}, "
+                  f"tolerance {spec.tolerance}")
+            rows = [replayed(r, spec) for r in rows]
         for r in rows:
             print(line(r))
     else:
@@ -128,9 +176,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 m = manifest_for(name, seed, overrides)
                 report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random,
-                                  train_seeds=args.train_seeds)
+                                  train_seeds=args.train_seeds, score_candidates=args.candidates)
                 s = report["summary"][m.estimation.method]
-                rows.append({"dataset": name, "seed": seed, **s, "seconds": time.perf_counter() - t0})
+                rows.append({"dataset": name, "seed": seed, "n_tasks": len(report["tasks"]), **s,
+                             "seconds": time.perf_counter() - t0})
                 print(line(rows[-1]), flush=True)
     summary = criteria(rows)
     print("criteria:", json.dumps(summary))

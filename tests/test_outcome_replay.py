@@ -1,0 +1,58 @@
+"""The outcome suite's candidate scores and its replay of a choice rule (benchmarks/outcome.py --replay)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from affinity.advice import choose_k_from
+from affinity.manifest import GroupingSpec, parse_manifest
+from affinity.outcome import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("outcome_suite", ROOT / "benchmarks" / "outcome.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choose_k_from_recorded_numbers():
+    totals = {1: 10.0, 2: 9.6, 4: 9.55, 8: 10.2}
+    steady = {1: [0.0] * 5, 2: [0.04, 0.035, 0.045, 0.04, 0.04], 4: [0.05, 0.04, 0.045, 0.04, 0.05], 8: [-0.02] * 5}
+    # 4 groups is best, 2 within tolerance 1% of the reference: the fewest groups
+    assert choose_k_from(totals, 10.0, steady, GroupingSpec(tolerance=0.01)) == 2
+    assert choose_k_from(totals, 10.0, steady, GroupingSpec(tolerance=0.0)) == 4
+    # a gain below min_gain, or one fold's luck: together
+    assert choose_k_from(totals, 10.0, steady, GroupingSpec(min_gain=0.05)) == 1
+    lucky = {**steady, 4: [0.2, -0.02, -0.01, -0.01, 0.065]}
+    assert choose_k_from(totals, 10.0, lucky, GroupingSpec(tolerance=0.0)) == 1
+    assert choose_k_from(totals, 10.0, lucky, GroupingSpec(tolerance=0.0, min_gain_se=0.0)) == 4
+    # one model for all not a candidate (a fixed k range): the best split stands
+    assert choose_k_from({2: 9.6, 4: 9.55}, 10.0, steady, GroupingSpec(min_gain=0.5, tolerance=0.0)) == 4
+
+
+def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
+    m = parse_manifest({"dataset": {"source": "synthetic", "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
+                                                                        "rows_per_task": 40, "seed": 0}},
+                        "estimation": {"num_subsets": 30}, "training": {"epochs": 20},
+                        "grouping": {"candidates": 2, "min_gain_se": 0}})
+    report = evaluate(m, tmp_path, random_seeds=2, score_candidates=True)
+    s = report["summary"]["scratch"]
+    cands = {c["k"]: c for c in s["candidates"]}
+    assert {1, 6} <= set(cands) and len(cands) >= 3
+    # the trivial candidates are the baselines' own trainings; the chosen one is the recommendation's
+    assert cands[1]["test_loss"] == pytest.approx(s["one_model_for_all"])
+    assert cands[6]["test_loss"] == pytest.approx(s["one_model_per_task"])
+    assert cands[s["k"]]["test_loss"] == pytest.approx(s["test_loss"])
+    suite = _suite()
+    row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
+    same = suite.replayed(row, GroupingSpec(min_gain_se=0))
+    assert same["k"] == s["k"] and same["test_loss"] == pytest.approx(s["test_loss"])
+    together = suite.replayed(row, GroupingSpec(min_gain=0.9))
+    assert together["k"] == 1 and together["recommendation"] == "together"
+    assert together["test_loss"] == pytest.approx(s["one_model_for_all"]) and together["measured_gain"] == 0
+    crit = suite.criteria([row])
+    assert crit["best_candidate_regret"]["pooling_0"] <= 0
