@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from affinity.data import BUILTINS, DataError
 from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
-from affinity.manifest import GRAPH_BUILTINS, Manifest, validation_problems
+from affinity.manifest import BUILTIN_TRANSFORMER, GRAPH_BUILTINS, Manifest, validation_problems
 from api.problems import MAX_NESTING
 from api.resources import (DatasetShape, builtin_shape, check_estimable, check_memory, check_time, graph_shape,
                            images_shape, path_shape, table_shape)
@@ -112,14 +112,18 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                 edges = resolve_data_path(spec.edges, settings, "dataset.edges")
                 shape = graph_shape(spec, manifest.model, shape.rows, shape.features + tasks.n, tasks.n, edges) \
                     if shape is not None and tasks is not None else None
-    for field, value in _path_fields(manifest):  # images' label table, a cnn's weights: files in the data root
-        resolve_data_path(value, settings, field)
+    # images' label table, a cnn's weights, a transformer's folder: inside the data root. The estimates read
+    # the resolved paths; the stored manifest keeps what the user wrote (the worker resolves it again).
+    resolved = manifest.model_copy(deep=True)
+    for field, value, folder in _path_fields(manifest):
+        section, name = field.split(".")
+        setattr(getattr(resolved, section), name, str(resolve_data_path(value, settings, field, folder)))
     _check_limits(manifest, tasks, settings)
     check_compute(manifest, settings)
     estimable = check_estimable(manifest, settings.allow_unestimated_kinds)
     if shape is not None and estimable:
-        check_memory(manifest, shape, settings.worker_memory_mb)
-        check_time(manifest, shape, settings.max_job_hours)
+        check_memory(resolved, shape, settings.worker_memory_mb)
+        check_time(resolved, shape, settings.max_job_hours)
     return Checked(manifest, dataset_id)
 
 
@@ -263,9 +267,10 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
     return TaskCount(len(spec.tasks), "dataset.tasks")
 
 
-def resolve_data_path(source: str, settings: Settings, field: str = "dataset.source") -> Path:
+def resolve_data_path(source: str, settings: Settings, field: str = "dataset.source", folder: bool = False) -> Path:
     """The file a path source (or another path field: dataset.labels, dataset.edges, model.weights) names, which
-    must lie inside the data root."""
+    must lie inside the data root; with ``folder``, a folder there (model.pretrained)."""
+    what = "folder" if folder else "file"
     if settings.data_root is None:
         raise SubmissionError([problem(field, source, "this server accepts no file paths (no data root "
                                        "is configured); upload the file with POST /v1/datasets and use its id, "
@@ -278,18 +283,18 @@ def resolve_data_path(source: str, settings: Settings, field: str = "dataset.sou
     try:
         path = (candidate if candidate.is_absolute() else root / candidate).resolve()
         inside = path.is_relative_to(root)
-        is_file = inside and path.is_file()
+        is_file = inside and (path.is_dir() if folder else path.is_file())
     except (OSError, RuntimeError, ValueError) as exc:
         # A name longer than the file system allows, a symbolic link loop, ...
         reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
                   else "a symbolic link loop" if isinstance(exc, RuntimeError) else type(exc).__name__)
         raise SubmissionError([problem(field, source, f"is not a usable path in the server's data root "
-                                       f"({reason}); give the path of a file inside it")]) from None
+                                       f"({reason}); give the path of a {what} inside it")]) from None
     if not inside:
         raise SubmissionError([problem(field, source, "resolves outside the server's data root; give a "
                                        "path relative to the data root")])
     if not is_file:
-        raise SubmissionError([problem(field, source, "no such file in the server's data root")])
+        raise SubmissionError([problem(field, source, f"no such {what} in the server's data root")])
     return path
 
 
@@ -398,20 +403,24 @@ def ray_address(manifest: Manifest, settings: Settings) -> str | None:
     return address.strip() if address else settings.ray_address
 
 
-def _path_fields(manifest: Manifest) -> list[tuple[str, str]]:
-    """The manifest's file paths besides dataset.source (dataset.labels, model.weights) that are set."""
-    return [(f"{section}.{name}", getattr(getattr(manifest, section), name))
-            for section, name in (("dataset", "labels"), ("model", "weights"))
-            if getattr(getattr(manifest, section), name) is not None]
+def _path_fields(manifest: Manifest) -> list[tuple[str, str, bool]]:
+    """The manifest's paths besides dataset.source that are set: (field, value, whether a folder). Files:
+    dataset.labels, model.weights; a folder: model.pretrained unless it names the packaged model."""
+    fields = [(f"{section}.{name}", getattr(getattr(manifest, section), name), False)
+              for section, name in (("dataset", "labels"), ("model", "weights"))
+              if getattr(getattr(manifest, section), name) is not None]
+    if manifest.model.pretrained != BUILTIN_TRANSFORMER:
+        fields.append(("model.pretrained", manifest.model.pretrained, True))
+    return fields
 
 
 def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore, settings: Settings) -> Manifest:
     """The manifest a worker runs: the stored one with its source (and other paths) resolved to files."""
     manifest = Manifest.model_validate(manifest_json)
     try:
-        for field, value in _path_fields(manifest):
+        for field, value, folder in _path_fields(manifest):
             section, name = field.split(".")
-            setattr(getattr(manifest, section), name, str(resolve_data_path(value, settings, field)))
+            setattr(getattr(manifest, section), name, str(resolve_data_path(value, settings, field, folder)))
     except SubmissionError as exc:
         raise ValueError(str(exc)) from None
     source = manifest.dataset.source

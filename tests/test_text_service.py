@@ -173,11 +173,48 @@ def test_the_adapter_count_equals_the_built_model(tmp_path):
 
 
 def test_a_missing_pretrained_folder_is_refused_at_submit(service):
-    client, _, store, alice, _ = service
-    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "/no/such/model"}}
+    client, settings, store, alice, _ = service
+    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "no/such/model"}}
     p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
-    assert fields_of(p) == ["model.pretrained"] and "not a folder" in p["detail"], p
+    assert fields_of(p) == ["model.pretrained"] and "no such folder in the server's data root" in p["detail"], p
+    (settings.data_root / "empty_model").mkdir()  # inside the root, but not a model folder
+    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "empty_model"}}
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert fields_of(p) == ["model.pretrained"] and "config.json" in p["detail"], p
     assert stored(store) == 0
+
+
+def test_a_pretrained_folder_must_lie_in_the_data_root(service, tmp_path):
+    """A manifest may not make the server read (or unpickle) a model folder elsewhere on its disks."""
+    import shutil
+
+    from affinity.transformer import builtin_model_folder
+    from api.submission import runnable_manifest
+
+    client, settings, store, alice, _ = service
+    packaged = builtin_model_folder()
+    outside = tmp_path / "elsewhere" / "minilm"
+    outside.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(packaged / name, outside / name)
+    for where in (str(outside), "../elsewhere/minilm", "/etc"):
+        body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": where}}
+        p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+        assert fields_of(p) == ["model.pretrained"] and "outside the server's data root" in p["detail"], (where, p)
+    (settings.data_root / "escape").symlink_to(outside, target_is_directory=True)
+    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "escape"}}
+    p = problem_of(client.post("/v1/jobs", json=body, headers=alice))
+    assert "outside the server's data root" in p["detail"], p
+    assert stored(store) == 0
+    # the same folder inside the root is accepted (its config and weight headers estimated), and the worker
+    # runs it from the root
+    shutil.copytree(outside, settings.data_root / "models" / "minilm")
+    body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": "models/minilm"}}
+    r = client.post("/v1/jobs", json=body, headers=alice)
+    assert r.status_code in (201, 202), r.text
+    assert stored(store) == 1
+    m = runnable_manifest(body, "alice", store, settings)
+    assert Path(m.model.pretrained) == (settings.data_root / "models" / "minilm").resolve()
 
 
 # -- plug-in kinds: a declared estimate, or the server's consent -----------------------------------------
