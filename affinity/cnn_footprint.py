@@ -1,4 +1,5 @@
-"""The size and work of a ``cnn`` model (affinity/cnn.py) on images of a given shape, without building it.
+"""The size and work of a ``cnn`` model (affinity/cnn.py) on images of a given shape, without building it, and
+the cnn kind's memory and time estimates (the layered estimate of affinity/footprint.py on that cost).
 
 What the estimate of an images job needs (affinity/footprint.py): the parameters (all; shared = all but the
 heads and per-task norms), the conv activations of one row (floats of every conv layer's output,
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from affinity.data.table import DataError
+from affinity.footprint import DatasetShape, MemoryEstimate, ModelCost, TimeEstimate, layered_memory, layered_seconds
+from affinity.manifest import Manifest
 
 ACTIVATION_BUDGET = 2**24  # floats of the first conv's outputs per no-grad evaluation batch (MultiTaskCNN.max_batch_rows)
 
@@ -69,3 +74,28 @@ def conv_cost(model: Any, image: tuple[int, int, int], tasks: int) -> ConvCost:
         macs=sum(k * k * ci * co * ho * wo for ci, co, k, ho, wo, _ in layers),
         eval_rows=int(min(8192, max(16, ACTIVATION_BUDGET // max(first, 1)))),
     )
+
+
+def cnn_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
+    """The conv net on the dataset's images, in the terms of the layered estimate (affinity/footprint.py)."""
+    model, est = manifest.model, manifest.estimation
+    if shape.image is None:
+        raise DataError("dataset.kind: model.kind 'cnn' takes images but the dataset holds a table; set "
+                        "dataset.kind to 'images' with an images dataset")
+    c = conv_cost(model, shape.image, max(shape.tasks, 1))
+    if est.params == "all":
+        selected = c.params
+    elif est.params == "encoder":
+        selected = c.shared
+    else:  # the last layer is the heads and per-task norms; more layers: all of them (an upper bound)
+        selected = c.params - c.shared if est.last_layers == 1 else c.params
+    return ModelCost(c.params, c.shared, c.activations, c.macs, selected, ("model.arch", "model.channels"),
+                     c.eval_rows)
+
+
+def cnn_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
+    return layered_memory(manifest, shape, cnn_cost(manifest, shape))
+
+
+def cnn_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
+    return layered_seconds(manifest, shape, cnn_cost(manifest, shape))

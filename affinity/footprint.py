@@ -33,10 +33,9 @@ phase and the data kept plus the largest stage. Calibrated against the peak RSS 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from affinity.data.table import DataError
 from affinity.manifest import Manifest
 
 MB = 2**20
@@ -90,35 +89,41 @@ def model_size(features: int, hidden: list[int], tasks: int, task_norm: bool) ->
 
 @dataclass(frozen=True)
 class ModelCost:
-    """What the estimates need of a model: parameters (all, shared), activation floats of one row through one
-    task path (the MLP's summed widths), work of one row's forward pass in multiply-adds (an MLP's: its
-    parameters), and the rows of a no-grad evaluation batch."""
+    """What the estimates need of a model kind on a dataset's shape: parameters (all, shared, and those
+    Grad-TAG differentiates under the manifest's ``estimation.params`` / ``last_layers``), activation
+    floats of one row through one task path (the MLP's summed widths), work of one row's forward pass in
+    multiply-adds (an MLP's: its parameters), the rows of a no-grad evaluation batch, the manifest fields
+    that set the model's size (for messages) and the hops of a graph propagation before it (SIGN)."""
 
     params: int
     shared: int
     activations: int
     work: int
+    selected: int
+    size_fields: tuple[str, ...]
     eval_rows: int = EVAL_ROWS
+    hops: int = 0
 
 
-def _size_fields(manifest: Manifest) -> tuple[str, ...]:
-    """The model fields that set its size (for messages)."""
-    return ("model.arch", "model.channels") if manifest.model.kind == "cnn" else ("model.hidden",)
-
-
-def model_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
-    """The manifest's model on the dataset's shape: a cnn on images (affinity/cnn_footprint.py), else the MLP."""
-    model = manifest.model
-    if model.kind == "cnn":
-        if shape.image is None:
-            raise DataError("dataset.kind: model.kind 'cnn' takes images but the dataset holds a table; set "
-                            "dataset.kind to 'images' with an images dataset")
-        from affinity.cnn_footprint import conv_cost
-
-        c = conv_cost(model, shape.image, max(shape.tasks, 1))
-        return ModelCost(c.params, c.shared, c.activations, c.macs, c.eval_rows)
+def mlp_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
+    """The MLP (affinity/models.py) on the dataset's features."""
+    model, est = manifest.model, manifest.estimation
     P, P_shared = model_size(shape.features, list(model.hidden), shape.tasks, model.task_norm)
-    return ModelCost(P, P_shared, sum(model.hidden), P)
+    if est.params == "all":
+        selected = P
+    elif est.params == "encoder":
+        selected = P_shared
+    else:  # the heads and the last_layers − 1 shared layers below them
+        widths = [shape.features, *model.hidden]
+        layers = [(a + 1) * b for a, b in zip(widths[:-1], widths[1:])]
+        k = min(est.last_layers - 1, len(layers))
+        selected = shape.tasks * (widths[-1] + 1) + (sum(layers[len(layers) - k:]) if k > 0 else 0)
+    return ModelCost(P, P_shared, sum(model.hidden), P, selected, ("model.hidden",))
+
+
+def sign_cost(manifest: Manifest, shape: DatasetShape) -> ModelCost:
+    """SIGN (affinity/sign.py): the MLP on the propagated features, after ``model.hops`` sparse products."""
+    return replace(mlp_cost(manifest, shape), hops=manifest.model.hops)
 
 
 def checkpoint_count(epochs: int) -> int:
@@ -130,31 +135,25 @@ def checkpoint_count(epochs: int) -> int:
     return n
 
 
-def _selected_parameters(manifest: Manifest, shape: DatasetShape, total: int, shared: int) -> int:
-    est, hidden = manifest.estimation, manifest.model.hidden
-    if est.params == "all":
-        return total
-    if est.params == "encoder":
-        return shared
-    if manifest.model.kind == "cnn":  # the last layer is the heads and per-task norms; more: an upper bound
-        return total - shared if est.last_layers == 1 else total
-    widths = [shape.features, *hidden]
-    layers = [(a + 1) * b for a, b in zip(widths[:-1], widths[1:])]
-    heads = shape.tasks * (widths[-1] + 1)
-    k = min(est.last_layers - 1, len(layers))
-    return heads + sum(layers[len(layers) - k:]) if k > 0 else heads
-
-
 def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
-    """An MLP's or a cnn's job's estimated peak memory (bytes), by part (see the module's docstring)."""
+    """An MLP job's estimated peak memory (bytes), by part (see the module's docstring)."""
+    return layered_memory(manifest, shape, mlp_cost(manifest, shape))
+
+
+def sign_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
+    return layered_memory(manifest, shape, sign_cost(manifest, shape))
+
+
+def layered_memory(manifest: Manifest, shape: DatasetShape, cost: ModelCost) -> MemoryEstimate:
+    """The estimated peak memory (bytes), by part, of a job whose model ``cost`` describes (an MLP's, a conv
+    net's: affinity/cnn_footprint.py; see the module's docstring)."""
     R, F, T = shape.rows, shape.features, shape.tasks
     model, training, est = manifest.model, manifest.training, manifest.estimation
-    cost = model_cost(manifest, shape)
     width_sum = cost.activations  # activation floats of one row (one task path)
     P, P_shared = cost.params, cost.shared
     pairs = math.ceil(shape.pairs * (1.0 - manifest.dataset.test_fraction))
     data_fields = shape.fields
-    model_fields = _size_fields(manifest) + data_fields
+    model_fields = cost.size_fields + data_fields
 
     load = 36 * R * F + 17 * R * T  # raw float64 table, float64 copy and temporaries, float32 result, masks
     kept = 4 * R * F + 17 * R * T + 32 * pairs  # float32 X and Y, label tensors, masks, pair indices
@@ -186,7 +185,7 @@ def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
     features_kept = 0
     if est.method == "grad_tag":
         d = est.projection_dim
-        p = max(1, _selected_parameters(manifest, shape, P, P_shared))
+        p = max(1, cost.selected)
         budget = est.memory_mb * MB
         chunk_rows = min(est.chunk_rows, max(1, budget // (12 * p)))
         gradients = 12 * p * chunk_rows + 4 * chunk_rows * (F + width_sum)
@@ -194,7 +193,7 @@ def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         held = p * d * (6 if low else 4)
         projection = held if held <= budget // 2 else 2 * min(est.block_params, p) * d * (6 if low else 4)
         stage_parts["per-sample gradients"] = gradients + projection
-        fields["per-sample gradients"] = ("estimation.memory_mb", "estimation.chunk_rows", *_size_fields(manifest),
+        fields["per-sample gradients"] = ("estimation.memory_mb", "estimation.chunk_rows", *cost.size_fields,
                                           "estimation.projection_dim", "estimation.block_params")
         stage_parts["projected features"] = int(FEATURE_COPIES * 4 * pairs * d) + 3 * 8 * d * d
         fields["projected features"] = ("estimation.projection_dim",) + data_fields
@@ -210,7 +209,7 @@ def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["projected features"] += fields.pop("per-sample gradients") + fields.pop("surrogate fits")
     elif est.method in ("exact", "scratch"):
         stage_parts["stacked models"] = stacked(min(est.exact_batch, est.num_subsets))
-        fields["stacked models"] = (*_size_fields(manifest), "estimation.exact_batch") + data_fields
+        fields["stacked models"] = (*cost.size_fields, "estimation.exact_batch") + data_fields
     elif est.method == "tag_lookahead":
         stage_parts["lookahead steps"] = 3 * 4 * min(64, T) * P
         fields["lookahead steps"] = model_fields
@@ -219,7 +218,7 @@ def mlp_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
         fields["task gradients"] = model_fields
     if manifest.grouping.selection == "outcome":
         stage_parts["group models"] = stacked(min(est.exact_batch, T)) + features_kept
-        fields["group models"] = (*_size_fields(manifest), "estimation.exact_batch") + data_fields
+        fields["group models"] = (*cost.size_fields, "estimation.exact_batch") + data_fields
     stage_parts["base training"] = train
     fields["base training"] = model_fields + (("training.mtl_method",) if training.mtl_method != "equal" else ()) \
         + (("estimation.checkpoint",) if kept_states else ())
@@ -249,22 +248,29 @@ class TimeEstimate:
 
 
 def mlp_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
-    """How long an MLP's or a cnn's job takes at least: its floating-point work (6 multiply-adds of a row's
-    forward pass for a training step, 2 for a forward pass) at FLOPS and its optimizer steps at STEP_SECONDS
-    (see :func:`job_seconds`)."""
+    return layered_seconds(manifest, shape, mlp_cost(manifest, shape))
+
+
+def sign_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate:
+    return layered_seconds(manifest, shape, sign_cost(manifest, shape))
+
+
+def layered_seconds(manifest: Manifest, shape: DatasetShape, cost: ModelCost) -> TimeEstimate:
+    """How long a job whose model ``cost`` describes takes at least: its floating-point work (6 multiply-adds
+    of a row's forward pass for a training step, 2 for a forward pass) at FLOPS and its optimizer steps at
+    STEP_SECONDS (see :func:`job_seconds`)."""
     T = max(shape.tasks, 1)
     model, training = manifest.model, manifest.training
-    cost = model_cost(manifest, shape)
     P, work = cost.params, cost.work  # work: multiply-adds of one row's forward pass (an MLP's: its parameters)
     per_row = 6 * work * (T if training.mtl_method != "equal" else 1) + 2 * work  # a step, and the validation pass
     if model.task_norm:
         per_row *= T
     return job_seconds(manifest, shape, per_row, 6 * work + 2 * P * manifest.estimation.projection_dim,
-                       6 * work * T, _size_fields(manifest))
+                       6 * work * T, cost.size_fields, cost.hops)
 
 
 def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pair: float, task_row: float,
-                model_fields: tuple[str, ...]) -> TimeEstimate:
+                model_fields: tuple[str, ...], hops: int = 0) -> TimeEstimate:
     """How long a job takes at least, from its model's floating-point work per row of a training epoch
     (``per_row``: a step and the validation pass), per projected per-sample gradient (``per_pair``) and per
     row of every task's gradient (``task_row``: tag_lookahead, gradient_cosine),
@@ -284,7 +290,6 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
     parts = {"base training": training_seconds(R, 1)}
     fields = {"base training": ("training.epochs", "training.patience") + model_fields + shape.fields}
     if shape.edges:  # SIGN's propagation: hops sparse products over both directions of every edge
-        hops = manifest.model.hops if manifest.model.kind == "sign" else 0
         parts["propagation"] = 2 * 2 * shape.edges * shape.features / (hops + 1) * hops / FLOPS
         fields["propagation"] = ("dataset.edges", "model.hops")
     if est.method in ("exact", "scratch"):

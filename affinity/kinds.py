@@ -35,7 +35,9 @@ from importlib.metadata import entry_points
 from torch import nn
 
 from affinity.data.table import DataError, SplitTable, TaskTable
-from affinity.footprint import DatasetShape, MemoryEstimate, TimeEstimate, mlp_memory, mlp_seconds
+from affinity.cnn_footprint import cnn_memory, cnn_seconds
+from affinity.footprint import (DatasetShape, MemoryEstimate, TimeEstimate, mlp_memory, mlp_seconds, sign_memory,
+                                sign_seconds)
 from affinity.manifest import MODEL_FIELDS, DatasetSpec, Manifest, ModelSpec
 
 
@@ -150,9 +152,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "transformer": ModelKind("transformer", ("text",), _build_transformer, _encode_texts,
                              memory=_transformer_memory, seconds=_transformer_seconds,
                              fields=MODEL_FIELDS["transformer"]),
-    "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=mlp_memory, seconds=mlp_seconds,
+    "cnn": ModelKind("cnn", ("images",), _build_cnn, memory=cnn_memory, seconds=cnn_seconds,
                      fields=MODEL_FIELDS["cnn"]),
-    "sign": ModelKind("sign", ("graph",), _build_mlp, _sign_features, memory=mlp_memory, seconds=mlp_seconds,
+    "sign": ModelKind("sign", ("graph",), _build_mlp, _sign_features, memory=sign_memory, seconds=sign_seconds,
                       fields=MODEL_FIELDS["sign"]),
 }
 DATA_GROUP, MODEL_GROUP = "task_affinity.datasets", "task_affinity.models"
