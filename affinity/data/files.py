@@ -112,6 +112,20 @@ def _from_frame(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> TaskTable:
                      metadata={"source": name})
 
 
+def npz_task_names(spec: DatasetSpec, stored: list[str] | None, n_tasks: int, file: str) -> tuple[list[str], list[str]]:
+    """The names and types of an NPZ's label columns (Y's): dataset.tasks (one entry per column), else the NPZ's
+    own 'task_names', else task_0, task_1, … of dataset.task_type."""
+    if spec.tasks is not None:
+        if len(spec.tasks) != n_tasks:
+            raise DataError(f"dataset.tasks lists {len(spec.tasks)} tasks but 'Y' in {file} has {n_tasks} columns; "
+                            "give one entry per column of Y")
+        return [t.name for t in spec.tasks], [t.type for t in spec.tasks]
+    if stored is not None and len(stored) != n_tasks:
+        raise DataError(f"{file}: 'task_names' has {len(stored)} names but 'Y' has {n_tasks} columns; give one "
+                        "name per column")
+    return stored or [f"task_{i}" for i in range(n_tasks)], [spec.task_type] * n_tasks
+
+
 def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -132,17 +146,7 @@ def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
         Y = Y[:, None]
     if Y.ndim != 2:
         raise DataError(f"{path.name}: Y must be 2-D (rows × tasks), got shape {Y.shape}")
-    n_tasks = Y.shape[1]
-    if spec.tasks is not None:
-        if len(spec.tasks) != n_tasks:
-            raise DataError(
-                f"dataset.tasks lists {len(spec.tasks)} tasks but Y in {path.name} has {n_tasks} columns; "
-                "give one entry per column of Y"
-            )
-        names, types = [t.name for t in spec.tasks], [t.type for t in spec.tasks]
-    else:
-        names = stored_names or [f"task_{i}" for i in range(n_tasks)]
-        types = [spec.task_type] * n_tasks
+    names, types = npz_task_names(spec, stored_names, Y.shape[1], path.name)
     features = [f"x{i}" for i in range(X.shape[1])]
     return TaskTable(X=X, Y=Y, task_names=names, task_types=types, feature_names=features,
                      metadata={"source": path.name})

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from affinity.data.digits import make_digits
-from affinity.data.files import sniff_format, task_labels
+from affinity.data.files import npz_task_names, sniff_format, task_labels
 from affinity.data.table import DataError, TaskTable, check_labels
 from affinity.manifest import DatasetSpec
 
@@ -147,19 +147,7 @@ def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
         if mask.dtype.kind not in "bui" or not np.isin(mask, (0, 1)).all():
             raise DataError(f"{path.name}: 'mask' must be boolean (True = labelled), got dtype {mask.dtype}")
         Y = np.where(mask.astype(bool), Y, np.nan)
-    t = Y.shape[1]
-    if spec.tasks is not None:
-        if len(spec.tasks) != t:
-            raise DataError(
-                f"dataset.tasks lists {len(spec.tasks)} tasks but 'Y' in {path.name} has {t} columns; give one entry "
-                "per column of Y"
-            )
-        names, types = [s.name for s in spec.tasks], [s.type for s in spec.tasks]
-    else:
-        if stored is not None and len(stored) != t:
-            raise DataError(f"{path.name}: 'task_names' has {len(stored)} names but 'Y' has {t} columns; give one "
-                            "name per column")
-        names, types = stored or [f"task_{i}" for i in range(t)], [spec.task_type] * t
+    names, types = npz_task_names(spec, stored, Y.shape[1], path.name)
     return _table(X, Y, names, types, path.name)
 
 
