@@ -32,12 +32,16 @@ from affinity.progress import Progress
 from affinity.training import TensorData
 
 
-def cv_folds(tensors: TensorData, folds: int, seed: int) -> list[TensorData]:
-    """``folds`` views of the data: (train on the rest, stop on fold f + 1, score on fold f) for every f.
+def cv_folds(tensors: TensorData, folds: int, seed: int, stop: str = "fold") -> list[TensorData]:
+    """``folds`` views of the data: (train, stop, score) for every fold f.
 
-    Rows are dealt to folds in turn, task by task (ordered by their first labelled task, at random
-    within it), so each task's rows spread evenly; held-out test rows are never in any fold."""
-    cells = tensors.train | tensors.val
+    ``stop`` "fold": the training and validation rows are dealt to folds; a view trains on the other folds
+    but one, stops on fold f + 1 and scores fold f. "validation": only the training rows are dealt to
+    folds; a view trains on the other folds, stops on the validation rows — the very rows the user's
+    models will stop on — and scores fold f. Rows are dealt to folds in turn, task by task (ordered by
+    their first labelled task, at random within it), so each task's rows spread evenly; held-out test
+    rows are never in any fold."""
+    cells = tensors.train | tensors.val if stop == "fold" else tensors.train
     labelled = cells.any(dim=1).cpu()
     rows = torch.nonzero(labelled).squeeze(1)
     gen = torch.Generator().manual_seed(seed)
@@ -50,8 +54,8 @@ def cv_folds(tensors: TensorData, folds: int, seed: int) -> list[TensorData]:
     out = []
     for f in range(folds):
         score = cells & (fold == f)[:, None]
-        stop = cells & (fold == (f + 1) % folds)[:, None]
-        out.append(TensorData(tensors.X, tensors.Y, cells & ~score & ~stop, stop, tensors.binary, score))
+        stopping = cells & (fold == (f + 1) % folds)[:, None] if stop == "fold" else tensors.val
+        out.append(TensorData(tensors.X, tensors.Y, cells & ~score & ~stopping, stopping, tensors.binary, score))
     return out
 
 
@@ -63,7 +67,7 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     Returns ``(loss, rows)``, both ``(folds, len(groups), n_tasks)``: loss NaN where the task is not
     in the group or has no scoring rows in the fold."""
     spec = manifest.grouping
-    views = cv_folds(tensors, spec.folds, spec.seed)
+    views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
     n = data.n_tasks
     loss = np.full((len(views), len(groups), n), np.nan)
     rows = np.zeros((len(views), 1, n))

@@ -500,8 +500,17 @@ class GroupingSpec(_Section):
             "two, early-stopped on one and scored on the other, for every fold."
         ),
     )
+    check_stop: Literal["fold", "validation"] = Field(
+        "fold",
+        description=(
+            "outcome: what the check's models early-stop on. fold: the folds cover the training and validation "
+            "rows; each model trains on all folds but two, stops on one, is scored on the other. validation: the "
+            "folds cover the training rows; each model trains on all folds but one, is scored on it, and stops "
+            "on the validation rows, as the final models do."
+        ),
+    )
     check_seeds: int = Field(
-        1, ge=1, le=10,
+        3, ge=1, le=10,
         description=(
             "outcome: training seeds of every fold's group models (different initializations and batch orders); "
             "each grouping's per-task fold losses are their mean. More seeds: less training noise in the "

@@ -15,7 +15,7 @@ def _data(test_fraction=0.2, **params):
                                     "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
                                                "rows_per_task": 60, "seed": 0, **params}},
                         "training": {"epochs": 30, "patience": 5},
-                        "grouping": {"folds": 4}})
+                        "grouping": {"folds": 4, "check_seeds": 1}})
     data = load_dataset(m.dataset)
     return m, data, TensorData.from_split(data, "cpu")
 
@@ -33,6 +33,21 @@ def test_folds_score_every_row_once_and_never_touch_test_rows():
         sides = torch.stack([f.train.any(1), f.val.any(1), f.test.any(1)]).int().sum(0)
         assert (sides <= 1).all()
     # each task's rows spread evenly over the folds
+    per_task = torch.stack([f.test.sum(0) for f in folds]).float()
+    assert (per_task.max(0).values - per_task.min(0).values <= 1).all()
+
+
+def test_folds_that_stop_on_the_validation_rows():
+    """check_stop validation: the training rows are cut into folds and scored once each; every view stops on
+    all the validation rows (those the final models stop on) and trains on the other folds."""
+    _, data, t = _data()
+    folds = cv_folds(t, 4, seed=0, stop="validation")
+    scored = torch.stack([f.test for f in folds]).sum(0)
+    assert (scored == t.train.int()).all()
+    for f in folds:
+        assert (f.val == t.val).all()
+        assert (f.train == (t.train & ~f.test)).all()
+        assert not ((f.train | f.val | f.test) & t.test).any()
     per_task = torch.stack([f.test.sum(0) for f in folds]).float()
     assert (per_task.max(0).values - per_task.min(0).values <= 1).all()
 
