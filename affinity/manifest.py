@@ -496,12 +496,12 @@ class GroupingSpec(_Section):
     folds: int = Field(
         5, ge=3, le=20,
         description=(
-            "outcome: cross-validation folds of the check (whole rows): each grouping is trained on all folds but "
-            "two, early-stopped on one and scored on the other, for every fold."
+            "outcome: cross-validation folds of the check (whole rows; see check_stop): every row of the folds is "
+            "scored once, by models that neither trained nor stopped on it."
         ),
     )
     check_stop: Literal["fold", "validation"] = Field(
-        "fold",
+        "validation",
         description=(
             "outcome: what the check's models early-stop on. fold: the folds cover the training and validation "
             "rows; each model trains on all folds but two, stops on one, is scored on the other. validation: the "

@@ -67,7 +67,7 @@ def test_each_distinct_group_is_trained_once_per_fold_and_scored_like_a_direct_t
     # the group [0, 2, 4] is shared by k = 2 and k = 3: the same model, the same losses
     np.testing.assert_array_equal(scores[2].loss[:, [0, 2, 4]], scores[3].loss[:, [0, 2, 4]])
     # fold 0 of k = 2 equals training that grouping directly on fold 0's view
-    view = cv_folds(t, 4, m.grouping.seed)[0]
+    view = cv_folds(t, 4, m.grouping.seed, m.grouping.check_stop)[0]
     _, direct = train_groups(data, view, m, groupings[2])
     np.testing.assert_allclose(scores[2].loss[0], direct, rtol=1e-5)
     # the pooled task loss is the row-weighted mean over folds
