@@ -6,11 +6,11 @@ into ``grouping.folds`` folds (whole rows, so a row's tasks stay together; sprea
 task's rows) and every row of the folds is scored once by models that neither trained nor stopped
 on it. ``grouping.check_stop``:
 
-- ``validation`` (default): the folds cover the training rows; for fold f the group models train
+- ``validation``: the folds cover the training rows; for fold f the group models train
   on the other folds and early-stop on the validation rows — the very rows the user's models will
   stop on, so a small group's stopping is as noisy in the check as it will be for the user — and
   are scored on fold f.
-- ``fold``: the folds cover the training and validation rows; for fold f the models train on the
+- ``fold`` (default): the folds cover the training and validation rows; for fold f the models train on the
   other folds but one, early-stop on fold f + 1 and are scored on f. Each model stops on a fifth
   of the rows (with 5 folds) instead of the validation share, which makes small groups look worse
   than they will be (on the outcome suite's mixed tasks it predicted one model per task 1.5% and

@@ -501,7 +501,7 @@ class GroupingSpec(_Section):
         ),
     )
     check_stop: Literal["fold", "validation"] = Field(
-        "validation",
+        "fold",
         description=(
             "outcome: what the check's models early-stop on. fold: the folds cover the training and validation "
             "rows; each model trains on all folds but two, stops on one, is scored on the other. validation: the "
@@ -510,7 +510,7 @@ class GroupingSpec(_Section):
         ),
     )
     check_seeds: int = Field(
-        3, ge=1, le=10,
+        1, ge=1, le=10,
         description=(
             "outcome: training seeds of every fold's group models (different initializations and batch orders); "
             "each grouping's per-task fold losses are their mean. More seeds: less training noise in the "
