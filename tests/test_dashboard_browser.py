@@ -285,3 +285,71 @@ def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_
         finally:
             browser.close()
     assert not page_errors, page_errors
+
+
+def test_dashboard_form_uploads_a_graph_as_two_files_and_runs_it(chromium, server, tmp_path):
+    """Data kind graph: the form asks for the edge list beside the node table and sends both in one upload; the
+    node table's columns get their roles (node id, features, tasks) and the job runs."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_graph_api import JOB, _graph
+
+    base, key = server
+    nodes, edges = _graph()
+    (tmp_path / "nodes.csv").write_bytes(nodes)
+    (tmp_path / "edges.csv").write_bytes(edges)
+    page_errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        page = None
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.set_default_timeout(30_000)
+            page.goto(base + "/")
+            page.get_by_test_id("key-input").fill(key)
+            page.get_by_test_id("key-submit").click()
+            page.get_by_test_id("nav-submit").click()
+            expect(page.get_by_test_id("edges-file")).to_be_hidden()  # tables are one file
+            page.get_by_test_id("data-kind").select_option("graph")
+            expect(page.get_by_test_id("model-kind")).to_have_value("sign")
+            page.get_by_test_id("dataset-file").set_input_files(str(tmp_path / "nodes.csv"))
+            page.get_by_test_id("dataset-upload").click()
+            expect(page.get_by_test_id("upload-result")).to_contain_text("edge list")  # asked for, not sent
+            page.get_by_test_id("edges-file").set_input_files(str(tmp_path / "edges.csv"))
+            page.get_by_test_id("dataset-upload").click()
+            expect(page.get_by_test_id("upload-result")).to_contain_text("60 rows")
+            expect(page.get_by_test_id("upload-result")).to_contain_text("nodes.csv + edges.csv")
+
+            def role(column):
+                return page.locator(f"[data-testid=column-role][data-column='{column}']")
+
+            role("node").select_option("field:node_column")
+            role("a").select_option("task:binary")
+            role("b").select_option("task:binary")
+            page.get_by_test_id("expert-toggle").click()
+            box = page.get_by_test_id("manifest-input")
+            manifest = json.loads(box.input_value())
+            ds_id = page.get_by_test_id("dataset-id").inner_text()
+            assert manifest["dataset"]["kind"] == "graph" and manifest["dataset"]["source"] == ds_id
+            assert manifest["dataset"]["node_column"] == "node"
+            assert manifest["dataset"]["tasks"] == [{"name": "a", "type": "binary"}, {"name": "b", "type": "binary"}]
+            assert manifest["model"]["kind"] == "sign"
+            for section in ("model", "training", "estimation", "grouping"):
+                manifest[section] = {**manifest.get(section, {}), **JOB[section]}
+            manifest["model"]["kind"] = "sign"
+            box.fill(json.dumps(manifest))
+            page.get_by_test_id("manifest-submit").click()
+            expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
+            row = page.locator("[data-testid=job-row]").first
+            job_id = row.get_attribute("data-job-id")
+            done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
+            expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+        except Exception:
+            if page is not None:
+                page.screenshot(path=str(tmp_path / "dashboard-failure.png"), full_page=True)
+                print(f"dashboard screenshot at the failure: {tmp_path / 'dashboard-failure.png'}")
+            raise
+        finally:
+            browser.close()
+    assert not page_errors, page_errors

@@ -469,7 +469,7 @@ let upload = null; // the uploaded dataset the form uses: {id, filename, format,
 let roles = {}; // column -> role: "field:<dataset field>", "task:binary", "task:regression" or "ignore"
 
 const TASK_ROLES = [["task:binary", "task (binary 0/1)"], ["task:regression", "task (regression)"]];
-const FIELD_LABELS = { features: "feature", text: "text", text_pair: "second text (pairs)" };
+const FIELD_LABELS = { features: "feature", text: "text", text_pair: "second text (pairs)", node_column: "node id" };
 
 function currentManifest() {
   const raw = $("manifest-input").value.trim();
@@ -653,6 +653,7 @@ async function showSubmit() {
     }
     $("data-kind").onchange = () => {
       const data = $("data-kind").value;
+      $("edges-box").hidden = data !== "graph";
       const keep = modelsFor(data).some((k) => k.name === $("model-kind").value);
       renderModelKinds(data, $("model-kind").value);
       if (upload) roles = defaultRoles(dataKind(data), upload.columns);
@@ -720,7 +721,18 @@ async function uploadDataset() {
     return;
   }
   const form = new FormData();
-  form.append("file", file);
+  if ($("data-kind").value === "graph") { // a graph is two files in one request: its node table and edge list
+    const edges = $("edges-file").files[0];
+    if (!edges) {
+      out.className = "small error";
+      out.textContent = "choose the graph's edge list too";
+      return;
+    }
+    form.append("nodes", file);
+    form.append("edges", edges);
+  } else {
+    form.append("file", file);
+  }
   out.className = "small";
   out.textContent = "uploading…";
   try {
