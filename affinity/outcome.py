@@ -91,6 +91,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     ctx = context(prep, manifest, progress)
     data = prep.data
     names, n = data.task_names, data.n_tasks
+    index = {t: i for i, t in enumerate(names)}
     rows: dict[str, Any] = {}
     trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
     advice: dict[str, Any] = {}
@@ -107,7 +108,6 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
                              trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
         if score_candidates:
-            index = {t: i for i, t in enumerate(names)}
             for c in advice[name]["candidates"]:
                 c["test_loss"] = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
                                          f"candidate k = {c['k']} of {name}", trained, train_seeds)["sum_test_loss"]
@@ -116,7 +116,6 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
                                          trained, train_seeds)
     if data.truth_groups:
-        index = {t: i for i, t in enumerate(names)}
         rows["planted"] = _scored(prep, manifest, [[index[t] for t in g] for g in data.truth_groups], progress,
                                   "planted groups", trained, train_seeds)
     first = estimators[0]

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from outcome import manifest_for  # noqa: E402
+from outcome import manifest_for, settings  # noqa: E402
 
 from affinity.group_check import check_groupings  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
-                    help="settings of the new check (e.g. grouping.folds=10); the run's own otherwise")
+                    help="settings of the new check over the defaults (e.g. grouping.folds=10); give the run's own "
+                         "settings too (e.g. grouping.check_seeds=3) where it had any")
     args = ap.parse_args()
     path = args.run / str(args.seed) / f"{args.dataset}_{args.seed}" / "evaluation.json"
     if not path.exists():
@@ -44,11 +45,7 @@ def main() -> None:
     cands = next(iter(report["advice"].values()))["candidates"]
     if not all("test_loss" in c for c in cands):
         raise SystemExit(f"{path}: no candidate test losses (run benchmarks/outcome.py with --candidates)")
-    overrides: dict = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        overrides.setdefault(section, {})[field] = json.loads(value)
+    overrides = settings(args.set)
     m = held_out(manifest_for(args.dataset, args.seed, overrides))
     prep = prepare(m, Progress())
     index = {t: i for i, t in enumerate(prep.data.task_names)}

@@ -71,6 +71,22 @@ def manifest_for(name: str, seed: int, overrides: dict[str, Any]) -> Any:
     return parse_manifest(raw)
 
 
+def settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """Manifest overrides from ``SECTION.KEY=JSON`` items, by section."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not (sep and dot and field):
+            raise SystemExit(f"{item}: give SECTION.KEY=JSON, e.g. grouping.min_gain=0.01")
+        try:
+            out.setdefault(section, {})[field] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"{item}: the value is not JSON (a string needs quotes: 'grouping.check_stop=\"fold\"')") \
+                from None
+    return out
+
+
 def fmt(v: float | None, spec: str = ".3f") -> str:
     return "—" if v is None else format(v, spec)
 
@@ -143,11 +159,7 @@ def main() -> None:
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
                          "run side by side) instead of running")
     args = ap.parse_args()
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        overrides.setdefault(section, {})[field] = json.loads(value)
+    overrides = settings(args.set)
     if args.estimator:
         overrides.setdefault("estimation", {})["method"] = args.estimator
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, overrides {overrides or 'none'}")
@@ -158,13 +170,10 @@ def main() -> None:
             rows += json.loads((path / "outcome.json").read_text())["rows"]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
         if args.replay is not None:
-            rule = {}
-            for item in args.replay:
-                key, value = item.split("=", 1)
-                if not key.startswith("grouping."):
-                    raise SystemExit(f"--replay {item}: only grouping settings can be replayed")
-                rule[key.split(".", 1)[1]] = json.loads(value)
-            spec = GroupingSpec(**rule)
+            rule = settings(args.replay)
+            if set(rule) - {"grouping"}:
+                raise SystemExit(f"--replay {' '.join(args.replay)}: only grouping settings can be replayed")
+            spec = GroupingSpec(**rule.get("grouping", {}))
             print(f"replayed choice rule: min_gain {spec.min_gain}, min_gain_se {spec.min_gain_se}, "
                   f"tolerance {spec.tolerance}")
             rows = [replayed(r, spec) for r in rows]
