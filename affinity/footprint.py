@@ -312,6 +312,6 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
         k = grouping.folds
         share = (k - 2) / k if grouping.check_stop == "fold" else (1 - manifest.dataset.val_fraction) * (k - 1) / k
         parts["group models"] = training_seconds(R * share, 2 * k * grouping.check_seeds)
-        fields["group models"] = ("grouping.folds", "grouping.check_stop", "grouping.check_seeds", "grouping.candidates", "training.epochs",
-                                  "training.patience") + shape.fields
+        fields["group models"] = ("grouping.folds", "grouping.check_stop", "grouping.check_seeds",
+                                  "grouping.candidates", "training.epochs", "training.patience") + shape.fields
     return TimeEstimate(sum(parts.values()), parts, fields)

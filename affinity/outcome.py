@@ -155,9 +155,10 @@ def outcome_summary(rows: dict[str, Any], name: str, randoms: list[float],
            "measured_gain": (together - rec) / together,
            "predicted_gain": advice.get("predicted_gain") if advice else None,
            "recommendation": advice.get("recommendation") if advice else None}
-    if advice and all("test_loss" in c for c in advice.get("candidates", [])) and advice.get("candidates"):
+    candidates = (advice or {}).get("candidates") or []
+    if candidates and all("test_loss" in c for c in candidates):  # scored on test rows (score_candidates)
         out["candidates"] = [{key: c[key] for key in ("k", "predicted_val_loss", "fold_gains", "test_loss")
-                              if key in c} for c in advice["candidates"]]
+                              if key in c} for c in candidates]
     if planted is not None and planted < together:
         out["gap_closed"] = (together - rec) / (together - planted)
     return out

@@ -196,11 +196,12 @@ class Client:
         if upload_local and isinstance(dataset, dict) and isinstance(dataset.get("source"), str):
             local = base / dataset["source"]
             edges = base / dataset["edges"] if isinstance(dataset.get("edges"), str) else None
-            if not dataset["source"].startswith("ds_") and local.is_file() and edges is not None and edges.is_file():
-                uploaded = self.upload_graph(local, edges)  # a graph: node table and edge list, one dataset
-                manifest["dataset"] = {k: v for k, v in {**dataset, "source": uploaded["id"]}.items() if k != "edges"}
-            elif not dataset["source"].startswith("ds_") and local.is_file():
-                uploaded = self.upload_dataset(local)
+            if not dataset["source"].startswith("ds_") and local.is_file():
+                if edges is not None and edges.is_file():  # a graph: node table and edge list, one dataset
+                    uploaded = self.upload_graph(local, edges)
+                    dataset = {k: v for k, v in dataset.items() if k != "edges"}
+                else:
+                    uploaded = self.upload_dataset(local)
                 manifest["dataset"] = {**dataset, "source": uploaded["id"]}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return Job(self, self._json("POST", "/v1/jobs", json=manifest, headers=headers))

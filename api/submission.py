@@ -114,10 +114,7 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                     if shape is not None and tasks is not None else None
     # images' label table, a cnn's weights, a transformer's folder: inside the data root. The estimates read
     # the resolved paths; the stored manifest keeps what the user wrote (the worker resolves it again).
-    resolved = manifest.model_copy(deep=True)
-    for field, value, folder in _path_fields(manifest):
-        section, name = field.split(".")
-        setattr(getattr(resolved, section), name, str(resolve_data_path(value, settings, field, folder)))
+    resolved = _resolve_paths(manifest.model_copy(deep=True), settings)
     _check_limits(manifest, tasks, settings)
     check_compute(manifest, settings)
     estimable = check_estimable(manifest, settings.allow_unestimated_kinds)
@@ -414,13 +411,19 @@ def _path_fields(manifest: Manifest) -> list[tuple[str, str, bool]]:
     return fields
 
 
+def _resolve_paths(manifest: Manifest, settings: Settings) -> Manifest:
+    """``manifest`` (changed in place) with its paths besides dataset.source resolved inside the data root."""
+    for field, value, folder in _path_fields(manifest):
+        section, name = field.split(".")
+        setattr(getattr(manifest, section), name, str(resolve_data_path(value, settings, field, folder)))
+    return manifest
+
+
 def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore, settings: Settings) -> Manifest:
     """The manifest a worker runs: the stored one with its source (and other paths) resolved to files."""
     manifest = Manifest.model_validate(manifest_json)
     try:
-        for field, value, folder in _path_fields(manifest):
-            section, name = field.split(".")
-            setattr(getattr(manifest, section), name, str(resolve_data_path(value, settings, field, folder)))
+        _resolve_paths(manifest, settings)
     except SubmissionError as exc:
         raise ValueError(str(exc)) from None
     source = manifest.dataset.source
