@@ -10,10 +10,10 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   (cross-validation over the training and validation rows: ``group_check.check_groupings``):
   the **predicted summed loss**. Stopping and scoring on the same rows would favour small groups
   (the best epoch of a noisy curve looks better than it is).
-  The chosen grouping is the one with the lowest predicted loss, unless it is predicted to gain
-  less than ``grouping.min_gain`` over one model for all, or less than ``grouping.min_gain_se``
-  standard errors of its per-fold gains (then: train together); among candidates within
-  ``grouping.tolerance`` of the best, the one with fewest groups. The
+  Only splits predicted to gain at least ``grouping.min_gain`` over one model for all, and at
+  least ``grouping.min_gain_se`` standard errors of their per-fold gains, are eligible (none: train
+  together); among them the one with the lowest predicted loss, or the one with fewest groups
+  within ``grouping.tolerance`` of it. The
   predicted gain reported is read without the winner's curse (``selection_gain``).
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
@@ -185,20 +185,26 @@ def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, f
 def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int, list[float]],
                   spec: GroupingSpec) -> int:
     """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
-    it; and one model for all (k = 1), where it is a candidate, unless the split is predicted to pay:
-    a gain over ``reference`` (one model for all's total) of at least ``min_gain``, and at least
+    it. Where one model for all (k = 1) is a candidate, only splits predicted to pay are eligible: a
+    gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
     ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
-    a gain). Works from the numbers a ``groups.json`` records, so a choice rule can be replayed."""
+    a gain); with none eligible, k = 1. Works from the numbers a ``groups.json`` records, so a choice
+    rule can be replayed."""
+    if 1 in totals:
+        eligible = {k: v for k, v in totals.items() if k == 1 or _pays(v, reference, per_fold[k], spec)}
+        if len(eligible) == 1:
+            return 1
+        totals = {k: v for k, v in eligible.items() if k != 1}
     best = min(totals.values())
-    k = min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
-    if k == 1 or 1 not in totals:
-        return k
-    gain = (reference - totals[k]) / reference
-    gains = np.asarray(per_fold[k], dtype=float)
+    return min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
+
+
+def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec) -> bool:
+    """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains."""
+    gain = (reference - total) / reference
+    gains = np.asarray(per_fold, dtype=float)
     se = gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else 0.0
-    if gain < spec.min_gain or gain < spec.min_gain_se * se:
-        return 1
-    return k
+    return bool(gain >= spec.min_gain and gain >= spec.min_gain_se * se)
 
 
 def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | None = None) -> list[float]:

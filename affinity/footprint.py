@@ -310,7 +310,8 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
         # model for all and one per task are always distinct (a lower bound: the other candidates' groups
         # may repeat theirs)
         k = grouping.folds
-        share = (k - 2) / k if grouping.check_stop == "fold" else (1 - manifest.dataset.val_fraction) * (k - 1) / k
+        share = {"fold": (k - 2) / k, "share": (1 - manifest.dataset.val_fraction) - 1 / k}.get(
+            grouping.check_stop, (1 - manifest.dataset.val_fraction) * (k - 1) / k)
         parts["group models"] = training_seconds(R * share, 2 * k * grouping.check_seeds)
         fields["group models"] = ("grouping.folds", "grouping.check_stop", "grouping.check_seeds",
                                   "grouping.candidates", "training.epochs", "training.patience") + shape.fields

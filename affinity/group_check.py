@@ -10,6 +10,9 @@ on it. ``grouping.check_stop``:
   on the other folds and early-stop on the validation rows — the very rows the user's models will
   stop on, so a small group's stopping is as noisy in the check as it will be for the user — and
   are scored on fold f.
+- ``share``: the folds cover the training and validation rows; for fold f the models early-stop on the
+  next s folds, s the validation rows' share of the rows times the folds (3 of 10 at a 0.3 validation
+  share: as many stopping rows as the user's models have), train on the others and are scored on f.
 - ``fold`` (default): the folds cover the training and validation rows; for fold f the models train on the
   other folds but one, early-stop on fold f + 1 and are scored on f. Each model stops on a fifth
   of the rows (with 5 folds) instead of the validation share, which makes small groups look worse
@@ -46,12 +49,13 @@ def cv_folds(tensors: TensorData, folds: int, seed: int, stop: str = "fold") -> 
     """``folds`` views of the data: (train, stop, score) for every fold f.
 
     ``stop`` "fold": the training and validation rows are dealt to folds; a view trains on the other folds
-    but one, stops on fold f + 1 and scores fold f. "validation": only the training rows are dealt to
+    but one, stops on fold f + 1 and scores fold f. "share": as "fold", stopping on folds f + 1 … f + s
+    (``stop_folds``). "validation": only the training rows are dealt to
     folds; a view trains on the other folds, stops on the validation rows — the very rows the user's
     models will stop on — and scores fold f. Rows are dealt to folds in turn, task by task (ordered by
     their first labelled task, at random within it), so each task's rows spread evenly; held-out test
     rows are never in any fold."""
-    cells = tensors.train | tensors.val if stop == "fold" else tensors.train
+    cells = tensors.train | tensors.val if stop in ("fold", "share") else tensors.train
     labelled = cells.any(dim=1).cpu()
     rows = torch.nonzero(labelled).squeeze(1)
     gen = torch.Generator().manual_seed(seed)
@@ -61,12 +65,30 @@ def cv_folds(tensors: TensorData, folds: int, seed: int, stop: str = "fold") -> 
     fold = torch.full((cells.shape[0],), -1, dtype=torch.long)
     fold[ordered] = torch.arange(len(ordered)) % folds
     fold = fold.to(cells.device)
+    span = stop_folds(tensors, folds, stop)
     out = []
     for f in range(folds):
         score = cells & (fold == f)[:, None]
-        stopping = cells & (fold == (f + 1) % folds)[:, None] if stop == "fold" else tensors.val
+        if stop == "validation":
+            stopping = tensors.val
+        else:
+            stop_rows = torch.zeros_like(fold, dtype=torch.bool)
+            for j in range(1, span + 1):
+                stop_rows |= fold == (f + j) % folds
+            stopping = cells & stop_rows[:, None]
         out.append(TensorData(tensors.X, tensors.Y, cells & ~score & ~stopping, stopping, tensors.binary, score))
     return out
+
+
+def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
+    """How many folds each check model stops on: one ("fold"); for "share" as many as the validation
+    rows' share of the labelled training and validation cells (rounded, at least 1, leaving at least
+    one fold to train on), so the check's models stop on as many rows as the user's will."""
+    if stop != "share":
+        return 1
+    val, train = float(tensors.val.sum()), float(tensors.train.sum())
+    share = val / max(val + train, 1.0)
+    return int(min(max(round(share * folds), 1), folds - 2))
 
 
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],

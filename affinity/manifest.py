@@ -483,7 +483,7 @@ class GroupingSpec(_Section):
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
     )
     min_gain_se: float = Field(
-        2.0, ge=0.0, le=10.0,
+        1.0, ge=0.0, le=10.0,
         description=(
             "outcome: a split must also be predicted to gain at least this many standard errors of its "
             "per-fold gains (0: the mean alone decides), else: train together."
@@ -494,17 +494,19 @@ class GroupingSpec(_Section):
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",
     )
     folds: int = Field(
-        5, ge=3, le=20,
+        10, ge=3, le=20,
         description=(
             "outcome: cross-validation folds of the check (whole rows; see check_stop): every row of the folds is "
             "scored once, by models that neither trained nor stopped on it."
         ),
     )
-    check_stop: Literal["fold", "validation"] = Field(
-        "fold",
+    check_stop: Literal["fold", "share", "validation"] = Field(
+        "share",
         description=(
             "outcome: what the check's models early-stop on. fold: the folds cover the training and validation "
-            "rows; each model trains on all folds but two, stops on one, is scored on the other. validation: the "
+            "rows; each model trains on all folds but two, stops on one, is scored on the other. share: as fold, "
+            "but each model stops on as many folds as the validation rows' share of the rows (3 of 10 with a "
+            "0.3 validation share), as many stopping rows as the final models have. validation: the "
             "folds cover the training rows; each model trains on all folds but one, is scored on it, and stops "
             "on the validation rows, as the final models do."
         ),

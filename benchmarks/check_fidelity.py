@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +24,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outcome import manifest_for, settings  # noqa: E402
 
+from affinity.advice import choose, fold_gains  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
+
+
+def evaluation_path(run: Path, dataset: str, seed: int) -> Path:
+    """The evaluation.json of one (dataset, seed) row of an outcome run (merged or single-seed folder)."""
+    path = run / str(seed) / f"{dataset}_{seed}" / "evaluation.json"
+    return path if path.exists() else run / f"{dataset}_{seed}" / "evaluation.json"
+
+
+def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[list[dict], Any, dict, float]:
+    """The recorded candidates of one row (with their test losses), the manifest of the new check, its
+    scores of those candidates (``check_groupings`` on the same training and validation rows) and its seconds."""
+    report = json.loads(path.read_text())
+    cands = next(iter(report["advice"].values()))["candidates"]
+    if not all("test_loss" in c for c in cands):
+        raise SystemExit(f"{path}: no candidate test losses (run benchmarks/outcome.py with --candidates)")
+    m = held_out(manifest_for(dataset, seed, overrides))
+    prep = prepare(m, Progress())
+    index = {t: i for i, t in enumerate(prep.data.task_names)}
+    t0 = time.perf_counter()
+    scores = check_groupings(prep.data, prep.tensors, m, {c["k"]: [[index[t] for t in g] for g in c["groups"]]
+                                                          for c in cands}, Progress())
+    return cands, m, scores, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -38,37 +62,33 @@ def main() -> None:
                     help="settings of the new check over the defaults (e.g. grouping.folds=10); give the run's own "
                          "settings too (e.g. grouping.check_seeds=3) where it had any")
     args = ap.parse_args()
-    path = args.run / str(args.seed) / f"{args.dataset}_{args.seed}" / "evaluation.json"
-    if not path.exists():
-        path = args.run / f"{args.dataset}_{args.seed}" / "evaluation.json"
+    path = evaluation_path(args.run, args.dataset, args.seed)
     report = json.loads(path.read_text())
-    cands = next(iter(report["advice"].values()))["candidates"]
-    if not all("test_loss" in c for c in cands):
-        raise SystemExit(f"{path}: no candidate test losses (run benchmarks/outcome.py with --candidates)")
     overrides = settings(args.set)
-    m = held_out(manifest_for(args.dataset, args.seed, overrides))
-    prep = prepare(m, Progress())
-    index = {t: i for i, t in enumerate(prep.data.task_names)}
-    t0 = time.perf_counter()
-    scores = check_groupings(prep.data, prep.tensors, m, {c["k"]: [[index[t] for t in g] for g in c["groups"]]
-                                                          for c in cands}, Progress())
-    seconds = time.perf_counter() - t0
+    cands, m, scores, seconds = recheck(path, args.dataset, args.seed, overrides)
     ref = scores[1].total()
     test_ref = next(c["test_loss"] for c in cands if c["k"] == 1)
     print(f"{args.dataset} seed {args.seed}, check with {overrides or 'the default settings'} "
           f"(folds {m.grouping.folds}, check_seeds {m.grouping.check_seeds}); gains over one model for all")
-    print(f"{'k':>4} {'predicted':>10} {'recorded':>10} {'measured':>10}")
+    print(f"{'k':>4} {'predicted':>10} {'2 SE':>6} {'recorded':>10} {'measured':>10}")
     new, measured = [], []
     for c in cands:
         p = (ref - scores[c["k"]].total()) / ref
         t = (test_ref - c["test_loss"]) / test_ref
         new.append(p)
         measured.append(t)
-        print(f"{c['k']:>4} {p:>+10.1%} {c['predicted_gain']:>+10.1%} {t:>+10.1%}")
+        g = np.asarray(fold_gains(scores[c["k"]], scores[1]))
+        print(f"{c['k']:>4} {p:>+10.1%} {2 * g.std(ddof=1) / np.sqrt(len(g)):>6.1%} {c['predicted_gain']:>+10.1%} "
+              f"{t:>+10.1%}")
     new_a, meas_a = np.array(new), np.array(measured)
     old_a = np.array([c["predicted_gain"] for c in cands])
     print(f"mean |predicted − measured|: {np.mean(abs(new_a - meas_a)):.1%} (recorded check: "
           f"{np.mean(abs(old_a - meas_a)):.1%}); check {seconds:.0f} s")
+    chosen = choose(scores, [c["k"] for c in cands], m.grouping)
+    by_k = {c["k"]: c for c in cands}
+    print(f"chosen k = {chosen}: measured gain {(test_ref - by_k[chosen]['test_loss']) / test_ref:+.1%} "
+          f"(recorded choice k = {next(iter(report['advice'].values()))['k']}; "
+          f"best candidate on test {max(measured):+.1%})")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from affinity.defaults import BUILTIN_JOBS
-from affinity.advice import choose_k_from
+from affinity.advice import choose_k_from, fold_gains
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import ESTIMATOR_ORDER, evaluate
 
@@ -116,6 +116,29 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     return out
 
 
+def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
+              save: Path | None = None) -> dict[str, Any]:
+    """The row with its candidates checked again under ``overrides`` (benchmarks/check_fidelity.py) and k
+    re-chosen by that check's own choice rule; test losses are the recorded ones."""
+    from check_fidelity import evaluation_path, recheck
+
+    path = next((p for p in (evaluation_path(run, row["dataset"], row["seed"]) for run in runs) if p.exists()), None)
+    if path is None:
+        raise SystemExit(f"{row['dataset']} seed {row['seed']}: no evaluation.json under {[str(r) for r in runs]}")
+    cands, m, scores, _ = recheck(path, row["dataset"], row["seed"], overrides)
+    if save is not None:  # every candidate's per-fold task losses, for choice rules that need more than totals
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez(save / f"{row['dataset']}_{row['seed']}_scores.npz",
+                 **{f"loss_{k}": s.loss for k, s in scores.items()}, **{f"rows_{k}": s.rows for k, s in scores.items()})
+    ref = scores[1].total()
+    row = {**row, "candidates": [{**c, "predicted_val_loss": scores[c["k"]].total(),
+                                  "fold_gains": fold_gains(scores[c["k"]], scores[1])} for c in cands]}
+    out = replayed(row, m.grouping)
+    print(f"  rechecked {row['dataset']} seed {row['seed']}: k {row.get('k')} -> {out['k']} "
+          f"(reference {ref:.3f})", flush=True)
+    return out
+
+
 def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The done-when criteria of the advice, over all (dataset, seed) rows."""
     within_all = [r["vs_one_for_all"] <= 0.01 for r in rows]
@@ -154,6 +177,9 @@ def main() -> None:
                     help="also train and score every candidate grouping the advice checked (for --replay)")
     ap.add_argument("--replay", nargs="*", default=None, metavar="grouping.KEY=JSON",
                     help="with --merge: re-choose k from the recorded candidates with these grouping settings")
+    ap.add_argument("--recheck", action="store_true",
+                    help="with --merge DIRS: check every row's recorded candidates again with --set's settings "
+                         "(same training and validation rows; trains only the check's models) and re-choose k")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
     ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
@@ -169,6 +195,8 @@ def main() -> None:
         for path in args.merge:
             rows += json.loads((path / "outcome.json").read_text())["rows"]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
+        if args.recheck:
+            rows = [rechecked(r, args.merge, overrides, args.out) for r in rows]
         if args.replay is not None:
             rule = settings(args.replay)
             if set(rule) - {"grouping"}:

@@ -1,6 +1,7 @@
 """The cross-validated check of candidate groupings (affinity/group_check.py)."""
 
 import numpy as np
+import pytest
 import torch
 
 from affinity.data import load_dataset
@@ -50,6 +51,26 @@ def test_folds_that_stop_on_the_validation_rows():
         assert not ((f.train | f.val | f.test) & t.test).any()
     per_task = torch.stack([f.test.sum(0) for f in folds]).float()
     assert (per_task.max(0).values - per_task.min(0).values <= 1).all()
+
+
+def test_folds_that_stop_on_the_validation_share():
+    """check_stop share: the training and validation rows are cut into folds and scored once each; every
+    view stops on as many folds as the validation rows' share (3 of 10 at 0.3) and trains on the rest."""
+    _, data, t = _data()
+    folds = cv_folds(t, 10, seed=0, stop="share")
+    cells = t.train | t.val
+    assert (torch.stack([f.test for f in folds]).sum(0) == cells.int()).all()
+    share = float(t.val.sum()) / float(cells.sum())
+    for f in folds:
+        assert not (f.train & f.val).any() and not (f.train & f.test).any() and not (f.val & f.test).any()
+        assert ((f.train | f.val | f.test) == cells).all()
+        assert float(f.val.sum()) / float(cells.sum()) == pytest.approx(0.3, abs=0.02)
+    assert share == pytest.approx(0.3, abs=0.02)
+    # each row stops 3 of the 10 views: the three folds before its own
+    assert (torch.stack([f.val for f in folds]).sum(0) == 3 * cells.int()).all()
+    # with 4 folds: one stopping fold (round(0.3 × 4) = 1), as "fold" does
+    for a, b in zip(cv_folds(t, 4, seed=0, stop="share"), cv_folds(t, 4, seed=0, stop="fold")):
+        assert (a.val == b.val).all() and (a.train == b.train).all()
 
 
 def test_shared_rows_stay_whole():

@@ -27,9 +27,15 @@ def test_choose_k_from_recorded_numbers():
     assert choose_k_from(totals, 10.0, steady, GroupingSpec(tolerance=0.0)) == 4
     # a gain below min_gain, or one fold's luck: together
     assert choose_k_from(totals, 10.0, steady, GroupingSpec(min_gain=0.05)) == 1
+    # a split that one fold's luck carries is not eligible: the best eligible split, or together if none is
     lucky = {**steady, 4: [0.2, -0.02, -0.01, -0.01, 0.065]}
-    assert choose_k_from(totals, 10.0, lucky, GroupingSpec(tolerance=0.0)) == 1
+    assert choose_k_from(totals, 10.0, lucky, GroupingSpec(tolerance=0.0, min_gain_se=2.0)) == 2
+    assert choose_k_from({1: 10.0, 4: 9.55}, 10.0, lucky, GroupingSpec(tolerance=0.0, min_gain_se=2.0)) == 1
     assert choose_k_from(totals, 10.0, lucky, GroupingSpec(tolerance=0.0, min_gain_se=0.0)) == 4
+    # the fewest groups within tolerance are taken among eligible splits only: a lucky 2 does not
+    # displace a steady 4
+    lucky_two = {**steady, 2: [0.2, -0.02, -0.01, -0.01, 0.04]}
+    assert choose_k_from(totals, 10.0, lucky_two, GroupingSpec(tolerance=0.01, min_gain_se=2.0)) == 4
     # one model for all not a candidate (a fixed k range): the best split stands
     assert choose_k_from({2: 9.6, 4: 9.55}, 10.0, steady, GroupingSpec(min_gain=0.5, tolerance=0.0)) == 4
 
