@@ -10,14 +10,13 @@ on it. ``grouping.check_stop``:
   on the other folds and early-stop on the validation rows — the very rows the user's models will
   stop on, so a small group's stopping is as noisy in the check as it will be for the user — and
   are scored on fold f.
-- ``share``: the folds cover the training and validation rows; for fold f the models early-stop on the
+- ``share`` (default): the folds cover the training and validation rows; for fold f the models early-stop on the
   next s folds, s the validation rows' share of the rows times the folds (3 of 10 at a 0.3 validation
   share: as many stopping rows as the user's models have), train on the others and are scored on f.
-- ``fold`` (default): the folds cover the training and validation rows; for fold f the models train on the
-  other folds but one, early-stop on fold f + 1 and are scored on f. Each model stops on a fifth
-  of the rows (with 5 folds) instead of the validation share, which makes small groups look worse
-  than they will be (on the outcome suite's mixed tasks it predicted one model per task 1.5% and
-  5.3% worse than one model for all where it was 5.2% and 3.4% better).
+- ``fold``: the folds cover the training and validation rows; for fold f the models train on the
+  other folds but one, early-stop on fold f + 1 and are scored on f. Each model stops on one fold
+  (a fifth of the rows with 5 folds) instead of the validation share, which makes small groups
+  look worse than they will be (benchmarks/README.md, "Outcome suite").
 
 Stopping and scoring on the same rows would favour small groups (the best epoch of a noisy curve
 looks better than it is).
