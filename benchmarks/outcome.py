@@ -15,6 +15,9 @@ holds" over the suite.
     # with --candidates every candidate grouping's test loss is recorded too; a choice rule can then be
     # replayed on the recorded runs without training anything:
     python benchmarks/outcome.py --merge runs/outcome/0 runs/outcome/1 runs/outcome/2 --replay grouping.min_gain=0.01
+    # or the recorded candidates checked again under other check settings (trains only the check's models):
+    python benchmarks/outcome.py --merge runs/outcome/0 --recheck --set grouping.folds=5 'grouping.check_stop="fold"' \
+        --out runs/recheck/0
 """
 
 from __future__ import annotations
