@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from affinity.advice import choose_k_from
@@ -62,3 +63,37 @@ def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
     assert together["test_loss"] == pytest.approx(s["one_model_for_all"]) and together["measured_gain"] == 0
     crit = suite.criteria([row])
     assert crit["best_candidate_regret"]["pooling_0"] <= 0
+
+
+def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatch):
+    """--recheck: the recorded candidates checked again (same rows) with other check settings, k re-chosen by
+    that check, test losses the recorded ones, the per-fold scores saved."""
+    m = parse_manifest({"dataset": {"source": "synthetic", "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
+                                                                        "rows_per_task": 40, "seed": 0}},
+                        "estimation": {"num_subsets": 30}, "training": {"epochs": 20}, "grouping": {"candidates": 2}})
+    report = evaluate(m, tmp_path / "pooling_0", random_seeds=2, score_candidates=True)
+    s = report["summary"]["scratch"]
+    row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    suite = _suite()
+    import check_fidelity
+
+    seen = {}
+
+    def tiny(name, seed, overrides):  # the suite's pooling set is larger; recheck the run's own manifest
+        seen["overrides"] = overrides
+        return m.model_copy(update={"grouping": m.grouping.model_copy(update=overrides.get("grouping", {}))})
+
+    monkeypatch.setattr(check_fidelity, "manifest_for", tiny)
+    out = suite.rechecked(row, [tmp_path], {"grouping": {"folds": 4, "check_stop": "fold"}}, tmp_path / "saved")
+    assert seen["overrides"] == {"grouping": {"folds": 4, "check_stop": "fold"}}
+    cands = {c["k"]: c for c in out["candidates"]}
+    assert set(cands) == {c["k"] for c in s["candidates"]}
+    assert all(len(c["fold_gains"]) == 4 for c in cands.values())
+    assert cands[1]["fold_gains"] == [0.0] * 4
+    # the test losses are the recorded ones; the row is the one its re-chosen k gives
+    assert out["test_loss"] == pytest.approx(cands[out["k"]]["test_loss"])
+    recorded = {c["k"]: c["test_loss"] for c in s["candidates"]}
+    assert all(cands[k]["test_loss"] == recorded[k] for k in cands)
+    saved = np.load(tmp_path / "saved" / "pooling_0_scores.npz")
+    assert saved["loss_1"].shape == (4, 6)
