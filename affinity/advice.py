@@ -191,10 +191,9 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     a gain); with none eligible, k = 1. Works from the numbers a ``groups.json`` records, so a choice
     rule can be replayed."""
     if 1 in totals:
-        eligible = {k: v for k, v in totals.items() if k == 1 or _pays(v, reference, per_fold[k], spec)}
-        if len(eligible) == 1:
+        totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec)}
+        if not totals:
             return 1
-        totals = {k: v for k, v in eligible.items() if k != 1}
     best = min(totals.values())
     return min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
 
@@ -202,9 +201,13 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
 def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec) -> bool:
     """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains."""
     gain = (reference - total) / reference
-    gains = np.asarray(per_fold, dtype=float)
-    se = gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else 0.0
-    return bool(gain >= spec.min_gain and gain >= spec.min_gain_se * se)
+    return bool(gain >= spec.min_gain and gain >= spec.min_gain_se * standard_error(per_fold))
+
+
+def standard_error(gains: list[float]) -> float:
+    """The standard error of the mean of per-fold gains (0 for a single fold)."""
+    g = np.asarray(gains, dtype=float)
+    return float(g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else 0.0
 
 
 def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | None = None) -> list[float]:
@@ -302,4 +305,4 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "choose_k_from", "split_half", "stability", "verdict"]
+__all__ = ["advise", "candidate_ks", "choose_k_from", "split_half", "stability", "standard_error", "verdict"]

@@ -68,13 +68,8 @@ def cv_folds(tensors: TensorData, folds: int, seed: int, stop: str = "fold") -> 
     out = []
     for f in range(folds):
         score = cells & (fold == f)[:, None]
-        if stop == "validation":
-            stopping = tensors.val
-        else:
-            stop_rows = torch.zeros_like(fold, dtype=torch.bool)
-            for j in range(1, span + 1):
-                stop_rows |= fold == (f + j) % folds
-            stopping = cells & stop_rows[:, None]
+        after = (fold - f) % folds  # how many folds after f each row's fold lies (rows in no fold: masked by cells)
+        stopping = tensors.val if stop == "validation" else cells & ((after >= 1) & (after <= span))[:, None]
         out.append(TensorData(tensors.X, tensors.Y, cells & ~score & ~stopping, stopping, tensors.binary, score))
     return out
 

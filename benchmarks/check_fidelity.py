@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outcome import manifest_for, settings  # noqa: E402
 
-from affinity.advice import choose, fold_gains  # noqa: E402
+from affinity.advice import choose, fold_gains, standard_error  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
@@ -37,11 +37,12 @@ def evaluation_path(run: Path, dataset: str, seed: int) -> Path:
     return path if path.exists() else run / f"{dataset}_{seed}" / "evaluation.json"
 
 
-def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[list[dict], Any, dict, float]:
-    """The recorded candidates of one row (with their test losses), the manifest of the new check, its
-    scores of those candidates (``check_groupings`` on the same training and validation rows) and its seconds."""
-    report = json.loads(path.read_text())
-    cands = next(iter(report["advice"].values()))["candidates"]
+def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[dict, Any, dict, float]:
+    """The recorded advice of one row (its candidates with their test losses), the manifest of the new check,
+    its scores of those candidates (``check_groupings`` on the same training and validation rows) and its
+    seconds."""
+    advice = next(iter(json.loads(path.read_text())["advice"].values()))
+    cands = advice["candidates"]
     if not all("test_loss" in c for c in cands):
         raise SystemExit(f"{path}: no candidate test losses (run benchmarks/outcome.py with --candidates)")
     m = held_out(manifest_for(dataset, seed, overrides))
@@ -50,7 +51,7 @@ def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[list[
     t0 = time.perf_counter()
     scores = check_groupings(prep.data, prep.tensors, m, {c["k"]: [[index[t] for t in g] for g in c["groups"]]
                                                           for c in cands}, Progress())
-    return cands, m, scores, time.perf_counter() - t0
+    return advice, m, scores, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -62,10 +63,10 @@ def main() -> None:
                     help="settings of the new check over the defaults (e.g. grouping.folds=10); give the run's own "
                          "settings too (e.g. grouping.check_seeds=3) where it had any")
     args = ap.parse_args()
-    path = evaluation_path(args.run, args.dataset, args.seed)
-    report = json.loads(path.read_text())
     overrides = settings(args.set)
-    cands, m, scores, seconds = recheck(path, args.dataset, args.seed, overrides)
+    advice, m, scores, seconds = recheck(evaluation_path(args.run, args.dataset, args.seed), args.dataset, args.seed,
+                                         overrides)
+    cands = advice["candidates"]
     ref = scores[1].total()
     test_ref = next(c["test_loss"] for c in cands if c["k"] == 1)
     print(f"{args.dataset} seed {args.seed}, check with {overrides or 'the default settings'} "
@@ -77,8 +78,8 @@ def main() -> None:
         t = (test_ref - c["test_loss"]) / test_ref
         new.append(p)
         measured.append(t)
-        g = np.asarray(fold_gains(scores[c["k"]], scores[1]))
-        print(f"{c['k']:>4} {p:>+10.1%} {2 * g.std(ddof=1) / np.sqrt(len(g)):>6.1%} {c['predicted_gain']:>+10.1%} "
+        se = standard_error(fold_gains(scores[c["k"]], scores[1]))
+        print(f"{c['k']:>4} {p:>+10.1%} {2 * se:>6.1%} {c['predicted_gain']:>+10.1%} "
               f"{t:>+10.1%}")
     new_a, meas_a = np.array(new), np.array(measured)
     old_a = np.array([c["predicted_gain"] for c in cands])
@@ -87,7 +88,7 @@ def main() -> None:
     chosen = choose(scores, [c["k"] for c in cands], m.grouping)
     by_k = {c["k"]: c for c in cands}
     print(f"chosen k = {chosen}: measured gain {(test_ref - by_k[chosen]['test_loss']) / test_ref:+.1%} "
-          f"(recorded choice k = {next(iter(report['advice'].values()))['k']}; "
+          f"(recorded choice k = {advice['k']}; "
           f"best candidate on test {max(measured):+.1%})")
 
 

@@ -128,7 +128,8 @@ def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
     path = next((p for p in (evaluation_path(run, row["dataset"], row["seed"]) for run in runs) if p.exists()), None)
     if path is None:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no evaluation.json under {[str(r) for r in runs]}")
-    cands, m, scores, _ = recheck(path, row["dataset"], row["seed"], overrides)
+    advice, m, scores, _ = recheck(path, row["dataset"], row["seed"], overrides)
+    cands = advice["candidates"]
     if save is not None:  # every candidate's per-fold task losses, for choice rules that need more than totals
         save.mkdir(parents=True, exist_ok=True)
         np.savez(save / f"{row['dataset']}_{row['seed']}_scores.npz",
