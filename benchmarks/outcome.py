@@ -189,6 +189,8 @@ def main() -> None:
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
                          "run side by side) instead of running")
     args = ap.parse_args()
+    if (args.recheck or args.replay is not None) and not args.merge:
+        ap.error("--recheck and --replay work on recorded runs: give them with --merge DIR [DIR ...]")
     overrides = settings(args.set)
     if args.estimator:
         overrides.setdefault("estimation", {})["method"] = args.estimator
