@@ -223,7 +223,9 @@ def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_
 
         # the kinds come from the server
         kinds = httpx.get(f"{base}/v1/schema/kinds", timeout=120).json()
-        listed = page.get_by_test_id("data-kind").locator("option").all_inner_texts()
+        options = page.get_by_test_id("data-kind").locator("option")
+        expect(options).to_have_count(len(kinds["data"]))  # the page fills the list once the server answers
+        listed = options.all_inner_texts()
         assert listed == [k["name"] for k in kinds["data"]] and "text" in listed
 
         # upload: the detected columns, each with a role
