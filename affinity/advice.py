@@ -9,7 +9,11 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   the summed loss of its tasks on rows its models were neither trained nor stopped on
   (cross-validation over the training and validation rows: ``group_check.check_groupings``):
   the **predicted summed loss**. Stopping and scoring on the same rows would favour small groups
-  (the best epoch of a noisy curve looks better than it is).
+  (the best epoch of a noisy curve looks better than it is). With ``grouping.crossfit``
+  a k is scored on rows its groups were not built from: the affinity is estimated again on each
+  half of the check's folds and one half's folds score the other half's groups at k
+  (``affinity.crossfit``); building and scoring groups on the same rows counts the rows' noise as
+  gain where tasks have little structure.
   Only splits predicted to gain at least ``grouping.min_gain`` over one model for all, and at
   least ``grouping.min_gain_se`` standard errors of their per-fold gains, are eligible (none: train
   together); among them the one with the lowest predicted loss, or the one with fewest groups
@@ -36,6 +40,7 @@ from affinity.affinities import pairwise_affinity
 from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
 from affinity.estimators.base import AffinityEstimate
+from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.group_check import FoldScores, check_groupings
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
@@ -111,7 +116,7 @@ def split_half(estimate: AffinityEstimate) -> dict[str, Any] | None:
     halves = []
     for part in (idx[0::2], idx[1::2]):
         T, counts, _ = pairwise_affinity([table.subsets[i] for i in part], table.val_loss[part],
-                                         estimate.base_val_loss, n)
+                                         estimate.base_val_loss, n, estimate.info.get("pairwise", "mean"))
         halves.append((T, (counts > 0) & (counts.T > 0)))
     upper = np.triu(np.ones((n, n), dtype=bool), 1) & halves[0][1] & halves[1][1]
     a, b = pair_specific(halves[0][0])[upper], pair_specific(halves[1][0])[upper]
@@ -133,7 +138,8 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
     aris = []
     for _ in range(BOOTSTRAPS):
         pick = rng.integers(0, len(table.subsets), len(table.subsets))
-        T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n)
+        T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n,
+                                    estimate.info.get("pairwise", "mean"))
         aris.append(float(adjusted_rand_score(labels, _cluster(pair_specific(T), k, spec).labels)))
     return {"resamples": BOOTSTRAPS, "mean_ari": float(np.mean(aris)), "min_ari": float(np.min(aris))}
 
@@ -233,12 +239,22 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
             "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
 
 
+def _labels(groups: list[list[int]], n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=int)
+    for i, g in enumerate(groups):
+        out[list(g)] = i
+    return out
+
+
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
            base_val_loss: np.ndarray, progress: Progress | None = None,
-           backend: Backend | None = None) -> tuple[Any, dict[str, Any]]:
+           backend: Backend | None = None, reestimate: Reestimate | None = None) -> tuple[Any, dict[str, Any]]:
     """The recommended grouping and the advice record (candidates, predicted losses, reliability, verdict).
 
-    ``base_val_loss``: per-task validation loss of the base model (one model for all tasks)."""
+    ``base_val_loss``: per-task validation loss of the base model (one model for all tasks).
+    ``reestimate``: the job's estimator on other rows (``affinity.crossfit``); with ``grouping.crossfit`` the
+    candidates' k are scored on rows their groups were not built from, without it (or with None) on the
+    rows T was estimated from."""
     progress = progress or Progress()
     spec = manifest.grouping
     n = data.n_tasks
@@ -249,10 +265,24 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     candidates: list[dict[str, Any]] = []
     predicted: dict[int, np.ndarray] = {}
     honest: dict[str, Any] | None = None
+    crossfit: dict[str, Any] | None = None
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
-        scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
+        fitted = None
+        if spec.crossfit and reestimate is not None and any(1 < kk < n for kk in groupings):
+            fitted = crossfit_scores(
+                data, tensors, manifest, list(groupings), reestimate,
+                lambda M, kk: [list(m) for m in _cluster(pair_specific(M), kk, spec).groups], progress, backend)
+        if fitted is not None:
+            scores, built = fitted
+            crossfit = {"halves": 2, "description": "each k scored on folds of the half of the rows its groups "
+                                                    "were not built from; half_agreement: ARI between the groups "
+                                                    "the two halves give at k",
+                        "half_agreement": {str(kk): float(adjusted_rand_score(_labels(b[0], n), _labels(b[1], n)))
+                                           for kk, b in built.items()}}
+        else:
+            scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
         predicted = {k: s.task_loss() for k, s in scores.items()}
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
@@ -297,6 +327,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "candidates": candidates,
         "criterion_k": criterion_k,
         "reliability": {"split_half": reliability, "stability": stable},
+        "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
+        "crossfit": crossfit,
         "min_gain": spec.min_gain, "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "

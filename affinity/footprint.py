@@ -305,6 +305,11 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
         parts["task gradients"] = epochs * R * task_row / (est.lookahead_every if est.method == "tag_lookahead"
                                                        else epochs) / FLOPS
         fields["task gradients"] = ("training.epochs",) + model_fields + shape.fields
+    estimator_parts = [name for name in ("subset models", "projected gradients", "surrogate fits") if name in parts]
+    if grouping.selection == "outcome" and grouping.crossfit and estimator_parts:
+        # the estimator again on each half of the rows (affinity/crossfit.py): about its own time once more
+        parts["cross-fitted affinity"] = sum(parts[name] for name in estimator_parts)
+        fields["cross-fitted affinity"] = ("grouping.crossfit",) + fields[estimator_parts[0]]
     if grouping.selection == "outcome":
         # the check trains every distinct group of the candidates once per fold, on all folds but two; one
         # model for all and one per task are always distinct (a lower bound: the other candidates' groups

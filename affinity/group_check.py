@@ -86,12 +86,13 @@ def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
 
 
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
-                      progress: Progress | None = None, backend: Backend | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Every group's model on every fold: per-task losses on the fold's scoring rows and their counts.
+                      progress: Progress | None = None, backend: Backend | None = None,
+                      needed: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every group's model on every fold (or on the folds ``needed[g]`` names for group g): per-task losses
+    on the fold's scoring rows and their counts.
 
     Returns ``(loss, rows)``, both ``(folds, len(groups), n_tasks)``: loss NaN where the task is not
-    in the group or has no scoring rows in the fold."""
+    in the group, has no scoring rows in the fold, or the group was not needed there."""
     spec = manifest.grouping
     views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
     n = data.n_tasks
@@ -101,34 +102,44 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
     seeds = [manifest.training.seed + s for s in range(spec.check_seeds)]
     for f, view in enumerate(views):
+        todo = [g for g in order if needed is None or f in needed[g]]
+        rows[f, 0] = view.test.sum(0).cpu().numpy()
+        if not todo:
+            continue
         runs = []
         for i, seed in enumerate(seeds):
             fresh = make_model(manifest.model, data, seed).to(tensors.X.device)
             stage = f"checking groupings {f * len(seeds) + i + 1}/{len(views) * len(seeds)}: fold {f + 1}"
-            _, scored = finetune_subsets(fresh, view, [groups[g] for g in order],
+            _, scored = finetune_subsets(fresh, view, [groups[g] for g in todo],
                                          manifest.training.model_copy(update={"seed": seed}),
                                          manifest.estimation.exact_batch, progress, backend,
                                          stage=stage + (f", seed {seed}" if len(seeds) > 1 else ""),
                                          return_test=True)
             runs.append(scored)
         scored = np.mean(runs, axis=0)
-        for r, g in enumerate(order):
+        for r, g in enumerate(todo):
             members = list(groups[g])
             loss[f, g, members] = scored[r, :len(members)]
-        rows[f, 0] = view.test.sum(0).cpu().numpy()
     loss = np.where(rows > 0, loss, np.nan)
     return loss, np.broadcast_to(rows, loss.shape)
 
 
 def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
                     groupings: dict[Any, list[list[int]]], progress: Progress | None = None,
-                    backend: Backend | None = None) -> dict[Any, "FoldScores"]:
-    """Cross-validated per-task losses of every candidate grouping (module docstring)."""
+                    backend: Backend | None = None, folds: dict[Any, list[int]] | None = None
+                    ) -> dict[Any, "FoldScores"]:
+    """Cross-validated per-task losses of every candidate grouping (module docstring); ``folds``: the folds a
+    grouping is scored on where not all (its scores elsewhere are NaN)."""
     distinct: dict[tuple[int, ...], int] = {}
-    for groups in groupings.values():
+    needed: list[set[int]] = []
+    every = set(range(manifest.grouping.folds))
+    for key, groups in groupings.items():
         for g in groups:
-            distinct.setdefault(tuple(sorted(g)), len(distinct))
-    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend)
+            i = distinct.setdefault(tuple(sorted(g)), len(distinct))
+            if i == len(needed):
+                needed.append(set())
+            needed[i] |= set(folds[key]) if folds and key in folds else every
+    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend, needed)
     out = {}
     for key, groups in groupings.items():
         per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)

@@ -433,6 +433,14 @@ class EstimationSpec(_Section):
     min_pair_count: int = Field(
         1, ge=0, description="Refuse to run when a pair of tasks is covered by fewer subsets than this."
     )
+    pairwise: Literal["mean", "regression"] = Field(
+        "mean",
+        description=(
+            "How per-subset losses become pairwise affinities. mean (Grad-TAG's): T[i, j] is i's mean gain over "
+            "the subsets that hold both; regression: i's loss over its subsets fitted as one effect per other "
+            "task present, T[i, j] = j's effect (the other members' effects no longer add noise to T[i, j])."
+        ),
+    )
     l2: float = Field(0.1, gt=0.0, description="L2 penalty of the surrogate fit (mean loss + l2/2 ||w||²).")
     checkpoint: float = Field(
         1.0, gt=0.0, le=1.0,
@@ -517,6 +525,18 @@ class GroupingSpec(_Section):
             "outcome: training seeds of every fold's group models (different initializations and batch orders); "
             "each grouping's per-task fold losses are their mean. More seeds: less training noise in the "
             "check, at proportional cost."
+        ),
+    )
+    crossfit: bool = Field(
+        False,
+        description=(
+            "outcome: score each candidate k on rows its groups were not built from: the affinity is estimated "
+            "again on each half of the check's folds, and one half's folds score the groups built on the other "
+            "half (affinity/crossfit.py). Without it the groups are built and scored on the same rows, which "
+            "counts the rows' noise as gain where tasks have little structure. Costs the estimator twice more on "
+            "half the rows and the check's models for two sets of groups, and the groups a half's affinity gives are "
+            "weaker than those of all rows, so real gains are underrated (benchmarks/README.md); estimators "
+            "recorded during base training (tag_lookahead) check on the same rows."
         ),
     )
     seed: int = Field(0, ge=0)

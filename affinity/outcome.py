@@ -23,7 +23,7 @@ import numpy as np
 
 from affinity.advice import advise
 from affinity.artifacts import atomic_write_json, truth_report
-from affinity.estimators import ESTIMATORS
+from affinity.estimators import ESTIMATORS, reestimator
 from affinity.group_models import train_groups
 from affinity.manifest import Manifest
 from affinity.pipeline import Prepared, context, prepare
@@ -100,7 +100,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         t0 = time.perf_counter()
         est = ESTIMATORS[name](ctx)
         grouping, record = advise(est.matrix, est, data, prep.tensors, manifest, prep.training.task_val_loss,
-                                  progress, prep.backend)
+                                  progress, prep.backend, reestimator(ctx, name))
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability")}

@@ -131,9 +131,10 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
               progress: Progress) -> tuple[Any, dict[str, Any]]:
     """Stage 3: candidate groupings of the affinity, each checked as the user would train it (affinity.advice)."""
     from affinity.advice import advise
+    from affinity.estimators import reestimator
 
     return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
-                  progress, prep.backend)
+                  progress, prep.backend, reestimator(context(prep, manifest, progress)))
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:

@@ -177,6 +177,7 @@ TIME_FIXES = {
     "grouping.candidates": "try fewer candidate groupings, or grouping.selection 'affinity'",
     "grouping.folds": "check the candidate groupings on fewer folds (at least 3)",
     "grouping.check_seeds": "train the check's models with fewer seeds",
+    "grouping.crossfit": "check on the rows the affinity was estimated from (grouping.crossfit: false)",
 }
 
 

@@ -97,3 +97,14 @@ def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatc
     assert all(cands[k]["test_loss"] == recorded[k] for k in cands)
     saved = np.load(tmp_path / "saved" / "pooling_0_scores.npz")
     assert saved["loss_1"].shape == (4, 6)
+
+
+def test_suite_scores_generated_datasets_on_extra_test_rows():
+    """--test-rows adds test rows where the source generates them (planted, synthetic), not to digits or yeast."""
+    suite = _suite()
+    for name in ("planted", "pooling", "shared_rows"):
+        m = suite.manifest_for(name, 3, {}, 200)
+        assert m.dataset.params["test_rows_per_task"] == 200 and m.dataset.params["seed"] == 3
+        assert "test_rows_per_task" not in (suite.manifest_for(name, 3, {}).dataset.params or {})
+    for name in ("digits", "yeast"):
+        assert "test_rows_per_task" not in (suite.manifest_for(name, 3, {}, 200).dataset.params or {})

@@ -46,3 +46,30 @@ def test_pairwise_affinity_by_hand():
     assert T[1, 2] == 0.0 and C[1, 2] == 0 and C[0, 1] == 2
     assert np.diag(T).tolist() == [0.0, 0.0, 0.0]
     assert self_gain[0] == pytest.approx((0.5 + 0.2 + 0.3) / 3)
+
+
+def test_regression_fit_recovers_pair_effects_that_the_mean_blurs():
+    """Losses made of a task effect plus one effect per other member: the regression fit reads each pair's
+    effect back (to the ridge's shrinkage); the mean over shared subsets mixes in the other members' effects."""
+    from affinity.advice import pair_specific
+    from affinity.subsets import sample_subsets
+
+    rng = np.random.default_rng(0)
+    n = 12
+    effect = rng.normal(0, 1, (n, n))
+    np.fill_diagonal(effect, 0)
+    subsets = sample_subsets(n, 4, 300, 0, balanced=True)
+    task = rng.normal(0, 1, n)
+    losses = np.array([[task[i] - sum(effect[i, j] for j in s if j != i) for i in s] for s in subsets])
+    # with subsets of one size a task's effects are identified up to a constant (the members always number
+    # size − 1): compare the pair-specific parts, which the advice clusters
+    want = pair_specific((effect + effect.T) / 2)
+    T, C, self_gain = pairwise_affinity(subsets, losses, np.zeros(n), n, "regression")
+    err = np.abs(pair_specific(T) - want).max()
+    assert err < 0.05
+    mean, C_mean, gain_mean = pairwise_affinity(subsets, losses, np.zeros(n), n)
+    assert np.abs(pair_specific(mean) - want).max() > 5 * err
+    np.testing.assert_array_equal(C, C_mean)  # counts and self gains do not depend on the fit
+    np.testing.assert_allclose(self_gain, gain_mean)
+    with pytest.raises(ValueError, match="fit"):
+        pairwise_affinity(subsets, losses, np.zeros(n), n, "median")

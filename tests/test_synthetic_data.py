@@ -133,6 +133,8 @@ def test_spread_makes_group_members_differ():
     ({"mechanism": "conflict", "groups": 3}, "groups"),
     ({"mechanism": "mixed", "unrelated": 20}, "unrelated"),
     ({"mechanism": "pooling", "unrelated": 2}, "unrelated"),
+    ({"test_rows_per_task": -3}, "test_rows_per_task"),
+    ({"test_rows_per_task": 2.5}, "test_rows_per_task"),
 ])
 def test_bad_params_name_the_field(params, field):
     with pytest.raises(DataError, match=rf"dataset\.params\.{field}\b"):
@@ -159,3 +161,41 @@ def test_yeast_loads_with_the_expected_shape():
         make_yeast({"label_fraction": 0})
     with pytest.raises(DataError, match=r"are not parameters of yeast"):
         make_yeast({"rows": 3})
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_extra_test_rows_leave_the_table_and_its_split_unchanged(mechanism):
+    """test_rows_per_task draws more rows of the same tasks and marks them as test rows: the other rows, their
+    labels and the train/validation/test split of them are those of the table without extra rows."""
+    from affinity.data.split import split_table
+
+    base = make_synthetic(small(mechanism, seed=5))
+    more = make_synthetic(small(mechanism, seed=5, test_rows_per_task=40))
+    n = len(base.X)
+    np.testing.assert_array_equal(more.X[:n], base.X)
+    np.testing.assert_array_equal(more.Y[:n], base.Y)
+    assert base.test_rows is None and not more.test_rows[:n].any() and more.test_rows[n:].all()
+    extra = ~np.isnan(more.Y[n:])
+    assert (extra.sum(axis=0) == 40).all()
+    if mechanism != "regression":  # cut at the table rows' median: balanced up to the label noise
+        assert abs(np.nanmean(more.Y[n:]) - 0.5) < 0.1
+    a = split_table(base, 0.3, 5, test_fraction=0.2)
+    b = split_table(more, 0.3, 5, test_fraction=0.2)
+    for mask in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(b, mask)[:n], getattr(a, mask))
+    np.testing.assert_array_equal(b.test[n:], extra)  # every extra labelled cell is a test cell
+    assert not (b.train[n:] | b.val[n:]).any()
+    np.testing.assert_allclose(b.feature_mean, a.feature_mean)  # standardized on the same training rows
+
+
+def test_planted_extra_test_rows_leave_its_rows_unchanged():
+    from affinity.data.planted import make_planted
+
+    base, more = make_planted({"seed": 2, "tasks": 6, "groups": 2}), make_planted(
+        {"seed": 2, "tasks": 6, "groups": 2, "test_rows_per_task": 30})
+    n = len(base.X)
+    np.testing.assert_array_equal(more.X[:n], base.X)
+    np.testing.assert_array_equal(more.Y[:n], base.Y)
+    assert more.test_rows.sum() == 6 * 30 and (~np.isnan(more.Y[n:])).sum(axis=0).tolist() == [30] * 6
+    with pytest.raises(DataError, match="test_rows_per_task"):
+        make_planted({"test_rows_per_task": -1})

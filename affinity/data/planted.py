@@ -6,7 +6,9 @@ Construction (all seeded):
   group g's direction is u_g = √shared · c + √(1 − shared) · e_g;
 - task t of group g labels its own ``rows_per_task`` rows with y = 1[x·w_t/‖w_t‖ + noise·ε > 0],
   w_t = u_g + spread·ξ_t (ξ_t a random unit vector), ε ~ N(0, 1); every row is labelled for
-  exactly one task (sparse labels).
+  exactly one task (sparse labels);
+- ``test_rows_per_task`` (default 0) more rows per task, drawn from a stream of their own, are
+  marked as test rows (``TaskTable.test_rows``), as in ``synthetic``.
 
 Tasks are named task_00, task_01, ...; task t belongs to group t mod groups (the names do not say
 so, and no stage looks at names or order; `synthetic` assigns groups by a seeded permutation).
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "noise": 0.1,
     "spread": 0.1,
     "shared": 0.5,
+    "test_rows_per_task": 0,
     "seed": 0,
 }
 
@@ -52,6 +55,9 @@ def planted_params(params: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"dataset.params.{key}={p[key]!r} must be a positive whole number")
     if p["groups"] > p["tasks"]:
         raise DataError(f"dataset.params.groups={p['groups']} exceeds tasks={p['tasks']}; use at most one group per task")
+    if not isinstance(p["test_rows_per_task"], int) or isinstance(p["test_rows_per_task"], bool) \
+            or p["test_rows_per_task"] < 0:
+        raise DataError(f"dataset.params.test_rows_per_task={p['test_rows_per_task']!r} must be a whole number ≥ 0")
     if p["rows_per_task"] < 10:
         raise DataError(f"dataset.params.rows_per_task={p['rows_per_task']} is too small; use at least 10")
     if not isinstance(p["shared"], (int, float)) or not 0 <= p["shared"] < 1:
@@ -77,17 +83,31 @@ def make_planted(params: dict[str, Any]) -> TaskTable:
     group_of = np.arange(n_tasks) % n_groups  # task t in group t mod groups; names do not say which
     X = rng.standard_normal((n_tasks * rows, dim))
     Y = np.full((n_tasks * rows, n_tasks), np.nan)
+    weights = []
     for t in range(n_tasks):
         xi = rng.standard_normal(dim)
         w = directions[group_of[t]] + p["spread"] * xi / np.linalg.norm(xi)
+        weights.append(w / np.linalg.norm(w))
         sl = slice(t * rows, (t + 1) * rows)
-        score = X[sl] @ w / np.linalg.norm(w) + p["noise"] * rng.standard_normal(rows)
+        score = X[sl] @ weights[t] + p["noise"] * rng.standard_normal(rows)
         Y[sl, t] = (score > 0).astype(np.float64)
+    test_rows = None
+    if p["test_rows_per_task"]:
+        # more draws of the same tasks from a stream of their own: the other rows are those without them
+        extra = p["test_rows_per_task"]
+        test_rng = np.random.default_rng([p["seed"], 0x7E57])
+        X_test = test_rng.standard_normal((n_tasks * extra, dim))
+        Y_test = np.full((n_tasks * extra, n_tasks), np.nan)
+        for t in range(n_tasks):
+            sl = slice(t * extra, (t + 1) * extra)
+            Y_test[sl, t] = (X_test[sl] @ weights[t] + p["noise"] * test_rng.standard_normal(extra) > 0)
+        X, Y = np.concatenate([X, X_test]), np.concatenate([Y, Y_test])
+        test_rows = np.arange(len(X)) >= n_tasks * rows
     width = len(str(n_tasks - 1))
     names = [f"task_{t:0{width}d}" for t in range(n_tasks)]
     truth = [[names[t] for t in range(n_tasks) if group_of[t] == g] for g in range(n_groups)]
     return TaskTable(
         X=X, Y=Y, task_names=names, task_types=["binary"] * n_tasks,
         feature_names=[f"x{i}" for i in range(dim)], truth_groups=truth,
-        metadata={"source": "planted", "params": p},
+        metadata={"source": "planted", "params": p}, test_rows=test_rows,
     )

@@ -11,7 +11,8 @@ def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: b
                 by: str = "auto", test_fraction: float = 0.0) -> SplitTable:
     """Split the labelled (row, task) pairs into train and validation (and held-out test rows).
 
-    test_fraction > 0 first holds out a seeded share of the labelled rows for every task at once
+    Rows the table reserves as test rows (``table.test_rows``: a generator's extra draws) are test rows
+    of every task they label. test_fraction > 0 then holds out a seeded share of the other labelled rows for every task at once
     (``test``): nothing is trained, stopped or selected on them; they score what a grouping buys
     (``evaluate``, ``validate``, the outcome suite). A task left without test rows is refused.
     The rest is split as below.
@@ -30,12 +31,15 @@ def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: b
     n, t = table.Y.shape
     labelled = ~np.isnan(table.Y)
     test = np.zeros((n, t), dtype=bool)
+    if table.test_rows is not None:
+        test = labelled & np.asarray(table.test_rows, dtype=bool)[:, None]
+        labelled = labelled & ~test
     if test_fraction > 0:
         rows = np.flatnonzero(labelled.any(axis=1))
         perm = np.random.default_rng([seed, 0x7E57]).permutation(rows)
         held = np.zeros(n, dtype=bool)
         held[perm[:int(round(test_fraction * len(perm)))]] = True
-        test = labelled & held[:, None]
+        test = test | (labelled & held[:, None])
         labelled = labelled & ~held[:, None]
         for j in range(t):
             if test[:, j].sum() == 0 or labelled[:, j].sum() < 4:

@@ -40,6 +40,12 @@ Mechanisms (``mechanism``):
   planted grouping, so ``truth_groups`` is None (the expected outcome: no grouping beats one
   model per task by more than chance).
 
+``test_rows_per_task`` (default 0) draws that many more rows per task (more rows in all for
+shared_rows) from streams of their own and marks them as test rows (``TaskTable.test_rows``): held
+out for every task, never trained, stopped or selected on; the other rows are those of the same
+parameters without them. A test on 30 rows per task measures a grouping's gain to a pp or two; the
+outcome suite scores on hundreds.
+
 Tasks are named ``task_00``, ``task_01``, ... and assigned to groups (and to the unrelated set)
 by a seeded random permutation, so neither a name nor a position reveals a group. Features are
 ``x0``, ``x1``, .... Everything is drawn from ``seed`` (separate streams for the assignment, the
@@ -69,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "noise": None,  # 0.1 (flip probability) for binary mechanisms, 0.5 (standard deviation) for regression
     "spread": 0.2,
     "unrelated": 8,
+    "test_rows_per_task": 0,
     "seed": 0,
 }
 
@@ -123,6 +130,7 @@ def synthetic_params(params: dict[str, Any]) -> dict[str, Any]:
         _whole(p, key, 1)
     _whole(p, "rows_per_task", 10)
     _whole(p, "unrelated", 0)
+    _whole(p, "test_rows_per_task", 0)
     _whole(p, "seed", 0)
     if p["noise"] is None:
         p["noise"] = 0.5 if mech == "regression" else 0.1
@@ -161,11 +169,12 @@ def synthetic_params(params: dict[str, Any]) -> dict[str, Any]:
         raise DataError(
             f"dataset.params.groups={p['groups']} must be even for mechanism 'conflict' (groups come in opposing pairs)"
         )
-    n_rows = p["rows_per_task"] if mech == "shared_rows" else p["tasks"] * p["rows_per_task"]
+    per_task = p["rows_per_task"] + p["test_rows_per_task"]
+    n_rows = per_task if mech == "shared_rows" else p["tasks"] * per_task
     if n_rows * p["tasks"] > MAX_CELLS:
         raise DataError(
             f"dataset.params give {n_rows} rows × {p['tasks']} tasks, more than {MAX_CELLS} label cells; "
-            f"lower tasks or rows_per_task"
+            f"lower tasks, rows_per_task or test_rows_per_task"
         )
     return {key: value for key, value in p.items() if mech in ONLY_FOR.get(key, MECHANISMS)}
 
@@ -294,21 +303,40 @@ def labels(teacher: Teacher, X: np.ndarray, regression: bool, noise: float, rng:
 def make_synthetic(params: dict[str, Any]) -> TaskTable:
     p = synthetic_params(params)
     pl = plan(p)
-    streams = np.random.SeedSequence(p["seed"]).spawn(4)
+    streams = np.random.SeedSequence(p["seed"]).spawn(6)
     row_rng, noise_rng = np.random.default_rng(streams[2]), np.random.default_rng(streams[3])
     n_tasks, rows, dim = p["tasks"], p["rows_per_task"], p["features"]
     regression = p["mechanism"] == "regression"
-    if p["mechanism"] == "shared_rows":
-        X = row_rng.standard_normal((rows, dim))
-        Y = np.stack([labels(pl.teachers[t], X, False, p["noise"], noise_rng) for t in range(n_tasks)], axis=1)
-    else:
-        X = row_rng.standard_normal((n_tasks * rows, dim))
-        Y = np.full((n_tasks * rows, n_tasks), np.nan)
-        for t in range(n_tasks):
-            sl = slice(t * rows, (t + 1) * rows)
-            Y[sl, t] = labels(pl.teachers[t], X[sl], regression, p["noise"], noise_rng)
+    X, Y, thresholds = _draw(pl, p, rows, row_rng, noise_rng, regression)
+    test_rows = None
+    if p["test_rows_per_task"]:
+        # Extra rows from streams of their own (the table's rows stay those of the same seed without them),
+        # binary labels cut at the thresholds of the table's rows: more draws of the same tasks.
+        X_test, Y_test, _ = _draw(pl, p, p["test_rows_per_task"], np.random.default_rng(streams[4]),
+                                  np.random.default_rng(streams[5]), regression, thresholds)
+        X, Y = np.concatenate([X, X_test]), np.concatenate([Y, Y_test])
+        test_rows = np.arange(len(X)) >= len(X) - len(X_test)
     return TaskTable(
         X=X, Y=Y, task_names=pl.task_names, task_types=["regression" if regression else "binary"] * n_tasks,
         feature_names=[f"x{i}" for i in range(dim)], truth_groups=pl.truth_groups,
-        metadata={"source": "synthetic", "params": p},
+        metadata={"source": "synthetic", "params": p}, test_rows=test_rows,
     )
+
+
+def _draw(pl: Plan, p: dict[str, Any], rows: int, row_rng: np.random.Generator, noise_rng: np.random.Generator,
+          regression: bool, thresholds: list[float] | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """``rows`` rows per task (all tasks on the same rows for shared_rows) and their labels; binary labels cut at
+    ``thresholds`` (default: each task's median over these rows, returned)."""
+    n_tasks, dim = p["tasks"], p["features"]
+    shared = p["mechanism"] == "shared_rows"
+    X = row_rng.standard_normal((rows if shared else n_tasks * rows, dim))
+    Y = np.full((len(X), n_tasks), np.nan)
+    cuts = []
+    for t in range(n_tasks):
+        sl = slice(None) if shared else slice(t * rows, (t + 1) * rows)
+        cut = None if thresholds is None else thresholds[t]
+        if cut is None and not regression:
+            cut = float(np.median(pl.teachers[t](X[sl])))
+        cuts.append(cut)
+        Y[sl, t] = labels(pl.teachers[t], X[sl], regression, p["noise"], noise_rng, cut)
+    return X, Y, cuts

@@ -30,6 +30,9 @@ class TaskTable:
     metadata: dict[str, Any] = field(default_factory=dict)
     texts: list[tuple[str, ...]] | None = None  # kind text: each row's text (or pair of texts); X is then empty
     graph: "Graph | None" = None  # kind graph: the edges between the rows (one row per node)
+    # rows the source holds out as test rows for every task they label (a generator's extra draws), besides
+    # dataset.test_fraction's share of the others; None: none
+    test_rows: np.ndarray | None = None
 
     @property
     def n_tasks(self) -> int:

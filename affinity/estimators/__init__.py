@@ -20,4 +20,19 @@ ESTIMATORS = {
     "gradient_cosine": gradient_cosine.estimate,
 }
 
-__all__ = ["ESTIMATORS", "AffinityEstimate", "EstimationContext"]
+# Estimators read from what base training recorded: they cannot be estimated again on other rows.
+RECORDED_IN_BASE_TRAINING = frozenset({"tag_lookahead"})
+
+
+def reestimator(ctx: EstimationContext, method: str | None = None):
+    """The job's estimator on other rows of the same data (a TensorData with other training and validation
+    masks) → its affinity matrix, for the cross-fitted check (affinity/crossfit.py); None where it cannot."""
+    import dataclasses
+
+    method = method or ctx.manifest.estimation.method
+    if method in RECORDED_IN_BASE_TRAINING:
+        return None
+    return lambda tensors: ESTIMATORS[method](dataclasses.replace(ctx, tensors=tensors)).matrix
+
+
+__all__ = ["ESTIMATORS", "RECORDED_IN_BASE_TRAINING", "AffinityEstimate", "EstimationContext", "reestimator"]
