@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from check_fidelity import evaluation_path  # noqa: E402
-from outcome import HEADER, criteria, line, manifest_for, replayed  # noqa: E402
+from outcome import HEADER, criteria, line, manifest_for, replayed, settings  # noqa: E402
 
 from affinity.advice import _cluster, fold_gains, pair_specific  # noqa: E402
 from affinity.crossfit import crossfit_scores  # noqa: E402
@@ -33,9 +33,11 @@ from affinity.pipeline import context, prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
 
 
-def crossfit(dataset: str, seed: int, row: dict[str, Any], advice: dict[str, Any]) -> dict[str, Any]:
-    """The row with k chosen by the cross-fitted check (its fold scores replace the recorded ones)."""
-    m = held_out(manifest_for(dataset, seed, {}))
+def crossfit(dataset: str, seed: int, row: dict[str, Any], advice: dict[str, Any],
+             overrides: dict[str, Any]) -> dict[str, Any]:
+    """The row with k chosen by the cross-fitted check (its fold scores replace the recorded ones); ``overrides``:
+    the run's own settings (those its candidates were built with)."""
+    m = held_out(manifest_for(dataset, seed, overrides))
     spec = m.grouping
     prep = prepare(m, Progress())
     ks = [c["k"] for c in advice["candidates"]]
@@ -51,8 +53,11 @@ def main() -> None:
     ap.add_argument("--run", nargs="+", type=Path, required=True, help="outcome runs recorded with --candidates")
     ap.add_argument("--datasets", nargs="+", required=True)
     ap.add_argument("--seeds", nargs="+", type=int, required=True)
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
+                    help="the recorded run's own settings, e.g. 'estimation.pairwise=\"regression\"'")
     ap.add_argument("--out", type=Path, default=Path("runs/crossfit"))
     args = ap.parse_args()
+    overrides = settings(args.set)
     recorded = []
     for run in args.run:
         recorded += json.loads((run / "outcome.json").read_text())["rows"]
@@ -66,7 +71,7 @@ def main() -> None:
                 continue
             advice = next(iter(json.loads(path.read_text())["advice"].values()))
             t0 = time.perf_counter()
-            new = {**crossfit(dataset, seed, row, advice), "seconds": time.perf_counter() - t0}
+            new = {**crossfit(dataset, seed, row, advice, overrides), "seconds": time.perf_counter() - t0}
             print(line(new) + f"   (plain check: k {row['k']})", flush=True)
             out.append(new)
     summary = criteria(out)

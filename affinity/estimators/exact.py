@@ -27,14 +27,15 @@ def trained_subsets_estimate(ctx: EstimationContext, model, method: str, stage: 
     losses = finetune_subsets(model, ctx.tensors, subsets, ctx.manifest.training, spec.exact_batch, ctx.progress,
                               ctx.backend, stage=stage)
     base_loss, base_acc = base_scores(ctx)
-    matrix, counts, self_gain = pairwise_affinity(subsets, losses, base_loss, ctx.data.n_tasks, spec.pairwise)
+    fit = spec.pairwise_fit(method)
+    matrix, counts, self_gain = pairwise_affinity(subsets, losses, base_loss, ctx.data.n_tasks, fit)
     seconds = time.perf_counter() - t0
     return AffinityEstimate(
         method=method, task_names=ctx.data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
         base_val_loss=base_loss, base_val_acc=base_acc,
         table=SubsetTable(list(subsets), losses, np.full_like(losses, np.nan)), seconds=seconds,
         info={"subset_size": len(subsets[0]), "num_subsets": len(subsets), "training_seconds": seconds,
-              "subsets_per_step": spec.exact_batch, "pairwise": spec.pairwise},
+              "subsets_per_step": spec.exact_batch, "pairwise": fit},
     )
 
 
