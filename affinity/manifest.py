@@ -523,7 +523,7 @@ class GroupingSpec(_Section):
         "share",
         description=(
             "outcome: what the check's models early-stop on. share: the folds cover the training and validation "
-            "rows; each model stops on as many folds as the validation rows' share of the rows (3 of 10 with a "
+            "rows; each model stops on as many folds as the validation rows' share of the rows (6 of 20 with a "
             "0.3 validation share: as many stopping rows as the final models have), trains on the others but "
             "the one it is scored on. fold: as share, stopping on one fold. validation: the "
             "folds cover the training rows; each model trains on all folds but one, is scored on it, and stops "
