@@ -11,7 +11,7 @@ on it. ``grouping.check_stop``:
   stop on, so a small group's stopping is as noisy in the check as it will be for the user — and
   are scored on fold f.
 - ``share`` (default): the folds cover the training and validation rows; for fold f the models early-stop on the
-  next s folds, s the validation rows' share of the rows times the folds (6 of 20 at a 0.3 validation
+  next s folds, s the validation rows' share of the rows times the folds (3 of 10 at a 0.3 validation
   share: as many stopping rows as the user's models have), train on the others and are scored on f.
 - ``fold``: the folds cover the training and validation rows; for fold f the models train on the
   other folds but one, early-stop on fold f + 1 and are scored on f. Each model stops on one fold

@@ -510,20 +510,20 @@ class GroupingSpec(_Section):
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",
     )
     folds: int = Field(
-        20, ge=3, le=50,
+        10, ge=3, le=50,
         description=(
             "outcome: cross-validation folds of the check (whole rows; see check_stop): every row of the folds is "
             "scored once, by models that neither trained nor stopped on it. More folds: the check's models train "
-            "on more rows (with share stopping, 13 of 20 folds: 65% of the rows, 60% with 10 folds; your models "
-            "train on the 70% that are not validation rows), so a small group is not underrated for lack of data; "
-            "each fold costs one training of every distinct group."
+            "on more rows (with share stopping 6 of 10 folds: 60% of the rows, 13 of 20: 65%; your models train on "
+            "the 70% that are not validation rows), at one training of every distinct group per fold, and each "
+            "fold's gain is read on fewer rows (benchmarks/README.md, 'The check's folds')."
         ),
     )
     check_stop: Literal["fold", "share", "validation"] = Field(
         "share",
         description=(
             "outcome: what the check's models early-stop on. share: the folds cover the training and validation "
-            "rows; each model stops on as many folds as the validation rows' share of the rows (6 of 20 with a "
+            "rows; each model stops on as many folds as the validation rows' share of the rows (3 of 10 with a "
             "0.3 validation share: as many stopping rows as the final models have), trains on the others but "
             "the one it is scored on. fold: as share, stopping on one fold. validation: the "
             "folds cover the training rows; each model trains on all folds but one, is scored on it, and stops "
