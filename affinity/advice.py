@@ -89,6 +89,11 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, An
     return dict(sorted(out.items())), criterion_k
 
 
+def groups_at(T: np.ndarray, k: int, spec: GroupingSpec) -> list[list[int]]:
+    """The groups of affinity T at k as the candidates are made: T's pair-specific part, clustered."""
+    return [list(m) for m in _cluster(pair_specific(T), k, spec).groups]
+
+
 def pair_specific(T: np.ndarray) -> np.ndarray:
     """T without its task effects: the off-diagonal residual of the least-squares fit T_ij ≈ a_i + a_j.
 
@@ -239,13 +244,6 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
             "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
 
 
-def _labels(groups: list[list[int]], n: int) -> np.ndarray:
-    out = np.zeros(n, dtype=int)
-    for i, g in enumerate(groups):
-        out[list(g)] = i
-    return out
-
-
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
            base_val_loss: np.ndarray, progress: Progress | None = None,
            backend: Backend | None = None, reestimate: Reestimate | None = None) -> tuple[Any, dict[str, Any]]:
@@ -271,15 +269,17 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         partitions.setdefault(1, [list(range(n))])
         fitted = None
         if spec.crossfit and reestimate is not None and any(1 < kk < n for kk in groupings):
-            fitted = crossfit_scores(
-                data, tensors, manifest, list(groupings), reestimate,
-                lambda M, kk: [list(m) for m in _cluster(pair_specific(M), kk, spec).groups], progress, backend)
+            fitted = crossfit_scores(data, tensors, manifest, list(groupings), reestimate,
+                                     lambda M, kk: groups_at(M, kk, spec), progress, backend)
         if fitted is not None:
+            from solver.grouping import labels_from_groups
+
             scores, built = fitted
             crossfit = {"halves": 2, "description": "each k scored on folds of the half of the rows its groups "
                                                     "were not built from; half_agreement: ARI between the groups "
                                                     "the two halves give at k",
-                        "half_agreement": {str(kk): float(adjusted_rand_score(_labels(b[0], n), _labels(b[1], n)))
+                        "half_agreement": {str(kk): float(adjusted_rand_score(labels_from_groups(b[0], n),
+                                                                              labels_from_groups(b[1], n)))
                                            for kk, b in built.items()}}
         else:
             scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
@@ -337,4 +337,4 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "choose_k_from", "split_half", "stability", "standard_error", "verdict"]
+__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "split_half", "stability", "standard_error", "verdict"]

@@ -49,12 +49,10 @@ def _regression_effects(subsets: list[tuple[int, ...]], losses: np.ndarray, n_ta
     losses over the subsets containing it on the indicators of the other tasks present (0 where j never
     meets i). Solved in the smaller of the primal (tasks) and dual (subsets) forms; memory per task: its
     subsets × tasks."""
-    width = max(len(sub) for sub in subsets)
-    padded = np.full((len(subsets), width), -1)
-    for s, subset in enumerate(subsets):
-        padded[s, :len(subset)] = subset
+    padded = np.full((len(subsets), max(len(sub) for sub in subsets)), -1)
     rows_of: list[list[int]] = [[] for _ in range(n_tasks)]
     for s, subset in enumerate(subsets):
+        padded[s, :len(subset)] = subset
         for t in subset:
             rows_of[t].append(s)
     E = np.zeros((n_tasks, n_tasks))

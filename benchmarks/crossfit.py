@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_fidelity import evaluation_path  # noqa: E402
 from outcome import HEADER, criteria, line, manifest_for, replayed, settings  # noqa: E402
 
-from affinity.advice import _cluster, fold_gains, pair_specific  # noqa: E402
+from affinity.advice import fold_gains, groups_at  # noqa: E402
 from affinity.crossfit import crossfit_scores  # noqa: E402
 from affinity.estimators import reestimator  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
@@ -42,7 +42,7 @@ def crossfit(dataset: str, seed: int, row: dict[str, Any], advice: dict[str, Any
     prep = prepare(m, Progress())
     ks = [c["k"] for c in advice["candidates"]]
     scores, _ = crossfit_scores(prep.data, prep.tensors, m, ks, reestimator(context(prep, m, Progress())),
-                                lambda T, k: [list(g) for g in _cluster(pair_specific(T), k, spec).groups])
+                                lambda T, k: groups_at(T, k, spec))
     cands = [{**c, "predicted_val_loss": scores[c["k"]].total(), "fold_gains": fold_gains(scores[c["k"]], scores[1])}
              for c in advice["candidates"]]
     return replayed({**row, "candidates": cands}, spec)

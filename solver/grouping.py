@@ -28,6 +28,14 @@ def groups_from_labels(labels: np.ndarray) -> list[list[int]]:
     return [np.flatnonzero(labels == g).tolist() for g in range(k)]
 
 
+def labels_from_groups(groups: list[list[int]], n: int) -> np.ndarray:
+    """The label of every task 0..n-1: the index of its group in ``groups`` (the inverse of groups_from_labels)."""
+    labels = np.zeros(n, dtype=np.int64)
+    for g, members in enumerate(groups):
+        labels[list(members)] = g
+    return labels
+
+
 def partition_objective(T: np.ndarray, labels: np.ndarray) -> float:
     """⟨T, X_P⟩ = Σ_G (1/|G|) Σ_{i,j∈G} T_ij for the partition given by ``labels``."""
     T = np.asarray(T, dtype=float)

@@ -56,14 +56,14 @@ def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: Esti
     pairs = PairData.build(grads, np.nan_to_num(data.Y), data.train, data.is_binary, device, solve_dtype(device))
     base_loss, base_acc = pairs.base_scores()
     table = grad_tag_table(pairs, subsets, spec.l2, spec.subset_batch, spec.memory_mb, progress, backend)
-    matrix, counts, self_gain = pairwise_affinity(table.subsets, table.val_loss, base_loss, data.n_tasks,
-                                                  spec.pairwise_fit("grad_tag"))
+    fit = spec.pairwise_fit("grad_tag")
+    matrix, counts, self_gain = pairwise_affinity(table.subsets, table.val_loss, base_loss, data.n_tasks, fit)
     return AffinityEstimate(
         method="grad_tag", task_names=data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
         base_val_loss=base_loss, base_val_acc=base_acc, table=table, seconds=time.perf_counter() - t0,
         info={"projection_dim": spec.projection_dim, "projection": spec.projection, "params": spec.params,
               "n_params": grads.n_params, "l2": spec.l2, "subset_size": len(subsets[0]),
-              "pairwise": spec.pairwise_fit("grad_tag"),
+              "pairwise": fit,
               "num_subsets": len(subsets)},
     )
 
