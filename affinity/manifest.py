@@ -520,7 +520,7 @@ class GroupingSpec(_Section):
         ),
     )
     check_stop: Literal["fold", "share", "validation"] = Field(
-        "share",
+        "validation",
         description=(
             "outcome: what the check's models early-stop on. share: the folds cover the training and validation "
             "rows; each model stops on as many folds as the validation rows' share of the rows (3 of 10 with a "

@@ -84,7 +84,9 @@ def test_one_model_for_all_when_every_task_shares_one_teacher():
 
 
 def test_pooling_groups_are_recovered():
-    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 100, "noise": 0.0, "seed": 0})
+    # noiseless labels: the losses are near zero and a few confident mistakes per fold move the check's fold
+    # gains by tens of percent, so 150 rows per task (at 100, seed 0 answers "together": -5.8% in-sample)
+    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 150, "noise": 0.0, "seed": 0})
     truth = truth_labels(result)
     # the planted grouping is the candidate at its k ...
     at_3 = next(c for c in result.advice["candidates"] if c["k"] == 3)
