@@ -7,7 +7,7 @@ always among them when the manifest's k range allows. ``grouping.selection``:
 - ``outcome`` (default): every candidate grouping is trained as the user would train it — one
   model per group, from scratch (``affinity.group_models``) — on the training rows, and scored by
   the summed loss of its tasks on rows its models were neither trained nor stopped on
-  (cross-validation over the training and validation rows: ``group_check.check_groupings``):
+  (cross-validation over the training rows, stopped on the validation rows: ``group_check.check_groupings``):
   the **predicted summed loss**. Stopping and scoring on the same rows would favour small groups
   (the best epoch of a noisy curve looks better than it is). With ``grouping.crossfit``
   a k is scored on rows its groups were not built from: the affinity is estimated again on each

@@ -6,11 +6,13 @@ into ``grouping.folds`` folds (whole rows, so a row's tasks stay together; sprea
 task's rows) and every row of the folds is scored once by models that neither trained nor stopped
 on it. ``grouping.check_stop``:
 
-- ``validation``: the folds cover the training rows; for fold f the group models train
+- ``validation`` (default): the folds cover the training rows; for fold f the group models train
   on the other folds and early-stop on the validation rows — the very rows the user's models will
   stop on, so a small group's stopping is as noisy in the check as it will be for the user — and
-  are scored on fold f.
-- ``share`` (default): the folds cover the training and validation rows; for fold f the models early-stop on the
+  are scored on fold f. The validation rows are never scored: the candidates' groups were built
+  from the per-subset losses on them, and scoring groups on the rows they were built from counts
+  those rows' noise as gain where tasks have little structure.
+- ``share``: the folds cover the training and validation rows; for fold f the models early-stop on the
   next s folds, s the validation rows' share of the rows times the folds (3 of 10 at a 0.3 validation
   share: as many stopping rows as the user's models have), train on the others and are scored on f.
 - ``fold``: the folds cover the training and validation rows; for fold f the models train on the

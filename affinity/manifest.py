@@ -37,7 +37,7 @@ _TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_a
 _CNN_ONLY = ("arch", "channels", "weights")
 _SIGN_ONLY = ("hops",)
 # The fields each built-in model kind reads (a field of another kind, set off its default, is refused).
-_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY, "cnn": ("task_norm", "activation") + _CNN_ONLY,
+_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY + ("task_norm",), "cnn": ("task_norm", "activation") + _CNN_ONLY,
                  "sign": _MLP_ONLY + _SIGN_ONLY}
 MODEL_FIELDS = _MODEL_FIELDS  # the model section's fields of each built-in kind (the dashboard's form offers them)
 
@@ -278,7 +278,8 @@ class ModelSpec(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     task_norm: bool = Field(
         False, description="Per-task normalization after each shared layer (own statistics per task); cnn: per-task "
-                           "batch norm of every conv layer's channels."
+                           "batch norm of every conv layer's channels; transformer: a shared hidden × hidden layer "
+                           "on the pooled output with per-task normalization of its units, before the heads."
     )
     pretrained: str = Field(
         BUILTIN_TRANSFORMER, min_length=1,
@@ -514,20 +515,20 @@ class GroupingSpec(_Section):
         description=(
             "outcome: cross-validation folds of the check (whole rows; see check_stop): every row of the folds is "
             "scored once, by models that neither trained nor stopped on it. More folds: the check's models train "
-            "on more rows (with share stopping 6 of 10 folds: 60% of the rows, 13 of 20: 65%; your models train on "
-            "the 70% that are not validation rows), at one training of every distinct group per fold, and each "
-            "fold's gain is read on fewer rows (benchmarks/README.md, 'The check's folds')."
+            "on more rows (with validation stopping 9 of 10 folds of your training rows, 19 of 20 with 20), at "
+            "one training of every distinct group per fold, and each fold's gain is read on fewer rows (benchmarks/README.md, 'The check's folds')."
         ),
     )
     check_stop: Literal["fold", "share", "validation"] = Field(
         "validation",
         description=(
-            "outcome: what the check's models early-stop on. share: the folds cover the training and validation "
-            "rows; each model stops on as many folds as the validation rows' share of the rows (3 of 10 with a "
-            "0.3 validation share: as many stopping rows as the final models have), trains on the others but "
-            "the one it is scored on. fold: as share, stopping on one fold. validation: the "
-            "folds cover the training rows; each model trains on all folds but one, is scored on it, and stops "
-            "on the validation rows, as the final models do."
+            "outcome: what the check's models early-stop on. validation: the folds cover the training rows; each "
+            "model trains on all folds but one, is scored on it, and stops on the validation rows, as the final "
+            "models do; the validation rows, whose per-subset losses built the candidates, are never scored. "
+            "share: the folds cover the training and validation rows; each model stops on as many folds as the "
+            "validation rows' share of the rows (3 of 10 with a 0.3 validation share), trains on the others but "
+            "the one it is scored on; candidates are then scored partly on the rows they were built from, which "
+            "flatters splits of tasks without structure. fold: as share, stopping on one fold."
         ),
     )
     check_seeds: int = Field(

@@ -31,6 +31,7 @@ from torch import nn
 
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import BUILTIN_TRANSFORMER, ModelSpec
+from affinity.models import TaskNorm
 from affinity.torchvision_compat import import_torchvision
 
 import_torchvision()  # before transformers (which loads torchvision when it is installed) is imported
@@ -128,14 +129,24 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
 
 
 class TransformerMultiTask(nn.Module):
-    """LoRA-adapted encoder, pooled output, one linear head per task."""
+    """LoRA-adapted encoder, pooled output, one linear head per task.
 
-    def __init__(self, encoder: nn.Module, n_tasks: int, hidden: int, pad_id: int, pooling: str) -> None:
+    With ``task_norm`` a shared layer (``neck``: hidden → hidden, trained) sits between the pooled
+    output and the heads, followed by a per-task normalization of its units (``norm``,
+    :class:`affinity.models.TaskNorm`: own scale, shift and statistics per task) and GELU: the shared
+    units whose task priority ``training.mtl_method = connection_strength`` learns (the LoRA adapters
+    take the plain sum of the task gradients there)."""
+
+    def __init__(self, encoder: nn.Module, n_tasks: int, hidden: int, pad_id: int, pooling: str,
+                 task_norm: bool = False) -> None:
         super().__init__()
         self.n_tasks = n_tasks
         self.encoder = encoder
         self.pad_id = pad_id
         self.pooling = pooling
+        self.neck = nn.Linear(hidden, hidden) if task_norm else None
+        self.norm = TaskNorm(n_tasks, hidden) if task_norm else None
+        self.takes_mask = task_norm  # task_forward passes the label mask (per-task statistics of the norm)
         self.head_weight = nn.Parameter(torch.empty(n_tasks, hidden))
         self.head_bias = nn.Parameter(torch.zeros(n_tasks))
         nn.init.normal_(self.head_weight, std=hidden ** -0.5)
@@ -160,32 +171,56 @@ class TransformerMultiTask(nn.Module):
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pooled(x) @ self.head_weight.T + self.head_bias
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs ``(batch, n_tasks)``, or ``(batch, len(tasks))`` for the given task indices; ``mask``
+        (rows × tasks): the rows labelled for each task (the task norm's training-mode statistics)."""
+        w, b = (self.head_weight, self.head_bias) if tasks is None else (self.head_weight[tasks], self.head_bias[tasks])
+        h = self.pooled(x)
+        if self.neck is None:
+            return h @ w.T + b
+        h = self.neck(h)
+        h = self.norm(h) if mask is None and tasks is None else self.norm(h, mask, tasks)
+        return (nn.functional.gelu(h) * w).sum(-1) + b
 
     def forward_tasks(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        return (self.pooled(x) * self.head_weight[tasks]).sum(-1) + self.head_bias[tasks]
+        h = self.pooled(x)
+        if self.neck is not None:
+            if self.training:
+                return self.forward(x).gather(1, tasks[:, None]).squeeze(1)
+            h = nn.functional.gelu(self.norm.forward_rows(self.neck(h), tasks))
+        return (h * self.head_weight[tasks]).sum(-1) + self.head_bias[tasks]
 
     def task_parameters(self) -> list[str]:
-        return ["head_weight", "head_bias"]
+        """The heads (and the task norm's scales and shifts); axis 0 of each indexes the task."""
+        return ["head_weight", "head_bias"] + (["norm.weight", "norm.bias"] if self.norm is not None else [])
+
+    def task_norm_layers(self) -> list[tuple[str, nn.Linear, TaskNorm]]:
+        """The shared neck with the per-task norm that follows it (empty without ``model.task_norm``)."""
+        return [] if self.neck is None else [("neck", self.neck, self.norm)]
 
     def layers(self) -> list[list[str]]:
-        """The LoRA parameters grouped by the encoder block they adapt, input to output; the heads last."""
+        """The LoRA parameters grouped by the encoder block they adapt, input to output; the neck; the
+        task-specific parameters last."""
+        own = set(self.task_parameters())
         groups: dict[str, list[str]] = {}
         for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith("head_"):
+            if not p.requires_grad or name in own or name.startswith("neck."):
                 continue
             key = name.split(".lora_")[0]
             block = _block_of(key)
             groups.setdefault(block, []).append(name)
-        return [*groups.values(), ["head_weight", "head_bias"]]
+        neck = [["neck.weight", "neck.bias"]] if self.neck is not None else []
+        return [*groups.values(), *neck, self.task_parameters()]
 
     def trainable_counts(self) -> dict[str, int]:
-        """Parameters of the whole model, of the LoRA adapters and of the heads."""
+        """Parameters of the whole model, of the LoRA adapters, of the neck and of the task-specific ones."""
         total = sum(p.numel() for p in self.parameters())
-        heads = self.head_weight.numel() + self.head_bias.numel()
-        lora = sum(p.numel() for n, p in self.named_parameters() if p.requires_grad) - heads
-        return {"total": total, "lora": lora, "heads": heads}
+        params = dict(self.named_parameters())
+        heads = sum(params[n].numel() for n in self.task_parameters())
+        neck = sum(p.numel() for p in self.neck.parameters()) if self.neck is not None else 0
+        lora = sum(p.numel() for p in self.parameters() if p.requires_grad) - heads - neck
+        return {"total": total, "lora": lora, "heads": heads, **({"neck": neck} if neck else {})}
 
 
 def _block_of(name: str) -> str:
@@ -238,4 +273,4 @@ def build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> Transform
         p.requires_grad_("lora_" in name)
     hidden = int(encoder.config.hidden_size)
     pad = int(data.metadata.get("pad_id", 0))
-    return TransformerMultiTask(lora, data.n_tasks, hidden, pad, spec.pooling)
+    return TransformerMultiTask(lora, data.n_tasks, hidden, pad, spec.pooling, spec.task_norm)

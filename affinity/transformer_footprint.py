@@ -152,13 +152,18 @@ def _layer(a: Architecture, rows: int, tokens: int) -> int:
     return 4 * rows * tokens * (EVAL_HIDDEN * a.hidden + EVAL_FFN * a.ffn + EVAL_ATTENTION * a.heads * tokens)
 
 
+def neck_params(model: ModelSpec, a: Architecture, tasks: int) -> int:
+    """Parameters of the shared neck and its per-task norm (``model.task_norm``; affinity/transformer.py)."""
+    return a.hidden * (a.hidden + 1) + 2 * tasks * a.hidden if model.task_norm else 0
+
+
 def transformer_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimate:
     """A transformer job's estimated peak memory (bytes), by part (see the module's docstring)."""
     model, training, est = manifest.model, manifest.training, manifest.estimation
     a = architecture(model)
     R, T = shape.rows, max(shape.tasks, 1)
     s = _tokens(manifest, shape)
-    trainable = a.lora + T * (a.hidden + 1)
+    trainable = a.lora + T * (a.hidden + 1) + neck_params(model, a, T)
     pairs = math.ceil(shape.pairs * (1.0 - manifest.dataset.test_fraction))
     data_fields = shape.fields
     arch_fields = ("model.pretrained", "model.max_length")
@@ -190,8 +195,8 @@ def transformer_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimat
     if est.method == "grad_tag":
         d = est.projection_dim
         with_heads = est.params in ("all", "last")
-        p = max(1, (a.lora if est.params != "last" or est.last_layers > 1 else 0) + (T * (a.hidden + 1) if with_heads
-                                                                                      else 0))
+        p = max(1, (a.lora + neck_params(model, a, T) if est.params != "last" or est.last_layers > 1 else 0)
+                + (T * (a.hidden + 1) if with_heads else 0))
         budget = est.memory_mb * MB
         chunk = max(1, min(est.chunk_rows, budget // (12 * p)))
         gradients = 12 * p * chunk + _activations(a, chunk, s) * (2 if with_heads else 1)
@@ -230,7 +235,7 @@ def transformer_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimate
     s = _tokens(manifest, shape)
     forward = 2 * a.core * s + 4 * a.layers * s * s * a.hidden
     per_row = 3 * forward + forward  # a training step, and the validation pass
-    p = a.lora + shape.tasks * (a.hidden + 1)
+    p = a.lora + shape.tasks * (a.hidden + 1) + neck_params(manifest.model, a, shape.tasks)
     pair = 3 * forward + 2 * p * manifest.estimation.projection_dim
     return job_seconds(manifest, shape, per_row, pair, 3 * forward * max(shape.tasks, 1),
                        ("model.pretrained", "model.max_length"))

@@ -240,7 +240,7 @@ def model_summary(result: Any) -> dict[str, Any]:
     counts = model.trainable_counts() if callable(getattr(model, "trainable_counts", None)) else {}
     info = {"kind": result.manifest.model.kind, "parameters": sum(p.numel() for p in params),
             "trained": sum(p.numel() for p in params if p.requires_grad),
-            **{k: int(v) for k, v in counts.items() if k in ("lora", "heads")}}
+            **{k: int(v) for k, v in counts.items() if k in ("lora", "neck", "heads")}}
     differentiated = result.estimate.info.get("n_params")
     if differentiated is not None:
         info["differentiated"] = int(differentiated)

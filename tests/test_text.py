@@ -208,3 +208,53 @@ def test_max_batch_rows_bounds_evaluation_batches_without_changing_losses():
     calls.clear()
     batched = evaluate_losses(model, tensors, tensors.val)
     assert max(calls) == 7 and torch.allclose(whole, batched)
+
+
+def test_connection_strength_trains_a_transformer_with_task_norms(tmp_path):
+    """model.task_norm on a transformer: a shared neck with per-task norms between the pooled output and the
+    heads; connection strength learns its units' task priority and projects conflicts there, the LoRA adapters
+    train, the frozen encoder does not move, and per-sample gradients through the norm equal autograd's."""
+    from affinity.optim.connection_strength import ConnectionStrength
+    from affinity.optim.base import TaskBatch
+    from affinity.optim.priority import layer_priorities
+
+    raw = {**TINY, "model": {**TINY["model"], "task_norm": True},
+           "training": {**TINY["training"], "mtl_method": "connection_strength"}}
+    m = parse_manifest(raw)
+    data = load_data(m)
+    model = make_model(m.model, data, 0)
+    assert [name for name, _, _ in model.task_norm_layers()] == ["neck"]
+    assert {"norm.weight", "norm.bias", "head_weight", "head_bias"} == set(model.task_parameters())
+    assert model.layers()[-2] == ["neck.weight", "neck.bias"]
+    counts = model.trainable_counts()
+    assert counts["lora"] + counts["heads"] + counts["neck"] == sum(p.numel() for p in model.parameters()
+                                                                       if p.requires_grad)
+    # per-sample gradients of the adapters, the neck and the heads (eval mode: each task's own running statistics)
+    model.eval()
+    X = TensorData.from_split(data, torch.device("cpu")).X
+    x, tasks = X[:5], torch.arange(5) % data.n_tasks
+    names = select_parameters(model, "all")
+    params = dict(model.named_parameters())
+    ref = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        task_outputs(model, x[b:b + 1], tasks[b:b + 1]).sum(), [params[n] for n in names])]) for b in range(5)])
+    got = torch.cat(vmap_per_sample_gradients(model, names, x, tasks), dim=1)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
+    # one phase-2 step: the neck's units are grouped by their top task and conflicting gradients projected
+    model.train()
+    t = TensorData.from_split(data, torch.device("cpu"))
+    rows = torch.nonzero(t.train.any(1)).squeeze(1)[:24]
+    mask = t.train[rows]
+    present = torch.nonzero(mask.any(0)).squeeze(1)
+    batch = TaskBatch(model, t.X[rows], t.Y[rows], mask, t.binary, present, torch.arange(data.n_tasks))
+    assert [name for name, _, _ in layer_priorities(model, batch.selected)] == ["neck"]
+    method = ConnectionStrength(seed=0)
+    grads = method.phase2_gradients(batch)
+    assert model.neck.weight in grads and any("lora_" in n and p in grads for n, p in model.named_parameters())
+    assert method.last_projected[0][0] == "neck"
+    # the whole job: base training with connection strength, its priority recorded, frozen weights unchanged
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(raw))
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    priority = json.loads((tmp_path / "run" / "priority.json").read_text())
+    assert priority["layers"][0]["layer"] == "neck" and priority["phase1_batches"] + priority["phase2_batches"] > 0

@@ -335,7 +335,8 @@ function modelRows(job, m) {
   const kind = (m && m.kind) || (job.manifest && job.manifest.model && job.manifest.model.kind);
   if (!m) return [["model", kind]];
   const share = (n) => (m.parameters ? ` (${(100 * n / m.parameters).toPrecision(2)}% of the model)` : "");
-  const parts = [m.lora !== undefined ? `LoRA ${count(m.lora)}` : null, m.heads !== undefined ? `heads ${count(m.heads)}` : null]
+  const parts = [m.lora !== undefined ? `LoRA ${count(m.lora)}` : null, m.neck !== undefined ? `neck ${count(m.neck)}` : null,
+    m.heads !== undefined ? `heads ${count(m.heads)}` : null]
     .filter(Boolean).join(" + ");
   return [
     ["model", kind],
