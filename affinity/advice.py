@@ -337,4 +337,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "split_half", "stability", "standard_error", "verdict"]
+__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "split_half", "stability", "standard_error",
+           "verdict"]

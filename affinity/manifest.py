@@ -37,8 +37,8 @@ _TRANSFORMER_ONLY = ("pretrained", "max_length", "pooling", "lora_rank", "lora_a
 _CNN_ONLY = ("arch", "channels", "weights")
 _SIGN_ONLY = ("hops",)
 # The fields each built-in model kind reads (a field of another kind, set off its default, is refused).
-_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY + ("task_norm",), "cnn": ("task_norm", "activation") + _CNN_ONLY,
-                 "sign": _MLP_ONLY + _SIGN_ONLY}
+_MODEL_FIELDS = {"mlp": _MLP_ONLY, "transformer": _TRANSFORMER_ONLY + ("task_norm",),
+                 "cnn": ("task_norm", "activation") + _CNN_ONLY, "sign": _MLP_ONLY + _SIGN_ONLY}
 MODEL_FIELDS = _MODEL_FIELDS  # the model section's fields of each built-in kind (the dashboard's form offers them)
 
 # training.mtl_method: equal weighting, the torchjd aggregators, connection strength (affinity/optim).
@@ -516,7 +516,8 @@ class GroupingSpec(_Section):
             "outcome: cross-validation folds of the check (whole rows; see check_stop): every row of the folds is "
             "scored once, by models that neither trained nor stopped on it. More folds: the check's models train "
             "on more rows (with validation stopping 9 of 10 folds of your training rows, 19 of 20 with 20), at "
-            "one training of every distinct group per fold, and each fold's gain is read on fewer rows (benchmarks/README.md, 'The check's folds')."
+            "one training of every distinct group per fold, and each fold's gain is read on fewer rows "
+            "(benchmarks/README.md, 'The check's folds')."
         ),
     )
     check_stop: Literal["fold", "share", "validation"] = Field(
