@@ -152,7 +152,8 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
             stable: dict[str, Any] | None, in_sample: float | None = None,
             fold_range: tuple[float, float] | None = None,
-            best_split: dict[str, Any] | None = None) -> tuple[str, str]:
+            best_split: dict[str, Any] | None = None,
+            control: dict[str, Any] | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -167,8 +168,16 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
+    sizes_only = ""
+    if control is not None and not control["passed"]:
+        # the best split did not beat random partitions of its sizes: what it gains is not about the tasks
+        sizes_only = (f"; the best split ({control['instead_of']} groups) is predicted no better than random "
+                      f"partitions of its group sizes ({control['gain_over_random']:+.1%} ± "
+                      f"{control['se']:.1%} over them)")
     if k == 1:
         text = "no reliable structure: train these tasks together (one model for all)"
+        if sizes_only:
+            return "together", text + sizes_only
         if best_split is not None:
             # what the best split would have bought, and how much the folds disagree: the reason for "together"
             lo, hi = min(best_split["fold_gains"]), max(best_split["fold_gains"])
@@ -176,7 +185,10 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                      f"(per fold {lo:+.1%} to {hi:+.1%})")
         return "together", text
     if k == n:
-        return "separately", f"no reliable structure: train each task on its own ({gain_text})"
+        return "separately", f"no reliable structure: train each task on its own ({gain_text}){sizes_only}"
+    if control is not None:
+        gain_text += (f"; {control['gain_over_random']:+.1%} against random partitions of the same sizes "
+                      f"(± {control['se']:.1%})")
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
@@ -244,6 +256,38 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
             "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
 
 
+def random_partitions(groups: list[list[int]], n: int, count: int, seed: int) -> list[list[list[int]]]:
+    """``count`` random partitions of the n tasks into groups of the sizes of ``groups`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum([0, *(len(g) for g in groups)])
+    out = []
+    for _ in range(count):
+        perm = rng.permutation(n).tolist()
+        out.append([perm[a:b] for a, b in zip(cuts[:-1], cuts[1:])])
+    return out
+
+
+def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldScores],
+                   spec: GroupingSpec) -> dict[str, Any]:
+    """How much the chosen split beats random partitions of its group sizes, fold by fold.
+
+    On each fold: (mean summed loss of the random partitions − the chosen split's) / one model for all's.
+    A split gains from its sizes alone (smaller models, each stopped for fewer tasks) as much as from
+    which tasks it puts together; only the second is advice about the tasks. ``passed``: the mean
+    difference is positive and at least ``min_gain_se`` standard errors of the per-fold differences."""
+    folds = range(together.loss.shape[0])
+    diffs = [(float(np.mean([r.total([f]) for r in randoms])) - chosen.total([f])) / together.total([f])
+             for f in folds]
+    random_gains = [(together.total([f]) - float(np.mean([r.total([f]) for r in randoms]))) / together.total([f])
+                    for f in folds]
+    gain, se = float(np.mean(diffs)), standard_error(diffs)
+    return {"partitions": len(randoms), "gain_over_random": gain, "se": se, "fold_gains": diffs,
+            "random_gain": float(np.mean(random_gains)), "passed": bool(gain > 0 and gain >= spec.min_gain_se * se),
+            "description": "gain_over_random: the chosen split's predicted loss below the mean of random partitions "
+                           "of its group sizes (same folds), relative to one model for all; random_gain: theirs "
+                           "over one model for all"}
+
+
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
            base_val_loss: np.ndarray, progress: Progress | None = None,
            backend: Backend | None = None, reestimate: Reestimate | None = None) -> tuple[Any, dict[str, Any]]:
@@ -264,6 +308,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     predicted: dict[int, np.ndarray] = {}
     honest: dict[str, Any] | None = None
     crossfit: dict[str, Any] | None = None
+    control: dict[str, Any] | None = None
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
@@ -295,6 +340,16 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         k = choose(scores, groupings, spec)
         honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
+        if spec.random_control and crossfit is None and 1 < k < n:
+            parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
+            drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
+            control = random_control(scores[k], scores[1], list(drawn.values()), spec)
+            if not control["passed"]:
+                # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
+                control["instead_of"] = k
+                alone = n in scores and _pays(scores[n].total(), reference, fold_gains(scores[n], scores[1]), spec)
+                k = n if alone else 1
+                gain = (reference - scores[k].total()) / reference
     else:
         reference = float(np.sum(base_val_loss))
         k = criterion_k if criterion_k is not None else next(iter(groupings))
@@ -307,12 +362,15 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
-    if honest is not None:
+    if control is not None and not control["passed"]:
+        per_fold = fold_gains(scores[k], scores[1]) if k != 1 else []
+        spread = (min(per_fold), max(per_fold)) if per_fold else None
+    elif honest is not None:
         per_fold = [f["gain"] for f in honest["folds"]]
         spread = (min(per_fold), max(per_fold))
     splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
-    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split)
+    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split, control)
     record = {
         "selection": spec.selection,
         "recommendation": recommendation,
@@ -329,6 +387,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "reliability": {"split_half": reliability, "stability": stable},
         "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
         "crossfit": crossfit,
+        "random_control": control,
         "min_gain": spec.min_gain, "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "
@@ -337,5 +396,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "split_half", "stability", "standard_error",
-           "verdict"]
+__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "random_control", "random_partitions",
+           "split_half", "stability", "standard_error", "verdict"]

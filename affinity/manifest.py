@@ -540,6 +540,16 @@ class GroupingSpec(_Section):
             "check, at proportional cost."
         ),
     )
+    random_control: int = Field(
+        0, ge=0, le=50,
+        description=(
+            "outcome: check the chosen split against this many random partitions of its group sizes, on the same "
+            "folds (0: off). A split that does not beat them by min_gain_se standard errors of its per-fold "
+            "differences gains from its group sizes, not from which tasks it puts together: the answer is then "
+            "one model per task if that pays (min_gain, min_gain_se), else one model for all. Costs the check's "
+            "models for the random partitions' groups."
+        ),
+    )
     crossfit: bool = Field(
         False,
         description=(

@@ -134,3 +134,35 @@ def test_a_split_one_fold_carries_is_not_advised():
     assert choose({1: together, 3: lucky}, [3], spec) == 3
     # the gain is read on the folds asked for: without fold 0 the lucky split loses
     assert choose({1: together, 3: lucky}, [1, 3], GroupingSpec(min_gain_se=0.0), [1, 2, 3, 4]) == 1
+
+
+def test_random_partitions_keep_the_group_sizes_and_cover_every_task():
+    from affinity.advice import random_partitions
+
+    groups = [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9]]
+    parts = random_partitions(groups, 10, 4, seed=0)
+    assert len(parts) == 4 and parts == random_partitions(groups, 10, 4, seed=0)
+    for p in parts:
+        assert [len(g) for g in p] == [3, 2, 1, 4] and sorted(t for g in p for t in g) == list(range(10))
+    assert len({tuple(map(tuple, p)) for p in parts}) > 1
+
+
+def test_random_control_passes_a_split_that_beats_random_partitions_of_its_sizes():
+    from affinity.advice import random_control, verdict
+
+    together = _scores([1.0] * 5)
+    chosen = _scores([0.90, 0.91, 0.90, 0.92, 0.90])  # 8–10% below one model for all on every fold
+    sizes_too = [_scores([0.91, 0.90, 0.91, 0.91, 0.90]), _scores([0.90, 0.92, 0.91, 0.90, 0.91])]
+    worse = [_scores([0.97, 0.96, 0.98, 0.97, 0.97]), _scores([0.98, 0.97, 0.97, 0.96, 0.98])]
+    spec = GroupingSpec()
+    passed = random_control(chosen, together, worse, spec)
+    assert passed["passed"] and passed["partitions"] == 2
+    assert passed["gain_over_random"] == pytest.approx(np.mean([0.075, 0.055, 0.075, 0.045, 0.075]))
+    assert passed["random_gain"] == pytest.approx(np.mean([0.025, 0.035, 0.025, 0.035, 0.025]))
+    failed = random_control(chosen, together, sizes_too, spec)
+    assert not failed["passed"]  # what the split gains, random partitions of its sizes gain too
+    failed["instead_of"] = 4
+    rec, text = verdict(1, 8, 0.0, {"spearman_brown": 0.9}, None, control=failed)
+    assert rec == "together" and "no better than random partitions of its group sizes" in text
+    rec, text = verdict(4, 8, 0.09, {"spearman_brown": 0.9}, {"mean_ari": 0.95}, control=passed)
+    assert rec == "groups" and "+6.5% against random partitions of the same sizes" in text
