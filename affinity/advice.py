@@ -18,7 +18,14 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   least ``grouping.min_gain_se`` standard errors of their per-fold gains, are eligible (none: train
   together); among them the one with the lowest predicted loss, or the one with fewest groups
   within ``grouping.tolerance`` of it. The
-  predicted gain reported is read without the winner's curse (``selection_gain``).
+  predicted gain reported is read without the winner's curse (``selection_gain``); where that
+  cross-validated gain of the choice is not positive, the split is not advised (train together):
+  it gained only on the folds it was chosen on.
+  With ``grouping.random_control`` the chosen split is checked, on the same folds, against that many
+  random partitions of its group sizes (``random_control``): smaller models can gain over one model for
+  all whichever tasks they hold (each stops at its own best epoch, none shares capacity with tasks it
+  does not need), and only what the split gains beyond that is advice about the tasks. A split that
+  does not beat them is replaced by one model per task if that pays, else one model for all.
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
 Reliability, recorded beside the choice: the split-half correlation of T's pair-specific part
@@ -153,11 +160,12 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             stable: dict[str, Any] | None, in_sample: float | None = None,
             fold_range: tuple[float, float] | None = None,
             best_split: dict[str, Any] | None = None,
-            control: dict[str, Any] | None = None) -> tuple[str, str]:
+            control: dict[str, Any] | None = None, unheld: float | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
-    pay reliably: k = 1; or each task alone: k = n), when the chosen groups are not stable under
+    pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
+    split that was therefore overruled), when the chosen groups are not stable under
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise)."""
     informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
@@ -183,6 +191,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             lo, hi = min(best_split["fold_gains"]), max(best_split["fold_gains"])
             text += (f"; the best split ({best_split['k']} groups) is predicted {best_split['predicted_gain']:+.1%} "
                      f"(per fold {lo:+.1%} to {hi:+.1%})")
+        if unheld is not None:
+            text += f", but choosing a split this way gains {unheld:+.1%} on folds the choice was not made on"
         return "together", text
     if k == n:
         return "separately", f"no reliable structure: train each task on its own ({gain_text}){sizes_only}"
@@ -340,6 +350,11 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         k = choose(scores, groupings, spec)
         honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
+        if k != 1 and honest["gain"] <= 0:
+            # choosing this way does not gain on folds the choice was not made on: the split's gain where it
+            # was chosen is those folds' luck
+            honest["instead_of"] = k
+            k, gain = 1, 0.0
         if spec.random_control and crossfit is None and 1 < k < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
@@ -370,7 +385,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         spread = (min(per_fold), max(per_fold))
     splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
-    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split, control)
+    unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
+    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split, control, unheld)
     record = {
         "selection": spec.selection,
         "recommendation": recommendation,

@@ -541,7 +541,7 @@ class GroupingSpec(_Section):
         ),
     )
     random_control: int = Field(
-        0, ge=0, le=50,
+        5, ge=0, le=50,
         description=(
             "outcome: check the chosen split against this many random partitions of its group sizes, on the same "
             "folds (0: off). A split that does not beat them by min_gain_se standard errors of its per-fold "

@@ -166,3 +166,19 @@ def test_random_control_passes_a_split_that_beats_random_partitions_of_its_sizes
     assert rec == "together" and "no better than random partitions of its group sizes" in text
     rec, text = verdict(4, 8, 0.09, {"spearman_brown": 0.9}, {"mean_ari": 0.95}, control=passed)
     assert rec == "groups" and "+6.5% against random partitions of the same sizes" in text
+
+
+def test_a_choice_that_loses_on_the_folds_it_was_not_made_on_is_overruled():
+    from affinity.advice import choose, selection_gain
+
+    together = _scores([1.0] * 5)
+    # clears 2% and 1 SE over all five folds (+3.0%, SE 2.9%), but chosen on four folds it lands on a losing fold
+    split = _scores([0.90, 0.90, 1.03, 1.03, 0.99])
+    spec = GroupingSpec()
+    assert choose({1: together, 3: split}, [1, 3], spec) == 3
+    honest = selection_gain({1: together, 3: split}, {1: None, 3: None}, spec)
+    assert honest["gain"] == pytest.approx(-0.012)
+    rec, text = verdict(1, 8, 0.0, {"spearman_brown": 0.9}, None,
+                        best_split={"k": 3, "predicted_gain": 0.03, "fold_gains": [0.1, 0.1, -0.03, -0.03, 0.01]},
+                        unheld=honest["gain"])
+    assert rec == "together" and "gains -1.2% on folds the choice was not made on" in text
