@@ -226,10 +226,12 @@ def advice_summary(advice: dict[str, Any] | None) -> dict[str, Any]:
     if not advice:
         return {}
     rel = advice.get("reliability") or {}
+    control = advice.get("random_control") or {}
     return {"verdict": advice["verdict"], "recommendation": advice["recommendation"],
             "predicted_gain": advice.get("predicted_gain"),
             "reliability": {"split_half": (rel.get("split_half") or {}).get("spearman_brown"),
-                            "stability_ari": (rel.get("stability") or {}).get("mean_ari")}}
+                            "stability_ari": (rel.get("stability") or {}).get("mean_ari"),
+                            "vs_random_partitions": control.get("gain_over_random")}}
 
 
 def model_summary(result: Any) -> dict[str, Any]:

@@ -289,6 +289,9 @@ function renderAdvice(groups) {
     ["predicted gain over one model for all", pct(a.predicted_gain)],
     ["affinity split-half correlation", typeof half === "number" ? fmt(half) : undefined],
     ["groups' resampling ARI", typeof stab === "number" ? fmt(stab) : undefined],
+    ["split against random partitions of its sizes", a.random_control ? `${pct(a.random_control.gain_over_random)}`
+      + ` ± ${pct(a.random_control.se)} (${a.random_control.passed ? "beats them" : "no better: not advised"})`
+      : undefined],
     ["candidates (k: predicted gain)", (a.candidates || []).filter((c) => c.predicted_gain !== undefined)
       .map((c) => `${c.k}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
   ];
