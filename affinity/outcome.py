@@ -103,7 +103,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
                                   progress, prep.backend, reestimator(ctx, name))
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
-                                                      "candidates", "reliability")}
+                                                      "candidates", "reliability", "random_control")}
         rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}",
                              trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
