@@ -102,6 +102,10 @@ def test_pooling_groups_are_recovered():
     # read on folds the choice was not made on (noisy here: near-zero losses, a few confident mistakes per fold)
     assert advice["recommendation"] == "groups" and advice["in_sample_gain"] > 0.02
     assert f"{result.grouping.k} groups" in advice["verdict"]
+    # the split beats random partitions of its group sizes on the same folds: it is the tasks, not the sizes
+    control = advice["random_control"]
+    assert control["passed"] and control["partitions"] == 5 and control["gain_over_random"] > 0
+    assert "against random partitions of the same sizes" in advice["verdict"]
     check = advice["selection_check"]  # the predicted gain is read on rows the choice was not made on
     assert len(check["folds"]) == 10 and advice["predicted_gain"] == pytest.approx(
         np.mean([f["gain"] for f in check["folds"]]))
