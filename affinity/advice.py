@@ -177,7 +177,7 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
     sizes_only = ""
-    if control is not None and not control["passed"]:
+    if control is not None and "instead_of" in control:
         # the best split did not beat random partitions of its sizes: what it gains is not about the tasks
         sizes_only = (f"; the best split ({control['instead_of']} groups) is predicted no better than random "
                       f"partitions of its group sizes ({control['gain_over_random']:+.1%} ± "
@@ -350,7 +350,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         k = choose(scores, groupings, spec)
         honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
-        if k != 1 and honest["gain"] <= 0:
+        free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
+        if free and k != 1 and honest["gain"] <= 0:
             # choosing this way does not gain on folds the choice was not made on: the split's gain where it
             # was chosen is those folds' luck
             honest["instead_of"] = k
@@ -359,10 +360,11 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
             control = random_control(scores[k], scores[1], list(drawn.values()), spec)
-            if not control["passed"]:
+            if free and not control["passed"]:
                 # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
                 control["instead_of"] = k
-                alone = n in scores and _pays(scores[n].total(), reference, fold_gains(scores[n], scores[1]), spec)
+                alone = n in groupings and _pays(scores[n].total(), reference, fold_gains(scores[n], scores[1]),
+                                                 spec)
                 k = n if alone else 1
                 gain = (reference - scores[k].total()) / reference
     else:
@@ -377,7 +379,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
-    if control is not None and not control["passed"]:
+    if control is not None and "instead_of" in control:
         per_fold = fold_gains(scores[k], scores[1]) if k != 1 else []
         spread = (min(per_fold), max(per_fold)) if per_fold else None
     elif honest is not None:
