@@ -268,6 +268,7 @@ def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_
         assert manifest["model"]["lora_rank"] == 4 and manifest["grouping"]["k"] == 2
         manifest["training"].update({"epochs": 2, "patience": 2})
         manifest["estimation"].update({"num_subsets": 6, "subset_size": 2, "projection_dim": 16})
+        manifest["grouping"]["selection"] = "affinity"  # no transformer per group and fold
         box.fill(json.dumps(manifest))
         page.get_by_test_id("manifest-submit").click()
         expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
