@@ -546,8 +546,9 @@ class GroupingSpec(_Section):
             "outcome: check the chosen split against this many random partitions of its group sizes, on the same "
             "folds (0: off). A split that does not beat them by min_gain_se standard errors of its per-fold "
             "differences gains from its group sizes, not from which tasks it puts together: the answer is then "
-            "one model per task if that pays (min_gain, min_gain_se), else one model for all. Costs the check's "
-            "models for the random partitions' groups."
+            "one model per task if that pays (min_gain, min_gain_se), else one model for all (where one model for all "
+            "is a candidate: a fixed k is reported, not overruled; not with crossfit). Costs the check's models for "
+            "the random partitions' groups."
         ),
     )
     crossfit: bool = Field(
