@@ -105,8 +105,10 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
 def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
     losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
-    own (over all folds; the selection check is not replayed); the percentile among random partitions is
-    kept only when the replayed k is the recorded one (the random partitions have the recorded sizes)."""
+    own (over all folds; the selection check is not replayed, nor are the advice's overrulings that need models
+    the record does not hold: a choice that loses on the folds it was not made on, a split no better than the
+    check's random partitions of its sizes); the percentile among random partitions is kept only when the
+    replayed k is the recorded one (the random partitions have the recorded sizes)."""
     if "candidates" not in row:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
     cands = {c["k"]: c for c in row["candidates"]}
