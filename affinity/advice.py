@@ -286,10 +286,10 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
     which tasks it puts together; only the second is advice about the tasks. ``passed``: the mean
     difference is positive and at least ``min_gain_se`` standard errors of the per-fold differences."""
     folds = range(together.loss.shape[0])
-    diffs = [(float(np.mean([r.total([f]) for r in randoms])) - chosen.total([f])) / together.total([f])
-             for f in folds]
-    random_gains = [(together.total([f]) - float(np.mean([r.total([f]) for r in randoms]))) / together.total([f])
-                    for f in folds]
+    ref = [together.total([f]) for f in folds]
+    drawn = [float(np.mean([r.total([f]) for r in randoms])) for f in folds]
+    diffs = [(d - chosen.total([f])) / ref[f] for f, d in zip(folds, drawn)]
+    random_gains = [(ref[f] - d) / ref[f] for f, d in zip(folds, drawn)]
     gain, se = float(np.mean(diffs)), standard_error(diffs)
     return {"partitions": len(randoms), "gain_over_random": gain, "se": se, "fold_gains": diffs,
             "random_gain": float(np.mean(random_gains)), "passed": bool(gain > 0 and gain >= spec.min_gain_se * se),
@@ -363,9 +363,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
             if free and not control["passed"]:
                 # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
                 control["instead_of"] = k
-                alone = n in groupings and _pays(scores[n].total(), reference, fold_gains(scores[n], scores[1]),
-                                                 spec)
-                k = n if alone else 1
+                k = choose(scores, [kk for kk in (1, n) if kk in groupings], spec)
                 gain = (reference - scores[k].total()) / reference
     else:
         reference = float(np.sum(base_val_loss))

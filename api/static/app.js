@@ -290,7 +290,8 @@ function renderAdvice(groups) {
     ["affinity split-half correlation", typeof half === "number" ? fmt(half) : undefined],
     ["groups' resampling ARI", typeof stab === "number" ? fmt(stab) : undefined],
     ["split against random partitions of its sizes", a.random_control ? `${pct(a.random_control.gain_over_random)}`
-      + ` ± ${pct(a.random_control.se)} (${a.random_control.passed ? "beats them" : "no better: not advised"})`
+      + ` ± ${pct(a.random_control.se)} (${a.random_control.passed ? "beats them"
+        : a.random_control.instead_of !== undefined ? "no better: not advised" : "no better"})`
       : undefined],
     ["candidates (k: predicted gain)", (a.candidates || []).filter((c) => c.predicted_gain !== undefined)
       .map((c) => `${c.k}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
