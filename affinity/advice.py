@@ -212,28 +212,32 @@ def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, f
     folds = list(range(scores[1].loss.shape[0])) if folds is None else folds
     totals = {k: scores[k].total(folds) for k in candidates}
     per_fold = {k: fold_gains(scores[k], scores[1], folds) for k in candidates}
-    return choose_k_from(totals, scores[1].total(folds), per_fold, spec)
+    return choose_k_from(totals, scores[1].total(folds), per_fold, spec, n=scores[1].loss.shape[1])
 
 
 def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int, list[float]],
-                  spec: GroupingSpec) -> int:
+                  spec: GroupingSpec, n: int | None = None) -> int:
     """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
     it. Where one model for all (k = 1) is a candidate, only splits predicted to pay are eligible: a
     gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
     ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
-    a gain); with none eligible, k = 1. Works from the numbers a ``groups.json`` records, so a choice
+    a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
+    ``min_gain_alone`` where that is set. Works from the numbers a ``groups.json`` records, so a choice
     rule can be replayed."""
     if 1 in totals:
-        totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec)}
+        totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec, k == n)}
         if not totals:
             return 1
     best = min(totals.values())
     return min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
 
 
-def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec) -> bool:
-    """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains."""
+def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
+    """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains;
+    one model per task (``alone``) clears ``min_gain_alone`` where that is set."""
     gain = (reference - total) / reference
+    if alone and spec.min_gain_alone is not None:
+        return bool(gain > spec.min_gain_alone)
     return bool(gain >= spec.min_gain and gain >= spec.min_gain_se * standard_error(per_fold))
 
 

@@ -506,6 +506,15 @@ class GroupingSpec(_Section):
             "per-fold gains (0: the mean alone decides), else: train together."
         ),
     )
+    min_gain_alone: float | None = Field(
+        0.005, ge=0.0, lt=1.0,
+        description=(
+            "outcome: one model per task is eligible where it is predicted to lower the summed loss by more than "
+            "this share of one model for all's (no min_gain, no standard-error bar: it claims nothing about which "
+            "tasks go together, so there is no choice among groupings to be lucky in, and the check, whose models "
+            "train on 9 of 10 folds, underrates it). null: held to min_gain and min_gain_se like any split."
+        ),
+    )
     tolerance: float = Field(
         0.005, ge=0.0, lt=1.0,
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",

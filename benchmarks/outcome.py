@@ -114,7 +114,7 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     cands = {c["k"]: c for c in row["candidates"]}
     reference = cands[1]["predicted_val_loss"]
     k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
-                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec)
+                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"))
     rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]
     best = min(v for v in (together, alone, row["planted"]) if v is not None)
     out = {**row, "k": k, "test_loss": rec, "regret": (rec - best) / best,
@@ -222,7 +222,7 @@ def main() -> None:
                 raise SystemExit(f"--replay {' '.join(args.replay)}: only grouping settings can be replayed")
             spec = GroupingSpec(**rule.get("grouping", {}))
             print(f"replayed choice rule: min_gain {spec.min_gain}, min_gain_se {spec.min_gain_se}, "
-                  f"tolerance {spec.tolerance}")
+                  f"min_gain_alone {spec.min_gain_alone}, tolerance {spec.tolerance}")
             rows = [replayed(r, spec) for r in rows]
         for r in rows:
             print(line(r))

@@ -41,11 +41,30 @@ def test_choose_k_from_recorded_numbers():
     assert choose_k_from({2: 9.6, 4: 9.55}, 10.0, steady, GroupingSpec(min_gain=0.5, tolerance=0.0)) == 4
 
 
+def test_one_model_per_task_against_min_gain_alone():
+    # 6 tasks: one model per task predicted 1% better than one model for all, its folds noisy
+    totals = {1: 10.0, 3: 9.9, 6: 9.9}
+    folds = {1: [0.0] * 4, 3: [0.01] * 4, 6: [0.05, -0.03, 0.04, -0.02]}
+    # held to min_gain (2%) and its standard error like any split: together
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=None), n=6) == 1
+    # held to min_gain_alone only (the default, 0.5%): separately; a split of 3 with the same gain is still
+    # held to min_gain
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(), n=6) == 6
+    assert choose_k_from({1: 10.0, 3: 9.9}, 10.0, folds, GroupingSpec(min_gain_alone=0.005), n=6) == 1
+    # not above min_gain_alone: together
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=0.02), n=6) == 1
+    # without n the rule cannot tell one model per task: every split is held to min_gain
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=0.005)) == 1
+    # a split that pays and one model per task within tolerance of it: the fewest groups
+    assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
+                         GroupingSpec(min_gain_alone=0.005), n=6) == 3
+
+
 def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
     m = parse_manifest({"dataset": {"source": "synthetic", "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
                                                                         "rows_per_task": 40, "seed": 0}},
                         "estimation": {"num_subsets": 30}, "training": {"epochs": 20},
-                        "grouping": {"candidates": 2, "min_gain_se": 0}})
+                        "grouping": {"candidates": 2, "min_gain_se": 0, "min_gain_alone": None}})
     report = evaluate(m, tmp_path, random_seeds=2, score_candidates=True)
     s = report["summary"]["scratch"]
     cands = {c["k"]: c for c in s["candidates"]}
@@ -56,9 +75,9 @@ def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
     assert cands[s["k"]]["test_loss"] == pytest.approx(s["test_loss"])
     suite = _suite()
     row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
-    same = suite.replayed(row, GroupingSpec(min_gain_se=0))
+    same = suite.replayed(row, GroupingSpec(min_gain_se=0, min_gain_alone=None))
     assert same["k"] == s["k"] and same["test_loss"] == pytest.approx(s["test_loss"])
-    together = suite.replayed(row, GroupingSpec(min_gain=0.9))
+    together = suite.replayed(row, GroupingSpec(min_gain=0.9, min_gain_alone=None))
     assert together["k"] == 1 and together["recommendation"] == "together"
     assert together["test_loss"] == pytest.approx(s["one_model_for_all"]) and together["measured_gain"] == 0
     crit = suite.criteria([row])
