@@ -16,8 +16,10 @@ always among them when the manifest's k range allows. ``grouping.selection``:
   gain where tasks have little structure.
   Only splits predicted to gain at least ``grouping.min_gain`` over one model for all, and at
   least ``grouping.min_gain_se`` standard errors of their per-fold gains, are eligible (none: train
-  together); among them the one with the lowest predicted loss, or the one with fewest groups
-  within ``grouping.tolerance`` of it. The
+  together); one model per task needs only a gain above ``grouping.min_gain_alone`` (it is no choice
+  of which tasks go together, and the check, training on 9 of 10 folds, underrates it); among them
+  the one with the lowest predicted loss, or the one with fewest groups within
+  ``grouping.tolerance`` of it. The
   predicted gain reported is read without the winner's curse (``selection_gain``); where that
   cross-validated gain of the choice is not positive, the split is not advised (train together):
   it gained only on the folds it was chosen on.
