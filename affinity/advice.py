@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
+from affinity import agreement
 from affinity.affinities import pairwise_affinity
 from affinity.compute.base import Backend
 from affinity.data.table import SplitTable
@@ -77,7 +78,7 @@ def _cluster(T: np.ndarray, k: Any, spec: GroupingSpec):
     return cluster(T, k, method=spec.method, seed=spec.seed)
 
 
-def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, Any], int | None]:
+def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True) -> tuple[dict[int, Any], int | None]:
     """One grouping per candidate k, and the k that T's own criterion chooses (None if not asked).
 
     The groups are those of T's pair-specific part (``pair_specific``): a task that gains in every
@@ -85,7 +86,7 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, An
     without saying anything about which tasks help which (on the outcome suite's pooling tasks the
     groups of T were one large group and singletons, ARI 0.01 and 0.29 against the planted groups,
     those of the pair-specific part ARI 0.62 and 0.42)."""
-    T = pair_specific(T)
+    T = pair_specific(T) if specific else T
     n = T.shape[0]
     ks = candidate_ks(spec, n)
     out = {k: _cluster(T, k, spec) for k in ks}
@@ -101,6 +102,28 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec) -> tuple[dict[int, An
 def groups_at(T: np.ndarray, k: int, spec: GroupingSpec) -> list[list[int]]:
     """The groups of affinity T at k as the candidates are made: T's pair-specific part, clustered."""
     return [list(m) for m in _cluster(pair_specific(T), k, spec).groups]
+
+
+def size_of(key: Any) -> int:
+    """The number of groups of a candidate's key: k, or (k, source) for a second source's grouping at k."""
+    return key[0] if isinstance(key, tuple) else int(key)
+
+
+def source_of(key: Any, first: str) -> str:
+    return key[1] if isinstance(key, tuple) else first
+
+
+def add_source(groupings: dict[Any, Any], more: dict[int, Any], source: str, n: int) -> dict[Any, Any]:
+    """``groupings`` with the inner candidates of a second source under keys (k, source), where they are
+    not a partition already among the candidates at that k."""
+    from solver.grouping import canonical_labels
+
+    out = dict(groupings)
+    seen = {(size_of(kk), tuple(canonical_labels(np.asarray(g.labels)))) for kk, g in groupings.items()}
+    for k, g in more.items():
+        if 1 < k < n and (k, tuple(canonical_labels(np.asarray(g.labels)))) not in seen:
+            out[(k, source)] = g
+    return dict(sorted(out.items(), key=lambda item: (size_of(item[0]), isinstance(item[0], tuple))))
 
 
 def pair_specific(T: np.ndarray) -> np.ndarray:
@@ -224,14 +247,16 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
     ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
     a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
-    ``min_gain_alone`` where that is set. Works from the numbers a ``groups.json`` records, so a choice
-    rule can be replayed."""
+    ``min_gain_alone`` where that is set. Keys are k, or (k, source) for a second source's grouping at k
+    (``size_of``); among candidates of as many groups, the lower total. Works from the numbers a
+    ``groups.json`` records, so a choice rule can be replayed."""
     if 1 in totals:
         totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec, k == n)}
         if not totals:
             return 1
     best = min(totals.values())
-    return min(kk for kk, v in totals.items() if v <= best + spec.tolerance * reference)
+    return min((kk for kk, v in totals.items() if v <= best + spec.tolerance * reference),
+               key=lambda kk: (size_of(kk), totals[kk]))
 
 
 def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
@@ -267,7 +292,8 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
         rest = [g for g in range(n_folds) if g != f]
         k = choose(scores, groupings, spec, rest)
         ref = scores[1].total([f])
-        out.append({"k": k, "gain": (ref - scores[k].total([f])) / ref})
+        out.append({"k": size_of(k), **({"source": k[1]} if isinstance(k, tuple) else {}),
+                    "gain": (ref - scores[k].total([f])) / ref})
     return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
             "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
 
@@ -306,19 +332,31 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
 
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
            base_val_loss: np.ndarray, progress: Progress | None = None,
-           backend: Backend | None = None, reestimate: Reestimate | None = None) -> tuple[Any, dict[str, Any]]:
+           backend: Backend | None = None, reestimate: Reestimate | None = None,
+           predictions: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
     """The recommended grouping and the advice record (candidates, predicted losses, reliability, verdict).
 
     ``base_val_loss``: per-task validation loss of the base model (one model for all tasks).
     ``reestimate``: the job's estimator on other rows (``affinity.crossfit``); with ``grouping.crossfit`` the
     candidates' k are scored on rows their groups were not built from, without it (or with None) on the
-    rows T was estimated from."""
+    rows T was estimated from. ``predictions``: θ*'s outputs (rows × tasks, ``affinity.agreement``), the
+    candidates' source with ``grouping.candidates_from: outputs``."""
     progress = progress or Progress()
     spec = manifest.grouping
     n = data.n_tasks
     t0 = time.perf_counter()
     progress.start("grouping", 1)
-    groupings, criterion_k = candidate_groupings(T, spec)
+    sources = ("affinity",) if spec.selection != "outcome" or spec.crossfit else \
+        {"affinity": ("affinity",), "outputs": ("outputs",), "both": ("affinity", "outputs")}[spec.candidates_from]
+    if "outputs" in sources and predictions is None:
+        raise ValueError(f"grouping.candidates_from={spec.candidates_from!r} needs the base model's predictions")
+    first = sources[0]
+    matrix = {"affinity": lambda: (T, True), "outputs": lambda: (agreement.correlation(predictions), False)}
+    M, specific = matrix[first]()
+    groupings, criterion_k = candidate_groupings(M, spec, specific=specific)
+    for more in sources[1:]:
+        M2, specific2 = matrix[more]()
+        groupings = add_source(groupings, candidate_groupings(M2, spec, specific=specific2)[0], more, n)
     progress.finish()
     candidates: list[dict[str, Any]] = []
     predicted: dict[int, np.ndarray] = {}
@@ -348,7 +386,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
-            candidates.append({"k": k, "sizes": sorted((len(m) for m in g.groups), reverse=True),
+            candidates.append({"k": size_of(k), "source": source_of(k, first) if 1 < size_of(k) < n else None,
+                               "sizes": sorted((len(m) for m in g.groups), reverse=True),
                                "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
@@ -360,15 +399,15 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         if free and k != 1 and honest["gain"] <= 0:
             # choosing this way does not gain on folds the choice was not made on: the split's gain where it
             # was chosen is those folds' luck
-            honest["instead_of"] = k
+            honest["instead_of"] = size_of(k)
             k, gain = 1, 0.0
-        if spec.random_control and crossfit is None and 1 < k < n:
+        if spec.random_control and crossfit is None and 1 < size_of(k) < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
             control = random_control(scores[k], scores[1], list(drawn.values()), spec)
             if free and not control["passed"]:
                 # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
-                control["instead_of"] = k
+                control["instead_of"] = size_of(k)
                 k = choose(scores, [kk for kk in (1, n) if kk in groupings], spec)
                 gain = (reference - scores[k].total()) / reference
     else:
@@ -379,8 +418,14 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                        "from_criterion": kk == criterion_k} for kk, g in groupings.items()]
         gain = None
     grouping = groupings[k]
-    reliability = split_half(estimate)
-    stable = stability(estimate, grouping.labels, spec, spec.seed)
+    chosen_from = source_of(k, first) if 1 < size_of(k) < n else None
+    if chosen_from == "outputs" or first == "outputs":
+        reliability = agreement.split_half(predictions, spec.seed)
+        stable = agreement.stability(predictions, grouping.labels, lambda R, kk: _cluster(R, kk, spec).labels,
+                                     spec.seed)
+    else:
+        reliability = split_half(estimate)
+        stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
     if control is not None and "instead_of" in control:
@@ -392,12 +437,14 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
-    recommendation, text = verdict(k, n, gain, reliability, stable, in_sample, spread, best_split, control, unheld)
+    recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld)
     record = {
         "selection": spec.selection,
+        "candidates_from": list(sources) if spec.selection == "outcome" else None,
+        "chosen_from": chosen_from,
         "recommendation": recommendation,
         "verdict": text,
-        "k": k,
+        "k": size_of(k),
         "predicted_gain": gain,
         "in_sample_gain": in_sample,
         "selection_check": honest,

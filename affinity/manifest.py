@@ -495,6 +495,14 @@ class GroupingSpec(_Section):
         ),
     )
     candidates: int = Field(6, ge=1, le=64, description="outcome: k values tried between 2 and n − 1 (geometric grid).")
+    candidates_from: Literal["affinity", "outputs", "both"] = Field(
+        "affinity",
+        description=(
+            "outcome: what the candidate groupings cluster. affinity: T's pair-specific part; outputs: the "
+            "correlation of θ*'s predictions for two tasks over the same rows (affinity/agreement.py); both: "
+            "the groupings of each at every k (the check scores both; not with crossfit, which uses affinity)."
+        ),
+    )
     min_gain: float = Field(
         0.02, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",

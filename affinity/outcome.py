@@ -26,7 +26,7 @@ from affinity.artifacts import atomic_write_json, truth_report
 from affinity.estimators import ESTIMATORS, reestimator
 from affinity.group_models import train_groups
 from affinity.manifest import Manifest
-from affinity.pipeline import Prepared, context, prepare
+from affinity.pipeline import Prepared, agreement_of, context, prepare
 from affinity.progress import Progress
 
 ESTIMATOR_ORDER = ("grad_tag", "scratch", "exact", "tag_lookahead", "gradient_cosine")
@@ -100,7 +100,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         t0 = time.perf_counter()
         est = ESTIMATORS[name](ctx)
         grouping, record = advise(est.matrix, est, data, prep.tensors, manifest, prep.training.task_val_loss,
-                                  progress, prep.backend, reestimator(ctx, name))
+                                  progress, prep.backend, reestimator(ctx, name), agreement_of(prep, manifest))
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability", "random_control")}
@@ -157,7 +157,7 @@ def outcome_summary(rows: dict[str, Any], name: str, randoms: list[float],
            "recommendation": advice.get("recommendation") if advice else None}
     candidates = (advice or {}).get("candidates") or []
     if candidates and all("test_loss" in c for c in candidates):  # scored on test rows (score_candidates)
-        out["candidates"] = [{key: c[key] for key in ("k", "predicted_val_loss", "fold_gains", "test_loss")
+        out["candidates"] = [{key: c[key] for key in ("k", "source", "predicted_val_loss", "fold_gains", "test_loss")
                               if key in c} for c in candidates]
     if planted is not None and planted < together:
         out["gap_closed"] = (together - rec) / (together - planted)

@@ -134,7 +134,16 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
     from affinity.estimators import reestimator
 
     return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
-                  progress, prep.backend, reestimator(context(prep, manifest, progress)))
+                  progress, prep.backend, reestimator(context(prep, manifest, progress)), agreement_of(prep, manifest))
+
+
+def agreement_of(prep: Prepared, manifest: Manifest):
+    """θ*'s predictions (rows × tasks) where the grouping's candidates come from their agreement (else None)."""
+    from affinity.agreement import predictions
+
+    g = manifest.grouping
+    wanted = g.selection == "outcome" and g.candidates_from != "affinity" and not g.crossfit
+    return predictions(prep.model, prep.tensors) if wanted else None
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from affinity.defaults import BUILTIN_JOBS
-from affinity.advice import choose_k_from, fold_gains
+from affinity.advice import choose_k_from, fold_gains, size_of
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import ESTIMATOR_ORDER, evaluate
 
@@ -102,6 +102,14 @@ def fmt(v: float | None, spec: str = ".3f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def keyed(candidates: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Candidates by their advice key: k, or (k, "outputs") for the output agreement's grouping at a k where
+    the affinity's is a candidate too (``grouping.candidates_from: both``)."""
+    ks = [c["k"] for c in candidates]
+    return {(c["k"], c["source"]) if ks.count(c["k"]) > 1 and c.get("source") == "outputs" else c["k"]: c
+            for c in candidates}
+
+
 def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
     losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
@@ -111,7 +119,7 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     replayed k is the recorded one (the random partitions have the recorded sizes)."""
     if "candidates" not in row:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
-    cands = {c["k"]: c for c in row["candidates"]}
+    cands = keyed(row["candidates"])
     reference = cands[1]["predicted_val_loss"]
     k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
                       {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"))
@@ -122,7 +130,9 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
            "measured_gain": (together - rec) / together,
            "predicted_gain": (reference - cands[k]["predicted_val_loss"]) / reference,
            "recommendation": "together" if k == 1 else ("separately" if k == row.get("n_tasks") else "groups")}
-    if k != row["k"]:
+    k = size_of(k)
+    out["k"] = k
+    if k != row["k"] or rec != row["test_loss"]:
         out["percentile"] = out["random_median"] = None
     if row.get("gap_closed") is not None:
         out["gap_closed"] = (together - rec) / (together - row["planted"])

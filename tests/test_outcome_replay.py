@@ -127,3 +127,29 @@ def test_suite_scores_generated_datasets_on_extra_test_rows():
         assert "test_rows_per_task" not in (suite.manifest_for(name, 3, {}).dataset.params or {})
     for name in ("digits", "yeast"):
         assert "test_rows_per_task" not in (suite.manifest_for(name, 3, {}, 200).dataset.params or {})
+
+
+def test_candidates_of_two_sources_at_one_k():
+    from affinity.advice import add_source, choose_k_from, size_of
+    from solver.grouping import Grouping
+
+    spec = GroupingSpec(min_gain_se=0.0, min_gain_alone=None)
+    # two groupings at k = 3: the lower total wins among as many groups; fewest groups within the tolerance first
+    totals = {1: 10.0, 3: 9.5, (3, "outputs"): 9.0, 4: 9.5, 6: 9.9}
+    per_fold = {k: [0.05, 0.05] for k in totals}
+    assert choose_k_from(totals, 10.0, per_fold, spec, n=6) == (3, "outputs")
+    totals[4] = 8.98
+    assert choose_k_from(totals, 10.0, per_fold, spec, n=6) == (3, "outputs")  # within 0.5% of 8.98: fewer groups
+    totals[4] = 8.0
+    assert choose_k_from(totals, 10.0, per_fold, spec, n=6) == 4
+    assert size_of((3, "outputs")) == 3 and size_of(4) == 4
+
+    def grouping(labels):
+        return Grouping.from_labels(np.zeros((len(labels), len(labels))), np.asarray(labels), method="test",
+                                    relaxation_objective=None, seconds=0.0)
+
+    first = {1: grouping([0] * 4), 2: grouping([0, 0, 1, 1]), 4: grouping([0, 1, 2, 3])}
+    more = {1: grouping([0] * 4), 2: grouping([1, 1, 0, 0]), 3: grouping([0, 0, 1, 2]), 4: grouping([3, 2, 1, 0])}
+    merged = add_source(first, more, "outputs", 4)
+    # the same partition (relabelled) is not added twice; k = 1 and k = n are shared
+    assert list(merged) == [1, 2, (3, "outputs"), 4]

@@ -294,7 +294,7 @@ function renderAdvice(groups) {
         : a.random_control.instead_of !== undefined ? "no better: not advised" : "no better"})`
       : undefined],
     ["candidates (k: predicted gain)", (a.candidates || []).filter((c) => c.predicted_gain !== undefined)
-      .map((c) => `${c.k}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
+      .map((c) => `${c.k}${c.source === "outputs" ? " (outputs)" : ""}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
   ];
   $("job-advice").replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null)
     .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));

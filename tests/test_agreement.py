@@ -1,0 +1,91 @@
+"""Output agreement (θ*'s predictions compared across tasks) and candidate groupings drawn from it."""
+
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+from affinity.agreement import output_agreement
+from affinity.manifest import parse_manifest
+from affinity.pipeline import run_job
+from affinity.training import TensorData
+
+
+class Fixed(nn.Module):
+    """Outputs of 4 tasks: two copies of one direction (one scaled), its negation, a constant."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.as_tensor(w))
+        self.max_batch_rows = 7  # the rows go in several batches
+
+    def forward(self, x):
+        out = x @ self.w
+        return torch.cat([out[:, :1], 3 * out[:, :1] + 1, -out[:, 1:2] + 0.1 * out[:, :1], torch.ones_like(out[:, :1])], 1)
+
+
+def tensors(rows, tasks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(rows, 3, generator=g, dtype=torch.float64)
+    train = torch.zeros(rows, tasks, dtype=torch.bool)
+    val = torch.zeros_like(train)
+    test = torch.zeros_like(train)
+    train[: rows // 2, 0] = True
+    val[rows // 2: rows - 5, 1] = True
+    test[rows - 5:, :] = True  # the last 5 rows are test rows only: never read
+    return TensorData(X, torch.zeros(rows, tasks, dtype=torch.float64), train, val,
+                      torch.ones(tasks, dtype=torch.bool), test)
+
+
+def test_output_agreement_is_the_correlation_of_outputs_over_training_and_validation_rows():
+    data = tensors(40, 4)
+    model = Fixed(torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    R = output_agreement(model, data)
+    with torch.no_grad():
+        O = model(data.X[:35]).numpy()
+    expected = np.corrcoef(O[:, :3].T)
+    assert np.allclose(R[:3, :3] + np.eye(3), expected)
+    assert R[0, 1] > 0.999 and R[0, 2] < R[0, 1]
+    assert np.all(R[3] == 0) and np.all(R[:, 3] == 0) and np.all(np.diag(R) == 0)  # a constant output agrees with none
+    # test rows' inputs never enter: changing them changes nothing
+    data.X[35:] = 100.0
+    assert np.allclose(output_agreement(model, data), R)
+
+
+def test_candidates_from_both_sources_recover_pooling_groups():
+    # few labels per task, 3 planted groups sharing label directions: θ*'s predictions for a group's tasks move together
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 9, "groups": 3, "rows_per_task": 80, "seed": 2}},
+           "estimation": {"num_subsets": 40}, "grouping": {"candidates_from": "both", "random_control": 2}}
+    result = run_job(parse_manifest(raw))
+    advice = result.advice
+    index = {t: g for g, members in enumerate(result.data.truth_groups) for t in members}
+    truth = [index[t] for t in result.data.task_names]
+
+    def ari(c):
+        label = {t: g for g, members in enumerate(c["groups"]) for t in members}
+        return adjusted_rand_score(truth, [label[t] for t in result.data.task_names])
+
+    assert advice["candidates_from"] == ["affinity", "outputs"]
+    by_source = {}
+    for c in advice["candidates"]:
+        by_source.setdefault(c["source"], []).append(c)
+    # one model for all and one per task are no source's; every other candidate names its own
+    assert [c["k"] for c in by_source[None]] == [1, 9]
+    assert {c["k"] for c in by_source["outputs"]} <= {c["k"] for c in by_source["affinity"]}
+    # the outputs' grouping at the planted k is the planted grouping (the affinity's is a candidate too, unless equal)
+    at_3 = [c for c in advice["candidates"] if c["k"] == 3]
+    assert max(ari(c) for c in at_3) == 1.0
+    outputs_3 = [c for c in at_3 if c["source"] == "outputs"]
+    assert not outputs_3 or ari(outputs_3[0]) == 1.0
+    # no two candidates at one k are the same partition
+    for k in {c["k"] for c in advice["candidates"]}:
+        parts = [frozenset(frozenset(g) for g in c["groups"]) for c in advice["candidates"] if c["k"] == k]
+        assert len(parts) == len(set(parts))
+    # the choice keeps every planted group whole and says where it came from
+    chosen = result.grouping.labels
+    for members in result.data.truth_groups:
+        assert len({chosen[result.data.task_names.index(t)] for t in members}) == 1
+    if 1 < result.grouping.k < 9:
+        assert advice["chosen_from"] in ("affinity", "outputs")
+        assert advice["reliability"]["split_half"] is not None
