@@ -21,8 +21,9 @@ SLOW_JOB = {  # long enough (several seconds of base training) to be killed in t
     "training": {"epochs": 400, "patience": 400, "batch_size": 32},
     "estimation": {"method": "grad_tag", "num_subsets": 30, "subset_size": 3, "projection_dim": 32},
     # the check's models train 400 epochs too: 3 folds and no random partitions beside them (the job's advice is
-    # not tested here; with 10 folds two such jobs took 200–240 s of the 240 s the test waits on 2 cores)
-    "grouping": {"k": 2, "method": "sdp", "folds": 3, "random_control": 0},
+    # not tested here; with 10 folds two such jobs took 200–240 s of the 240 s the test waits on 2 cores), one
+    # source of candidates
+    "grouping": {"k": 2, "method": "sdp", "folds": 3, "random_control": 0, "candidates_from": "affinity"},
 }
 
 
