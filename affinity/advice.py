@@ -438,6 +438,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld)
+    if chosen_from is not None and len(sources) > 1:
+        text += f" (the groups of the {'output agreement' if chosen_from == 'outputs' else 'affinity'})"
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,

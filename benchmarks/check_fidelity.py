@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from outcome import manifest_for, settings  # noqa: E402
+from outcome import keyed, manifest_for, settings  # noqa: E402
 
 from affinity.advice import choose, fold_gains, standard_error  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
@@ -49,8 +49,8 @@ def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[dict,
     prep = prepare(m, Progress())
     index = {t: i for i, t in enumerate(prep.data.task_names)}
     t0 = time.perf_counter()
-    scores = check_groupings(prep.data, prep.tensors, m, {c["k"]: [[index[t] for t in g] for g in c["groups"]]
-                                                          for c in cands}, Progress())
+    scores = check_groupings(prep.data, prep.tensors, m, {key: [[index[t] for t in g] for g in c["groups"]]
+                                                          for key, c in keyed(cands).items()}, Progress())
     return advice, m, scores, time.perf_counter() - t0
 
 
@@ -73,20 +73,20 @@ def main() -> None:
           f"(folds {m.grouping.folds}, check_seeds {m.grouping.check_seeds}); gains over one model for all")
     print(f"{'k':>4} {'predicted':>10} {'2 SE':>6} {'recorded':>10} {'measured':>10}")
     new, measured = [], []
-    for c in cands:
-        p = (ref - scores[c["k"]].total()) / ref
+    for key, c in keyed(cands).items():
+        p = (ref - scores[key].total()) / ref
         t = (test_ref - c["test_loss"]) / test_ref
         new.append(p)
         measured.append(t)
-        se = standard_error(fold_gains(scores[c["k"]], scores[1]))
+        se = standard_error(fold_gains(scores[key], scores[1]))
         print(f"{c['k']:>4} {p:>+10.1%} {2 * se:>6.1%} {c['predicted_gain']:>+10.1%} "
               f"{t:>+10.1%}")
     new_a, meas_a = np.array(new), np.array(measured)
     old_a = np.array([c["predicted_gain"] for c in cands])
     print(f"mean |predicted − measured|: {np.mean(abs(new_a - meas_a)):.1%} (recorded check: "
           f"{np.mean(abs(old_a - meas_a)):.1%}); check {seconds:.0f} s")
-    chosen = choose(scores, [c["k"] for c in cands], m.grouping)
-    by_k = {c["k"]: c for c in cands}
+    chosen = choose(scores, list(keyed(cands)), m.grouping)
+    by_k = keyed(cands)
     print(f"chosen k = {chosen}: measured gain {(test_ref - by_k[chosen]['test_loss']) / test_ref:+.1%} "
           f"(recorded choice k = {advice['k']}; "
           f"best candidate on test {max(measured):+.1%})")

@@ -40,11 +40,12 @@ def crossfit(dataset: str, seed: int, row: dict[str, Any], advice: dict[str, Any
     m = held_out(manifest_for(dataset, seed, overrides))
     spec = m.grouping
     prep = prepare(m, Progress())
-    ks = [c["k"] for c in advice["candidates"]]
+    affinity = [c for c in advice["candidates"] if c.get("source") != "outputs"]  # cross-fitting rebuilds T's groups
+    ks = [c["k"] for c in affinity]
     scores, _ = crossfit_scores(prep.data, prep.tensors, m, ks, reestimator(context(prep, m, Progress())),
                                 lambda T, k: groups_at(T, k, spec))
     cands = [{**c, "predicted_val_loss": scores[c["k"]].total(), "fold_gains": fold_gains(scores[c["k"]], scores[1])}
-             for c in advice["candidates"]]
+             for c in affinity]
     return replayed({**row, "candidates": cands}, spec)
 
 

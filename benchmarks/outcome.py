@@ -152,11 +152,13 @@ def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
     cands = advice["candidates"]
     if save is not None:  # every candidate's per-fold task losses, for choice rules that need more than totals
         save.mkdir(parents=True, exist_ok=True)
+        name = {key: "_".join(map(str, key)) if isinstance(key, tuple) else str(key) for key in scores}
         np.savez(save / f"{row['dataset']}_{row['seed']}_scores.npz",
-                 **{f"loss_{k}": s.loss for k, s in scores.items()}, **{f"rows_{k}": s.rows for k, s in scores.items()})
+                 **{f"loss_{name[k]}": s.loss for k, s in scores.items()},
+                 **{f"rows_{name[k]}": s.rows for k, s in scores.items()})
     ref = scores[1].total()
-    row = {**row, "candidates": [{**c, "predicted_val_loss": scores[c["k"]].total(),
-                                  "fold_gains": fold_gains(scores[c["k"]], scores[1])} for c in cands]}
+    row = {**row, "candidates": [{**c, "predicted_val_loss": scores[key].total(),
+                                  "fold_gains": fold_gains(scores[key], scores[1])} for key, c in keyed(cands).items()]}
     out = replayed(row, m.grouping)
     print(f"  rechecked {row['dataset']} seed {row['seed']}: k {row.get('k')} -> {out['k']} "
           f"(reference {ref:.3f})", flush=True)
