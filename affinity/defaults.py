@@ -31,9 +31,7 @@ BUILTIN_JOBS: dict[str, dict[str, Any]] = {
         "training": {"epochs": 20, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.0, "patience": 3},
         "estimation": {"method": "grad_tag", "params": "encoder", "subset_size": 4, "num_subsets": 100,
                        "chunk_rows": 64},
-        # Candidates from the affinity alone: the output agreement's candidates (grouping.candidates_from) are not
-        # yet measured on the text job's outcome, and each adds a transformer per group and fold.
-        "grouping": {"k": "auto", "folds": 3, "candidates_from": "affinity"},
+        "grouping": {"k": "auto", "folds": 3},
     },
     # The digits as 8×8 single-channel images (affinity/data/images.py) on the small conv net: about a minute on
     # 2 CPU cores. Grad-TAG on the conv layers (heads excluded, as the reference does), k chosen on the affinity.

@@ -67,13 +67,14 @@ def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
                         "grouping": {"candidates": 2, "min_gain_se": 0, "min_gain_alone": None}})
     report = evaluate(m, tmp_path, random_seeds=2, score_candidates=True)
     s = report["summary"]["scratch"]
-    cands = {c["k"]: c for c in s["candidates"]}
+    suite = _suite()
+    cands = suite.keyed(s["candidates"])  # k, or (k, "outputs") beside the affinity's grouping at k
     assert {1, 6} <= set(cands) and len(cands) >= 3
+    assert {c["source"] for c in s["candidates"] if c["k"] not in (1, 6)} <= {"affinity", "outputs"}
     # the trivial candidates are the baselines' own trainings; the chosen one is the recommendation's
     assert cands[1]["test_loss"] == pytest.approx(s["one_model_for_all"])
     assert cands[6]["test_loss"] == pytest.approx(s["one_model_per_task"])
-    assert cands[s["k"]]["test_loss"] == pytest.approx(s["test_loss"])
-    suite = _suite()
+    assert any(c["test_loss"] == pytest.approx(s["test_loss"]) for c in s["candidates"] if c["k"] == s["k"])
     row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
     same = suite.replayed(row, GroupingSpec(min_gain_se=0, min_gain_alone=None))
     assert same["k"] == s["k"] and same["test_loss"] == pytest.approx(s["test_loss"])
@@ -106,13 +107,13 @@ def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatc
     monkeypatch.setattr(check_fidelity, "manifest_for", tiny)
     out = suite.rechecked(row, [tmp_path], {"grouping": {"folds": 4, "check_stop": "fold"}}, tmp_path / "saved")
     assert seen["overrides"] == {"grouping": {"folds": 4, "check_stop": "fold"}}
-    cands = {c["k"]: c for c in out["candidates"]}
-    assert set(cands) == {c["k"] for c in s["candidates"]}
+    cands = suite.keyed(out["candidates"])
+    assert set(cands) == set(suite.keyed(s["candidates"]))
     assert all(len(c["fold_gains"]) == 4 for c in cands.values())
     assert cands[1]["fold_gains"] == [0.0] * 4
     # the test losses are the recorded ones; the row is the one its re-chosen k gives
     assert out["test_loss"] == pytest.approx(cands[out["k"]]["test_loss"])
-    recorded = {c["k"]: c["test_loss"] for c in s["candidates"]}
+    recorded = {k: c["test_loss"] for k, c in suite.keyed(s["candidates"]).items()}
     assert all(cands[k]["test_loss"] == recorded[k] for k in cands)
     saved = np.load(tmp_path / "saved" / "pooling_0_scores.npz")
     assert saved["loss_1"].shape == (4, 6)

@@ -27,7 +27,9 @@ def test_the_advice_splits_the_planted_tasks_and_says_how_sure_it_is(planted_run
     advice = groups["advice"]
     ks = [c["k"] for c in advice["candidates"]]
     assert 1 in ks and 16 in ks and groups["k"] in ks  # one model for all and one per task were checked
-    chosen = next(c for c in advice["candidates"] if c["k"] == groups["k"])
+    # the chosen candidate: T's groups or, with grouping.candidates_from both, maybe the output agreement's at that k
+    assert advice["chosen_from"] in advice["candidates_from"]
+    chosen = next(c for c in advice["candidates"] if c["k"] == groups["k"] and c["source"] == advice["chosen_from"])
     assert chosen["predicted_val_loss"] == min(c["predicted_val_loss"] for c in advice["candidates"]) or \
         chosen["predicted_val_loss"] <= min(c["predicted_val_loss"] for c in advice["candidates"]) + \
         advice["tolerance"] * advice["one_model_for_all_val_loss"]
