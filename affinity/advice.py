@@ -185,7 +185,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             stable: dict[str, Any] | None, in_sample: float | None = None,
             fold_range: tuple[float, float] | None = None,
             best_split: dict[str, Any] | None = None,
-            control: dict[str, Any] | None = None, unheld: float | None = None) -> tuple[str, str]:
+            control: dict[str, Any] | None = None, unheld: float | None = None,
+            unmeasured: bool = False) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -226,6 +227,9 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                       f"(± {control['se']:.1%})")
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
         return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
+    if unmeasured:  # groups of θ*'s output agreement: how they would move with another θ* is not measured
+        return "groups", (f"no reliable structure: {k} groups of the base model's output agreement, {gain_text}, "
+                          f"but how stable they are is not measured")
     ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
     return "groups", (f"no reliable structure: {k} groups{ari}, {gain_text}, but which tasks go together "
                       f"is not stable")
@@ -419,13 +423,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         gain = None
     grouping = groupings[k]
     chosen_from = source_of(k, first) if 1 < size_of(k) < n else None
-    if chosen_from == "outputs" or first == "outputs":
-        reliability = agreement.split_half(predictions, spec.seed)
-        stable = agreement.stability(predictions, grouping.labels, lambda R, kk: _cluster(R, kk, spec).labels,
-                                     spec.seed)
-    else:
-        reliability = split_half(estimate)
-        stable = stability(estimate, grouping.labels, spec, spec.seed)
+    reliability = split_half(estimate)
+    # T's resamples say how stable T's groups are; nothing here says how the output agreement's would move with
+    # another θ* (resampling rows of one θ*'s predictions would not), so theirs is reported as not measured
+    stable = stability(estimate, grouping.labels, spec, spec.seed) if chosen_from != "outputs" else None
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
     if control is not None and "instead_of" in control:
@@ -437,9 +438,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
-    recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld)
-    if chosen_from is not None and len(sources) > 1:
-        text += f" (the groups of the {'output agreement' if chosen_from == 'outputs' else 'affinity'})"
+    recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
+                                   unmeasured=chosen_from == "outputs")
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,

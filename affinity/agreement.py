@@ -7,21 +7,17 @@ is what one model per group would exploit. A source of candidate groupings besid
 (``grouping.candidates_from``), which the check then scores like any other candidate. Rows: those
 labelled for training or validation for some task (never the test rows).
 
-Its reliability is read like T's: the agreement of the two halves of the rows (split-half), and the
-stability of the chosen groups when the rows are resampled."""
+How the agreement would move with another θ* (another seed, other rows) is not measured: resampling the
+rows of one θ*'s predictions does not say it (two halves of the rows agree closely on unrelated tasks
+too), so the verdict calls the agreement's groups' stability unmeasured."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from affinity.training import TensorData
-
-BOOTSTRAPS = 5
 
 
 @torch.no_grad()
@@ -52,32 +48,4 @@ def output_agreement(model: nn.Module, tensors: TensorData, batch: int = 1024) -
     return correlation(predictions(model, tensors, batch))
 
 
-def split_half(O: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
-    """Pearson correlation over pairs of the agreement from two random halves of the rows, and its
-    Spearman–Brown value for all rows (None under 4 rows or 3 tasks)."""
-    rows, n = O.shape
-    if rows < 4 or n < 3:
-        return None
-    perm = np.random.default_rng(seed).permutation(rows)
-    upper = np.triu_indices(n, 1)
-    a, b = correlation(O[perm[0::2]])[upper], correlation(O[perm[1::2]])[upper]
-    if a.std() == 0 or b.std() == 0:
-        return {"pairs": len(a), "correlation": None, "spearman_brown": None}
-    r = float(np.corrcoef(a, b)[0, 1])
-    return {"pairs": len(a), "correlation": r, "spearman_brown": float(2 * r / (1 + r)) if r > -1 else None}
-
-
-def stability(O: np.ndarray, labels: np.ndarray, cluster: Callable[[np.ndarray, int], np.ndarray],
-              seed: int = 0) -> dict[str, Any] | None:
-    """ARI between ``labels`` and the groups of the agreement of bootstrap resamples of the rows, at the
-    same k (``cluster(R, k)`` → labels; None for k = 1 or n)."""
-    k, n = int(labels.max()) + 1, len(labels)
-    if k in (1, n):
-        return None
-    rng = np.random.default_rng(seed)
-    aris = [float(adjusted_rand_score(labels, cluster(correlation(O[rng.integers(0, len(O), len(O))]), k)))
-            for _ in range(BOOTSTRAPS)]
-    return {"resamples": BOOTSTRAPS, "mean_ari": float(np.mean(aris)), "min_ari": float(np.min(aris))}
-
-
-__all__ = ["correlation", "output_agreement", "predictions", "split_half", "stability"]
+__all__ = ["correlation", "output_agreement", "predictions"]

@@ -88,4 +88,13 @@ def test_candidates_from_both_sources_recover_pooling_groups():
         assert len({chosen[result.data.task_names.index(t)] for t in members}) == 1
     if 1 < result.grouping.k < 9:
         assert advice["chosen_from"] in ("affinity", "outputs")
-        assert advice["reliability"]["split_half"] is not None
+        if advice["chosen_from"] == "outputs":  # no resampling of T says how stable the agreement's groups are
+            assert advice["reliability"]["stability"] is None and "not measured" in advice["verdict"]
+
+
+def test_groups_of_the_output_agreement_do_not_read_stable():
+    from affinity.advice import verdict
+
+    rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.9}, None, unmeasured=True)
+    assert rec == "groups" and text.startswith("no reliable structure: 3 groups of the base model's output agreement")
+    assert "not measured" in text
