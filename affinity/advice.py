@@ -109,19 +109,28 @@ def size_of(key: Any) -> int:
     return key[0] if isinstance(key, tuple) else int(key)
 
 
-def source_of(key: Any, first: str) -> str:
+def candidate_sources(spec: GroupingSpec) -> tuple[str, ...]:
+    """Where the candidate groupings come from (``grouping.candidates_from``); the affinity alone without the
+    outcome check or with cross-fitting (which rebuilds T's groups)."""
+    if spec.selection != "outcome" or spec.crossfit:
+        return ("affinity",)
+    return {"affinity": ("affinity",), "outputs": ("outputs",), "both": ("affinity", "outputs")}[spec.candidates_from]
+
+
+def source_of(key: Any, first: str, n: int) -> str | None:
+    """The source of a candidate's groups (None for one model for all and one per task, which are no source's)."""
+    if not 1 < size_of(key) < n:
+        return None
     return key[1] if isinstance(key, tuple) else first
 
 
 def add_source(groupings: dict[Any, Any], more: dict[int, Any], source: str, n: int) -> dict[Any, Any]:
     """``groupings`` with the inner candidates of a second source under keys (k, source), where they are
     not a partition already among the candidates at that k."""
-    from solver.grouping import canonical_labels
-
-    out = dict(groupings)
-    seen = {(size_of(kk), tuple(canonical_labels(np.asarray(g.labels)))) for kk, g in groupings.items()}
+    out = dict(groupings)  # Grouping labels are canonical (groups numbered by their smallest member)
+    seen = {(size_of(kk), tuple(np.asarray(g.labels).tolist())) for kk, g in groupings.items()}
     for k, g in more.items():
-        if 1 < k < n and (k, tuple(canonical_labels(np.asarray(g.labels)))) not in seen:
+        if 1 < k < n and (k, tuple(np.asarray(g.labels).tolist())) not in seen:
             out[(k, source)] = g
     return dict(sorted(out.items(), key=lambda item: (size_of(item[0]), isinstance(item[0], tuple))))
 
@@ -350,17 +359,19 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     n = data.n_tasks
     t0 = time.perf_counter()
     progress.start("grouping", 1)
-    sources = ("affinity",) if spec.selection != "outcome" or spec.crossfit else \
-        {"affinity": ("affinity",), "outputs": ("outputs",), "both": ("affinity", "outputs")}[spec.candidates_from]
+    sources = candidate_sources(spec)
     if "outputs" in sources and predictions is None:
         raise ValueError(f"grouping.candidates_from={spec.candidates_from!r} needs the base model's predictions")
+
+    def groupings_of(source: str) -> tuple[dict[int, Any], int | None]:
+        if source == "outputs":
+            return candidate_groupings(agreement.correlation(predictions), spec, specific=False)
+        return candidate_groupings(T, spec)
+
     first = sources[0]
-    matrix = {"affinity": lambda: (T, True), "outputs": lambda: (agreement.correlation(predictions), False)}
-    M, specific = matrix[first]()
-    groupings, criterion_k = candidate_groupings(M, spec, specific=specific)
+    groupings, criterion_k = groupings_of(first)
     for more in sources[1:]:
-        M2, specific2 = matrix[more]()
-        groupings = add_source(groupings, candidate_groupings(M2, spec, specific=specific2)[0], more, n)
+        groupings = add_source(groupings, groupings_of(more)[0], more, n)
     progress.finish()
     candidates: list[dict[str, Any]] = []
     predicted: dict[int, np.ndarray] = {}
@@ -390,7 +401,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
-            candidates.append({"k": size_of(k), "source": source_of(k, first) if 1 < size_of(k) < n else None,
+            candidates.append({"k": size_of(k), "source": source_of(k, first, n),
                                "sizes": sorted((len(m) for m in g.groups), reverse=True),
                                "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
@@ -422,7 +433,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                        "from_criterion": kk == criterion_k} for kk, g in groupings.items()]
         gain = None
     grouping = groupings[k]
-    chosen_from = source_of(k, first) if 1 < size_of(k) < n else None
+    chosen_from = source_of(k, first, n)
     reliability = split_half(estimate)
     # T's resamples say how stable T's groups are; nothing here says how the output agreement's would move with
     # another θ* (resampling rows of one θ*'s predictions would not), so theirs is reported as not measured
@@ -467,5 +478,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["advise", "candidate_ks", "choose_k_from", "groups_at", "random_control", "random_partitions",
+__all__ = ["add_source", "advise", "candidate_ks", "candidate_sources", "choose_k_from", "groups_at", "random_control", "random_partitions",
            "split_half", "stability", "standard_error", "verdict"]

@@ -17,19 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from affinity.training import TensorData
+from affinity.training import TensorData, eval_batches
 
 
-@torch.no_grad()
 def predictions(model: nn.Module, tensors: TensorData, batch: int = 1024) -> np.ndarray:
     """θ*'s raw outputs (rows × tasks) on the rows labelled for training or validation for some task."""
-    batch = min(batch, getattr(model, "max_batch_rows", batch))
-    was_training = model.training
-    model.eval()
     rows = torch.nonzero((tensors.train | tensors.val).any(dim=1)).squeeze(1)
-    outs = [model(tensors.X[rows[s:s + batch]]).to(torch.float64).cpu() for s in range(0, len(rows), batch)]
-    model.train(was_training)
-    return torch.cat(outs).numpy()
+    return torch.cat([out.to(torch.float64).cpu() for _, out in eval_batches(model, tensors.X, rows, batch)]).numpy()
 
 
 def correlation(O: np.ndarray) -> np.ndarray:

@@ -96,11 +96,12 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
     advice: dict[str, Any] = {}
     estimator_seconds: dict[str, float] = {}
+    predictions = agreement_of(prep, manifest)  # θ*'s, the same for every estimator
     for name in estimators:
         t0 = time.perf_counter()
         est = ESTIMATORS[name](ctx)
         grouping, record = advise(est.matrix, est, data, prep.tensors, manifest, prep.training.task_val_loss,
-                                  progress, prep.backend, reestimator(ctx, name), agreement_of(prep, manifest))
+                                  progress, prep.backend, reestimator(ctx, name), predictions)
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability", "random_control")}

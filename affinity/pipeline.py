@@ -139,11 +139,10 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
 
 def agreement_of(prep: Prepared, manifest: Manifest):
     """θ*'s predictions (rows × tasks) where the grouping's candidates come from their agreement (else None)."""
+    from affinity.advice import candidate_sources
     from affinity.agreement import predictions
 
-    g = manifest.grouping
-    wanted = g.selection == "outcome" and g.candidates_from != "affinity" and not g.crossfit
-    return predictions(prep.model, prep.tensors) if wanted else None
+    return predictions(prep.model, prep.tensors) if "outputs" in candidate_sources(manifest.grouping) else None
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:

@@ -88,21 +88,29 @@ def checkpoint_epochs(epochs: int) -> set[int]:
 
 
 @torch.no_grad()
-def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batch: int = 8192) -> torch.Tensor:
-    """Per-task mean loss over the rows of ``mask`` (rows × tasks), model in eval mode.
-
-    Rows go in batches of ``batch``, or of the model's ``max_batch_rows`` when it has one."""
+def eval_batches(model: nn.Module, X: torch.Tensor, rows: torch.Tensor, batch: int):
+    """(row indices, raw outputs) of ``model`` in eval mode over ``rows`` of ``X``, in batches of ``batch``
+    or of the model's ``max_batch_rows`` when it has one; the model's mode is restored afterwards."""
     batch = min(batch, getattr(model, "max_batch_rows", batch))
     was_training = model.training
     model.eval()
+    try:
+        for start in range(0, len(rows), batch):
+            r = rows[start:start + batch]
+            yield r, model(X[r])
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """Per-task mean loss over the rows of ``mask`` (rows × tasks), model in eval mode (``eval_batches``)."""
     sums = torch.zeros(mask.shape[1], dtype=torch.float64, device=data.X.device)
     counts = mask.sum(dim=0).to(torch.float64)
     rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
-    for start in range(0, len(rows), batch):
-        r = rows[start:start + batch]
-        loss = pointwise_loss(model(data.X[r]), data.Y[r], data.binary)
+    for r, out in eval_batches(model, data.X, rows, batch):
+        loss = pointwise_loss(out, data.Y[r], data.binary)
         sums += (loss * mask[r]).sum(dim=0).to(torch.float64)
-    model.train(was_training)
     return sums / counts.clamp_min(1)
 
 

@@ -72,8 +72,9 @@ def main() -> None:
     print(f"{args.dataset} seed {args.seed}, check with {overrides or 'the default settings'} "
           f"(folds {m.grouping.folds}, check_seeds {m.grouping.check_seeds}); gains over one model for all")
     print(f"{'k':>4} {'predicted':>10} {'2 SE':>6} {'recorded':>10} {'measured':>10}")
+    by_key = keyed(cands)
     new, measured = [], []
-    for key, c in keyed(cands).items():
+    for key, c in by_key.items():
         p = (ref - scores[key].total()) / ref
         t = (test_ref - c["test_loss"]) / test_ref
         new.append(p)
@@ -85,9 +86,8 @@ def main() -> None:
     old_a = np.array([c["predicted_gain"] for c in cands])
     print(f"mean |predicted − measured|: {np.mean(abs(new_a - meas_a)):.1%} (recorded check: "
           f"{np.mean(abs(old_a - meas_a)):.1%}); check {seconds:.0f} s")
-    chosen = choose(scores, list(keyed(cands)), m.grouping)
-    by_k = keyed(cands)
-    print(f"chosen k = {chosen}: measured gain {(test_ref - by_k[chosen]['test_loss']) / test_ref:+.1%} "
+    chosen = choose(scores, list(by_key), m.grouping)
+    print(f"chosen k = {chosen}: measured gain {(test_ref - by_key[chosen]['test_loss']) / test_ref:+.1%} "
           f"(recorded choice k = {advice['k']}; "
           f"best candidate on test {max(measured):+.1%})")
 
