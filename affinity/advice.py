@@ -1,8 +1,10 @@
 """The advice: which grouping to train, how much it is predicted to buy, and how sure that is.
 
 Candidates: the affinity matrix T clustered at a grid of k (and at the k that T's own criterion
-picks, ``solver.choose_k``), with k = 1 (one model for all tasks) and k = n (one model per task)
-always among them when the manifest's k range allows. ``grouping.selection``:
+picks, ``solver.choose_k``) and, with ``grouping.candidates_from`` ``both`` (default) or ``outputs``,
+the base model's output agreement (``affinity.agreement``) clustered at the same k, with k = 1 (one
+model for all tasks) and k = n (one model per task) always among them when the manifest's k range
+allows. ``grouping.selection``:
 
 - ``outcome`` (default): every candidate grouping is trained as the user would train it — one
   model per group, from scratch (``affinity.group_models``) — on the training rows, and scored by
@@ -34,11 +36,13 @@ Reliability, recorded beside the choice: the split-half correlation of T's pair-
 (T from the even and from the odd sampled subsets, task effects removed by double centering,
 Pearson over pairs, and its Spearman–Brown value for all subsets)
 and the stability of the chosen groups (adjusted Rand index between them and the groups of T
-recomputed on bootstrap resamples of the subsets, same k). A plain verdict sums it up.
+recomputed on bootstrap resamples of the subsets, same k; for the output agreement's groups, its
+groups at the same k from base models retrained from other seeds). A plain verdict sums it up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import time
 from typing import Any
 
@@ -187,7 +191,19 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
         T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n,
                                     estimate.info.get("pairwise", "mean"))
         aris.append(float(adjusted_rand_score(labels, _cluster(pair_specific(T), k, spec).labels)))
-    return {"resamples": BOOTSTRAPS, "mean_ari": float(np.mean(aris)), "min_ari": float(np.min(aris))}
+    return {"resamples": BOOTSTRAPS, "of": "subsets (bootstrap)", "mean_ari": float(np.mean(aris)),
+            "min_ari": float(np.min(aris))}
+
+
+def agreement_stability(labels: np.ndarray, retrained: list[np.ndarray], spec: GroupingSpec) -> dict[str, Any] | None:
+    """ARI between the chosen groups of the output agreement and the agreement's groups, at the same k, of base
+    models retrained from other seeds (``retrained``: their predictions, ``agreement.retrained_predictions``)."""
+    k = int(labels.max()) + 1
+    if not retrained or k in (1, len(labels)):
+        return None
+    aris = [float(adjusted_rand_score(labels, _cluster(agreement.correlation(P), k, spec).labels)) for P in retrained]
+    return {"resamples": len(aris), "of": "base model retrained from other seeds", "mean_ari": float(np.mean(aris)),
+            "min_ari": float(np.min(aris))}
 
 
 def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | None,
@@ -195,15 +211,18 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             fold_range: tuple[float, float] | None = None,
             best_split: dict[str, Any] | None = None,
             control: dict[str, Any] | None = None, unheld: float | None = None,
-            unmeasured: bool = False) -> tuple[str, str]:
+            source: str | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
     split that was therefore overruled), when the chosen groups are not stable under
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
-    part does not replicate across halves of the subsets (then which tasks go together is noise)."""
-    informative = reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
+    part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
+    the output agreement (``source`` "outputs") are judged by ``stable`` alone: the base model retrained from
+    other seeds (T's reliability says nothing about them)."""
+    outputs = source == "outputs"
+    informative = outputs or reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
         "no predicted loss (grouping.selection: affinity)"
     if gain is not None and fold_range is not None:
@@ -234,13 +253,14 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if control is not None:
         gain_text += (f"; {control['gain_over_random']:+.1%} against random partitions of the same sizes "
                       f"(± {control['se']:.1%})")
+    what = f"{k} groups of the base model's output agreement" if outputs else f"{k} groups"
     if informative and stable is not None and stable["mean_ari"] >= STABLE_ARI:
-        return "groups", f"{k} groups, stable under resampling (ARI {stable['mean_ari']:.2f}): {gain_text}"
-    if unmeasured:  # groups of θ*'s output agreement: how they would move with another θ* is not measured
-        return "groups", (f"no reliable structure: {k} groups of the base model's output agreement, {gain_text}, "
-                          f"but how stable they are is not measured")
-    ari = f" (resampling ARI {stable['mean_ari']:.2f})" if stable is not None else ""
-    return "groups", (f"no reliable structure: {k} groups{ari}, {gain_text}, but which tasks go together "
+        how = "stable when the base model is retrained from other seeds" if outputs else "stable under resampling"
+        return "groups", f"{what}, {how} (ARI {stable['mean_ari']:.2f}): {gain_text}"
+    ari = ""
+    if stable is not None:
+        ari = f" ({'retrained' if outputs else 'resampling'} ARI {stable['mean_ari']:.2f})"
+    return "groups", (f"no reliable structure: {what}{ari}, {gain_text}, but which tasks go together "
                       f"is not stable")
 
 
@@ -346,14 +366,17 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
 def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors: TensorData, manifest: Manifest,
            base_val_loss: np.ndarray, progress: Progress | None = None,
            backend: Backend | None = None, reestimate: Reestimate | None = None,
-           predictions: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+           predictions: np.ndarray | None = None,
+           retrained: Callable[[], list[np.ndarray]] | None = None) -> tuple[Any, dict[str, Any]]:
     """The recommended grouping and the advice record (candidates, predicted losses, reliability, verdict).
 
     ``base_val_loss``: per-task validation loss of the base model (one model for all tasks).
     ``reestimate``: the job's estimator on other rows (``affinity.crossfit``); with ``grouping.crossfit`` the
     candidates' k are scored on rows their groups were not built from, without it (or with None) on the
     rows T was estimated from. ``predictions``: θ*'s outputs (rows × tasks, ``affinity.agreement``), the
-    candidates' source with ``grouping.candidates_from: outputs``."""
+    candidates' source with ``grouping.candidates_from: outputs``; ``retrained``: returns the predictions of base
+    models retrained from other seeds (``agreement.retrained_predictions``), called only when the agreement's groups
+    are chosen, for their stability."""
     progress = progress or Progress()
     spec = manifest.grouping
     n = data.n_tasks
@@ -435,9 +458,12 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     grouping = groupings[k]
     chosen_from = source_of(k, first, n)
     reliability = split_half(estimate)
-    # T's resamples say how stable T's groups are; nothing here says how the output agreement's would move with
-    # another θ* (resampling rows of one θ*'s predictions would not), so theirs is reported as not measured
-    stable = stability(estimate, grouping.labels, spec, spec.seed) if chosen_from != "outputs" else None
+    # T's groups: resamples of the subsets; the output agreement's: θ* retrained from other seeds (resampling the
+    # rows of one θ*'s predictions would not say how they move with another θ*)
+    if chosen_from == "outputs":
+        stable = agreement_stability(grouping.labels, retrained() if retrained is not None else [], spec)
+    else:
+        stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
     if control is not None and "instead_of" in control:
@@ -450,7 +476,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
-                                   unmeasured=chosen_from == "outputs")
+                                   source=chosen_from)
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,
@@ -470,7 +496,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
         "crossfit": crossfit,
         "random_control": control,
-        "min_gain": spec.min_gain, "tolerance": spec.tolerance,
+        "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone, "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "
                         "the training rows; predicted_gain: its reduction relative to one model for all tasks"),

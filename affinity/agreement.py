@@ -7,9 +7,10 @@ is what one model per group would exploit. A source of candidate groupings besid
 (``grouping.candidates_from``), which the check then scores like any other candidate. Rows: those
 labelled for training or validation for some task (never the test rows).
 
-How the agreement would move with another θ* (another seed, other rows) is not measured: resampling the
-rows of one θ*'s predictions does not say it (two halves of the rows agree closely on unrelated tasks
-too), so the verdict calls the agreement's groups' stability unmeasured."""
+How stable the agreement's groups are is read from θ* retrained from other initializations on the same rows
+(``retrained_predictions``, training seeds s + 1 and s + 2): groups that the data carry come back, groups of
+one initialization's accidents do not (advice.agreement_stability). Resampling the rows of one θ*'s
+predictions would not say it: two halves of the rows agree closely on unrelated tasks too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from affinity.training import TensorData, eval_batches
+from affinity.training import TensorData, eval_batches, train_model
+
+RESEEDS = (1, 2)  # θ* retrained from training.seed + each, for the agreement's stability
 
 
 def predictions(model: nn.Module, tensors: TensorData, batch: int = 1024) -> np.ndarray:
@@ -42,4 +45,19 @@ def output_agreement(model: nn.Module, tensors: TensorData, batch: int = 1024) -
     return correlation(predictions(model, tensors, batch))
 
 
-__all__ = ["correlation", "output_agreement", "predictions"]
+def retrained_predictions(data, tensors: TensorData, manifest, progress=None) -> list[np.ndarray]:
+    """θ*'s predictions, as ``predictions``, of the base model retrained on the same rows from the training seeds
+    ``training.seed + RESEEDS`` (initialization and batch order), one array per seed."""
+    from affinity.kinds import make_model
+
+    out = []
+    for i, shift in enumerate(RESEEDS):
+        seed = manifest.training.seed + shift
+        model = make_model(manifest.model, data, seed).to(tensors.X.device)
+        train_model(model, tensors, manifest.training.model_copy(update={"seed": seed}), progress=progress,
+                    stage=f"agreement stability: base model {i + 1} of {len(RESEEDS)}")
+        out.append(predictions(model, tensors))
+    return out
+
+
+__all__ = ["RESEEDS", "correlation", "output_agreement", "predictions", "retrained_predictions"]

@@ -496,7 +496,7 @@ class GroupingSpec(_Section):
     )
     candidates: int = Field(6, ge=1, le=64, description="outcome: k values tried between 2 and n − 1 (geometric grid).")
     candidates_from: Literal["affinity", "outputs", "both"] = Field(
-        "affinity",
+        "both",
         description=(
             "outcome: what the candidate groupings cluster. affinity: T's pair-specific part; outputs: the "
             "correlation of θ*'s predictions for two tasks over the same rows (affinity/agreement.py); both: "

@@ -26,7 +26,7 @@ from affinity.artifacts import atomic_write_json, truth_report
 from affinity.estimators import ESTIMATORS, reestimator
 from affinity.group_models import train_groups
 from affinity.manifest import Manifest
-from affinity.pipeline import Prepared, agreement_of, context, prepare
+from affinity.pipeline import Prepared, agreement_of, context, prepare, retrained_of
 from affinity.progress import Progress
 
 ESTIMATOR_ORDER = ("grad_tag", "scratch", "exact", "tag_lookahead", "gradient_cosine")
@@ -101,7 +101,8 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
         t0 = time.perf_counter()
         est = ESTIMATORS[name](ctx)
         grouping, record = advise(est.matrix, est, data, prep.tensors, manifest, prep.training.task_val_loss,
-                                  progress, prep.backend, reestimator(ctx, name), predictions)
+                                  progress, prep.backend, reestimator(ctx, name), predictions,
+                                  retrained_of(prep, manifest, progress))
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
                                                       "candidates", "reliability", "random_control")}

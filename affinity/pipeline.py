@@ -134,7 +134,8 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
     from affinity.estimators import reestimator
 
     return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
-                  progress, prep.backend, reestimator(context(prep, manifest, progress)), agreement_of(prep, manifest))
+                  progress, prep.backend, reestimator(context(prep, manifest, progress)), agreement_of(prep, manifest),
+                  retrained_of(prep, manifest, progress))
 
 
 def agreement_of(prep: Prepared, manifest: Manifest):
@@ -143,6 +144,21 @@ def agreement_of(prep: Prepared, manifest: Manifest):
     from affinity.agreement import predictions
 
     return predictions(prep.model, prep.tensors) if "outputs" in candidate_sources(manifest.grouping) else None
+
+
+def retrained_of(prep: Prepared, manifest: Manifest, progress: Progress):
+    """The agreement's stability check: a call that retrains θ* from other seeds and returns their predictions
+    (``agreement.retrained_predictions``), made by the advice only when it chooses the agreement's groups."""
+    from affinity.agreement import retrained_predictions
+
+    done: list[list] = []  # trained once however often it is asked (one advice per estimator in affinity.outcome)
+
+    def retrained():
+        if not done:
+            done.append(retrained_predictions(prep.data, prep.tensors, manifest, progress))
+        return done[0]
+
+    return retrained
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:

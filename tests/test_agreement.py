@@ -88,13 +88,70 @@ def test_candidates_from_both_sources_recover_pooling_groups():
         assert len({chosen[result.data.task_names.index(t)] for t in members}) == 1
     if 1 < result.grouping.k < 9:
         assert advice["chosen_from"] in ("affinity", "outputs")
-        if advice["chosen_from"] == "outputs":  # no resampling of T says how stable the agreement's groups are
-            assert advice["reliability"]["stability"] is None and "not measured" in advice["verdict"]
+        if advice["chosen_from"] == "outputs":  # their stability: θ* retrained from other seeds
+            assert advice["reliability"]["stability"]["of"] == "base model retrained from other seeds"
 
 
-def test_groups_of_the_output_agreement_do_not_read_stable():
+def test_the_output_agreements_groups_are_checked_against_base_models_from_other_seeds():
+    # pooling groups with enough rows: θ* from any seed reads the same 3 groups, and the verdict says so (k fixed at
+    # the planted 3: the agreement's grouping at 3 is the one checked)
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 9, "groups": 3, "rows_per_task": 80, "seed": 2}},
+           "estimation": {"num_subsets": 40},
+           "grouping": {"candidates_from": "outputs", "k": 3, "random_control": 0}}
+    result = run_job(parse_manifest(raw))
+    advice = result.advice
+    assert advice["chosen_from"] == "outputs" and result.grouping.k == 3
+    stable = advice["reliability"]["stability"]
+    assert stable["resamples"] == 2 and stable["mean_ari"] == stable["min_ari"] == 1.0
+    assert "3 groups of the base model's output agreement, stable when the base model is retrained" in advice["verdict"]
+    assert advice["recommendation"] == "groups" and not advice["verdict"].startswith("no reliable structure")
+
+
+def test_agreement_stability_is_the_ari_of_the_retrained_models_groups():
+    from affinity.advice import agreement_stability
+    from affinity.manifest import GroupingSpec
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 4)  # 12 tasks, 3 groups of 4
+    base = rng.normal(size=(200, 3))
+    same = base[:, labels] + 0.1 * rng.normal(size=(200, 12))  # another θ* that reads the same groups
+    noise = rng.normal(size=(200, 12))  # one that reads none
+    spec = GroupingSpec()
+    assert agreement_stability(labels, [same, same], spec)["mean_ari"] == 1.0
+    mixed = agreement_stability(labels, [same, noise], spec)
+    assert mixed["min_ari"] < 0.5 and mixed["mean_ari"] < 0.8 and mixed["resamples"] == 2
+    assert agreement_stability(labels, [], spec) is None  # nothing retrained: not measured
+    assert agreement_stability(np.zeros(12, dtype=int), [same], spec) is None  # one group: nothing to be stable
+
+
+def test_verdict_on_the_output_agreements_groups_follows_the_retrained_models():
     from affinity.advice import verdict
 
-    rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.9}, None, unmeasured=True)
-    assert rec == "groups" and text.startswith("no reliable structure: 3 groups of the base model's output agreement")
-    assert "not measured" in text
+    # T's split-half reliability says nothing about the agreement's groups: only their stability decides
+    rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.0}, {"mean_ari": 0.95}, source="outputs")
+    assert rec == "groups" and text.startswith("3 groups of the base model's output agreement, stable when the base "
+                                               "model is retrained from other seeds (ARI 0.95)")
+    rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.9}, {"mean_ari": 0.3}, source="outputs")
+    assert rec == "groups" and text.startswith("no reliable structure: 3 groups of the base model's output agreement "
+                                               "(retrained ARI 0.30)") and text.endswith("is not stable")
+    rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.9}, None, source="outputs")
+    assert text.startswith("no reliable structure") and "not stable" in text
+
+
+def test_retrained_predictions_are_other_seeds_base_models():
+    from affinity.agreement import RESEEDS, predictions, retrained_predictions
+    from affinity.pipeline import prepare
+    from affinity.progress import Progress
+
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 1}},
+           "training": {"epochs": 5}}
+    manifest = parse_manifest(raw)
+    prep = prepare(manifest, Progress())
+    first = retrained_predictions(prep.data, prep.tensors, manifest)
+    again = retrained_predictions(prep.data, prep.tensors, manifest)
+    own = predictions(prep.model, prep.tensors)
+    assert len(first) == len(RESEEDS) and all(P.shape == own.shape for P in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # seeded: the same models each time
+    assert not np.allclose(first[0], own) and not np.allclose(first[0], first[1])  # other seeds, other models

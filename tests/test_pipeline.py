@@ -34,6 +34,7 @@ def test_the_advice_splits_the_planted_tasks_and_says_how_sure_it_is(planted_run
         chosen["predicted_val_loss"] <= min(c["predicted_val_loss"] for c in advice["candidates"]) + \
         advice["tolerance"] * advice["one_model_for_all_val_loss"]
     assert advice["in_sample_gain"] >= advice["min_gain"]  # a split is advised only if it is predicted to pay
+    assert advice["min_gain_alone"] == 0.005  # the bars the choice used are echoed
     assert len(advice["selection_check"]["folds"]) == 10 and groups["predicted_gain"] is not None
     assert f"{groups['k']} groups" in groups["verdict"] and "over one model for all" in printed
     assert groups["truth"]["ari"] > 0.3  # the planted structure shows (merged pairs of groups count as partial)
