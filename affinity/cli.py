@@ -72,10 +72,12 @@ def print_summary(result, out: Optional[Path]) -> None:
     if advice:
         info.add_row("advice", advice["verdict"])
         split_half = (advice["reliability"].get("split_half") or {}).get("spearman_brown")
-        if split_half is not None:
-            info.add_row("reliability", f"split-half correlation of the affinity {split_half:.2f}"
-                         + (f", groups' resampling ARI {advice['reliability']['stability']['mean_ari']:.2f}"
-                            if advice["reliability"].get("stability") else ""))
+        stable = advice["reliability"].get("stability")
+        parts = [f"split-half correlation of the affinity {split_half:.2f}"] if split_half is not None else []
+        if stable:
+            parts.append(f"groups' ARI against {stable.get('of', 'resamples')}: {stable['mean_ari']:.2f}")
+        if parts:
+            info.add_row("reliability", ", ".join(parts))
     truth = truth_report(data.task_names, g.labels, data.truth_groups)
     if truth:
         info.add_row("vs planted groups", f"ARI {truth['ari']:.3f}")

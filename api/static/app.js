@@ -288,7 +288,8 @@ function renderAdvice(groups) {
     ["recommendation", a.recommendation],
     ["predicted gain over one model for all", pct(a.predicted_gain)],
     ["affinity split-half correlation", typeof half === "number" ? fmt(half) : undefined],
-    ["groups' resampling ARI", typeof stab === "number" ? fmt(stab) : undefined],
+    [`groups' ARI against ${(rel.stability && rel.stability.of) || "resamples"}`,
+      typeof stab === "number" ? fmt(stab) : undefined],
     ["split against random partitions of its sizes", a.random_control ? `${pct(a.random_control.gain_over_random)}`
       + ` ± ${pct(a.random_control.se)} (${a.random_control.passed ? "beats them"
         : a.random_control.instead_of !== undefined ? "no better: not advised" : "no better"})`
