@@ -149,14 +149,13 @@ def agreement_of(prep: Prepared, manifest: Manifest):
 def retrained_of(prep: Prepared, manifest: Manifest, progress: Progress):
     """The agreement's stability check: a call that retrains θ* from other seeds and returns their predictions
     (``agreement.retrained_predictions``), made by the advice only when it chooses the agreement's groups."""
+    from functools import cache
+
     from affinity.agreement import retrained_predictions
 
-    done: list[list] = []  # trained once however often it is asked (one advice per estimator in affinity.outcome)
-
+    @cache  # trained once however often it is asked (one advice per estimator in affinity.outcome)
     def retrained():
-        if not done:
-            done.append(retrained_predictions(prep.data, prep.tensors, manifest, progress))
-        return done[0]
+        return retrained_predictions(prep.data, prep.tensors, manifest, progress)
 
     return retrained
 
