@@ -76,7 +76,9 @@ def candidate_ks(spec: GroupingSpec, n: int) -> list[int]:
     return sorted({lo, hi, *inner.tolist()})
 
 
-def _cluster(T: np.ndarray, k: Any, spec: GroupingSpec):
+def cluster_at(T: np.ndarray, k: Any, spec: GroupingSpec):
+    """The grouping of the solver at k (or a [lo, hi] range) of the affinity-like matrix ``T``, with the spec's
+    method and seed."""
     from solver import cluster
 
     return cluster(T, k, method=spec.method, seed=spec.seed)
@@ -93,11 +95,11 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True
     T = pair_specific(T) if specific else T
     n = T.shape[0]
     ks = candidate_ks(spec, n)
-    out = {k: _cluster(T, k, spec) for k in ks}
+    out = {k: cluster_at(T, k, spec) for k in ks}
     criterion_k = None
     inner = [k for k in ks if 1 < k < n]
     if not isinstance(spec.k, int) and len(inner) >= 2:
-        by_criterion = _cluster(T, (min(inner), max(inner)), spec)
+        by_criterion = cluster_at(T, (min(inner), max(inner)), spec)
         criterion_k = by_criterion.k
         out[criterion_k] = by_criterion
     return dict(sorted(out.items())), criterion_k
@@ -105,7 +107,7 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True
 
 def groups_at(T: np.ndarray, k: int, spec: GroupingSpec) -> list[list[int]]:
     """The groups of affinity T at k as the candidates are made: T's pair-specific part, clustered."""
-    return [list(m) for m in _cluster(pair_specific(T), k, spec).groups]
+    return [list(m) for m in cluster_at(pair_specific(T), k, spec).groups]
 
 
 def size_of(key: Any) -> int:
@@ -190,7 +192,7 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
         pick = rng.integers(0, len(table.subsets), len(table.subsets))
         T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n,
                                     estimate.info.get("pairwise", "mean"))
-        aris.append(float(adjusted_rand_score(labels, _cluster(pair_specific(T), k, spec).labels)))
+        aris.append(float(adjusted_rand_score(labels, cluster_at(pair_specific(T), k, spec).labels)))
     return {"resamples": BOOTSTRAPS, "of": "subsets (bootstrap)", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 
@@ -201,7 +203,7 @@ def agreement_stability(labels: np.ndarray, retrained: list[np.ndarray], spec: G
     k = int(labels.max()) + 1
     if not retrained or k in (1, len(labels)):
         return None
-    aris = [float(adjusted_rand_score(labels, _cluster(agreement.correlation(P), k, spec).labels)) for P in retrained]
+    aris = [float(adjusted_rand_score(labels, cluster_at(agreement.correlation(P), k, spec).labels)) for P in retrained]
     return {"resamples": len(aris), "of": "base model retrained from other seeds", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outcome import manifest_for  # noqa: E402
 
-from affinity.advice import STABLE_ARI, _cluster, agreement_stability  # noqa: E402
+from affinity.advice import STABLE_ARI, agreement_stability, cluster_at  # noqa: E402
 from affinity.agreement import output_agreement, retrained_predictions  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
@@ -45,7 +45,7 @@ def row(name: str, seed: int) -> dict[str, float | None]:
         if k is None:
             out[label] = None
             continue
-        labels = _cluster(agreement, k, m.grouping).labels
+        labels = cluster_at(agreement, k, m.grouping).labels
         out[label] = agreement_stability(labels, retrained, m.grouping)["mean_ari"]
     return out
 
