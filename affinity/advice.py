@@ -506,5 +506,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["add_source", "advise", "candidate_ks", "candidate_sources", "choose_k_from", "groups_at", "random_control", "random_partitions",
+__all__ = ["add_source", "advise", "candidate_ks", "candidate_sources", "choose_k_from", "cluster_at", "groups_at", "random_control", "random_partitions",
            "split_half", "stability", "standard_error", "verdict"]
