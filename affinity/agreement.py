@@ -9,7 +9,7 @@ labelled for training or validation for some task (never the test rows).
 
 How stable the agreement's groups are is read from θ* retrained from other initializations on the same rows
 (``retrained_predictions``, training seeds s + 1 and s + 2): groups that the data carry come back, groups of
-one initialization's accidents do not (advice.agreement_stability). Resampling the rows of one θ*'s
+one initialization's accidents do not (reliability.agreement_stability). Resampling the rows of one θ*'s
 predictions would not say it: two halves of the rows agree closely on unrelated tasks too."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ each fold's rows spread over every task, so each half does too). The affinity is
 each half's rows alone (``reestimate``: the job's estimator on the half's training and validation
 rows) and clustered at every candidate k; the folds of one half score the groupings built on the
 other half. A k's predicted loss is then that of the procedure — affinity, groups at k, one model
-per group — on rows the groups never saw, and the choice rule (``advice.choose``) reads it like the
+per group — on rows the groups never saw, and the choice rule (``choice.choose``) reads it like the
 plain check's. One model for all and one model per task do not depend on the affinity: their scores
 are the plain check's. The grouping recommended at the chosen k is the one built on all rows (at
 least as good as a half's, so the predicted gain errs low).

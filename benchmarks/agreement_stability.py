@@ -2,7 +2,7 @@
 
 The advice calls the agreement's groups stable when the groups of θ* retrained from training seeds s + 1
 and s + 2 on the same rows (``agreement.retrained_predictions``) match them: mean adjusted Rand index at
-least ``advice.STABLE_ARI`` (``advice.agreement_stability``, the function the advice uses). For every
+least ``reliability.STABLE_ARI`` (``reliability.agreement_stability``, the function the advice uses). For every
 generated dataset of the outcome suite (same split: 20% of the rows held out and never read), printed per
 row: that mean ARI at the planted number of groups and, for every dataset, at k = 3, 5 and 8 (what
 unrelated tasks, which have no planted k, are judged at); then the mean over seeds and the share of rows
@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outcome import manifest_for  # noqa: E402
 
-from affinity.advice import STABLE_ARI, agreement_stability, cluster_at  # noqa: E402
+from affinity.advice import cluster_at  # noqa: E402
 from affinity.agreement import output_agreement, retrained_predictions  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
+from affinity.reliability import STABLE_ARI, agreement_stability  # noqa: E402
 
 DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows", "unrelated"]
 FIXED_K = (3, 5, 8)

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outcome import manifest_for  # noqa: E402
 
-from affinity.advice import pair_specific  # noqa: E402
 from affinity.agreement import output_agreement  # noqa: E402
 from affinity.estimators import ESTIMATORS  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import context, prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
+from affinity.reliability import pair_specific  # noqa: E402
 from solver import cluster  # noqa: E402
 
 DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows"]

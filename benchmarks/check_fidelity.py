@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outcome import keyed, manifest_for, settings  # noqa: E402
 
-from affinity.advice import choose, fold_gains, standard_error  # noqa: E402
+from affinity.choice import choose, fold_gains, standard_error  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_fidelity import evaluation_path  # noqa: E402
 from outcome import HEADER, criteria, line, manifest_for, replayed, settings  # noqa: E402
 
-from affinity.advice import fold_gains, groups_at  # noqa: E402
+from affinity.advice import groups_at  # noqa: E402
+from affinity.choice import fold_gains  # noqa: E402
 from affinity.crossfit import crossfit_scores  # noqa: E402
 from affinity.estimators import reestimator  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402

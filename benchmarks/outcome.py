@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from affinity.choice import choose_k_from, fold_gains, size_of
 from affinity.defaults import BUILTIN_JOBS
-from affinity.advice import choose_k_from, fold_gains, size_of
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import ESTIMATOR_ORDER, evaluate
 

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from affinity.advice import candidate_ks, pair_specific, split_half, verdict
+from affinity.advice import candidate_ks
 from affinity.estimate import SubsetTable
 from affinity.estimators.base import AffinityEstimate
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.pipeline import run_job
+from affinity.reliability import pair_specific, split_half, verdict
 from affinity.subsets import sample_subsets
 
 
@@ -125,7 +126,7 @@ def _scores(fold_totals):
 
 
 def test_a_split_one_fold_carries_is_not_advised():
-    from affinity.advice import choose
+    from affinity.choice import choose
 
     together = _scores([1.0] * 5)
     steady = _scores([0.96, 0.97, 0.96, 0.97, 0.96])  # gains 3–4% on every fold
@@ -141,7 +142,7 @@ def test_a_split_one_fold_carries_is_not_advised():
 
 
 def test_random_partitions_keep_the_group_sizes_and_cover_every_task():
-    from affinity.advice import random_partitions
+    from affinity.choice import random_partitions
 
     groups = [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9]]
     parts = random_partitions(groups, 10, 4, seed=0)
@@ -152,7 +153,8 @@ def test_random_partitions_keep_the_group_sizes_and_cover_every_task():
 
 
 def test_random_control_passes_a_split_that_beats_random_partitions_of_its_sizes():
-    from affinity.advice import random_control, verdict
+    from affinity.choice import random_control
+    from affinity.reliability import verdict
 
     together = _scores([1.0] * 5)
     chosen = _scores([0.90, 0.91, 0.90, 0.92, 0.90])  # 8–10% below one model for all on every fold
@@ -173,7 +175,7 @@ def test_random_control_passes_a_split_that_beats_random_partitions_of_its_sizes
 
 
 def test_a_choice_that_loses_on_the_folds_it_was_not_made_on_is_overruled():
-    from affinity.advice import choose, selection_gain
+    from affinity.choice import choose, selection_gain
 
     together = _scores([1.0] * 5)
     # clears 2% and 1 SE over all five folds (+3.0%, SE 2.9%), but chosen on four folds it lands on a losing fold

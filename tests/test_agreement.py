@@ -109,8 +109,8 @@ def test_the_output_agreements_groups_are_checked_against_base_models_from_other
 
 
 def test_agreement_stability_is_the_ari_of_the_retrained_models_groups():
-    from affinity.advice import agreement_stability
     from affinity.manifest import GroupingSpec
+    from affinity.reliability import agreement_stability
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 4)  # 12 tasks, 3 groups of 4
@@ -126,7 +126,7 @@ def test_agreement_stability_is_the_ari_of_the_retrained_models_groups():
 
 
 def test_verdict_on_the_output_agreements_groups_follows_the_retrained_models():
-    from affinity.advice import verdict
+    from affinity.reliability import verdict
 
     # T's split-half reliability says nothing about the agreement's groups: only their stability decides
     rec, text = verdict(3, 9, 0.05, {"spearman_brown": 0.0}, {"mean_ari": 0.95}, source="outputs")

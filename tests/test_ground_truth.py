@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from affinity.advice import pair_specific
 from affinity.defaults import bottleneck_manifest, builtin_manifest
 from affinity.estimators import ESTIMATORS
 from affinity.outcome import evaluate
 from affinity.pipeline import context, group_tasks, prepare
 from affinity.progress import Progress
+from affinity.reliability import pair_specific
 from affinity.validation import validate
 
 

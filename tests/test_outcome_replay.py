@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affinity.advice import choose_k_from
+from affinity.choice import choose_k_from
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import evaluate
 
@@ -131,7 +131,8 @@ def test_suite_scores_generated_datasets_on_extra_test_rows():
 
 
 def test_candidates_of_two_sources_at_one_k():
-    from affinity.advice import add_source, choose_k_from, size_of
+    from affinity.advice import add_source
+    from affinity.choice import choose_k_from, size_of
     from solver.grouping import Grouping
 
     spec = GroupingSpec(min_gain_se=0.0, min_gain_alone=None)

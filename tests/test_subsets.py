@@ -51,7 +51,7 @@ def test_pairwise_affinity_by_hand():
 def test_regression_fit_recovers_pair_effects_that_the_mean_blurs():
     """Losses made of a task effect plus one effect per other member: the regression fit reads each pair's
     effect back (to the ridge's shrinkage); the mean over shared subsets mixes in the other members' effects."""
-    from affinity.advice import pair_specific
+    from affinity.reliability import pair_specific
     from affinity.subsets import sample_subsets
 
     rng = np.random.default_rng(0)

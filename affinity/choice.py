@@ -1,0 +1,124 @@
+"""The choice among checked candidate groupings, from their cross-validated scores.
+
+``choose_k_from``: the lowest predicted summed loss among the splits predicted to pay (``grouping.min_gain``,
+``min_gain_se`` standard errors of the per-fold gains; ``min_gain_alone`` for one model per task), the
+fewest groups within ``grouping.tolerance`` of it; works from the numbers a ``groups.json`` records, so a
+rule can be replayed. ``selection_gain``: the gain of choosing this way, read on folds the choice was not
+made on. ``random_control``: the chosen split against random partitions of its group sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from affinity.group_check import FoldScores
+from affinity.manifest import GroupingSpec
+
+def size_of(key: Any) -> int:
+    """The number of groups of a candidate's key: k, or (k, source) for a second source's grouping at k."""
+    return key[0] if isinstance(key, tuple) else int(key)
+
+
+def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, folds: list[int] | None = None) -> int:
+    """Among ``candidates`` (k values; ``scores`` also holds k = 1, the reference), the choice of
+    ``choose_k_from`` on their predicted totals over ``folds`` (all by default)."""
+    folds = list(range(scores[1].loss.shape[0])) if folds is None else folds
+    totals = {k: scores[k].total(folds) for k in candidates}
+    per_fold = {k: fold_gains(scores[k], scores[1], folds) for k in candidates}
+    return choose_k_from(totals, scores[1].total(folds), per_fold, spec, n=scores[1].loss.shape[1])
+
+
+def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int, list[float]],
+                  spec: GroupingSpec, n: int | None = None) -> int:
+    """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
+    it. Where one model for all (k = 1) is a candidate, only splits predicted to pay are eligible: a
+    gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
+    ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
+    a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
+    ``min_gain_alone`` where that is set. Keys are k, or (k, source) for a second source's grouping at k
+    (``size_of``); among candidates of as many groups, the lower total. Works from the numbers a
+    ``groups.json`` records, so a choice rule can be replayed."""
+    if 1 in totals:
+        totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec, k == n)}
+        if not totals:
+            return 1
+    best = min(totals.values())
+    return min((kk for kk, v in totals.items() if v <= best + spec.tolerance * reference),
+               key=lambda kk: (size_of(kk), totals[kk]))
+
+
+def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
+    """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains;
+    one model per task (``alone``) clears ``min_gain_alone`` where that is set."""
+    gain = (reference - total) / reference
+    if alone and spec.min_gain_alone is not None:
+        return bool(gain > spec.min_gain_alone)
+    return bool(gain >= spec.min_gain and gain >= spec.min_gain_se * standard_error(per_fold))
+
+
+def standard_error(gains: list[float]) -> float:
+    """The standard error of the mean of per-fold gains (0 for a single fold)."""
+    g = np.asarray(gains, dtype=float)
+    return float(g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else 0.0
+
+
+def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | None = None) -> list[float]:
+    """The gain over one model for all on each fold's scoring rows (their spread: how sure the gain is)."""
+    folds = range(grouping.loss.shape[0]) if folds is None else folds
+    return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in folds]
+
+
+def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec) -> dict[str, Any]:
+    """The gain over one model for all that choosing k this way buys, free of the winner's curse.
+
+    The lowest of several noisy predicted losses is optimistic. So, for every fold, k is chosen on
+    the other folds' scores alone and its gain read on that fold (the gain of the selection, as
+    cross-validation measures it); the predicted gain is the mean over folds."""
+    n_folds = next(iter(scores.values())).loss.shape[0]
+    out = []
+    for f in range(n_folds):
+        rest = [g for g in range(n_folds) if g != f]
+        k = choose(scores, groupings, spec, rest)
+        ref = scores[1].total([f])
+        out.append({"k": size_of(k), **({"source": k[1]} if isinstance(k, tuple) else {}),
+                    "gain": (ref - scores[k].total([f])) / ref})
+    return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
+            "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
+
+
+def random_partitions(groups: list[list[int]], n: int, count: int, seed: int) -> list[list[list[int]]]:
+    """``count`` random partitions of the n tasks into groups of the sizes of ``groups`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum([0, *(len(g) for g in groups)])
+    out = []
+    for _ in range(count):
+        perm = rng.permutation(n).tolist()
+        out.append([perm[a:b] for a, b in zip(cuts[:-1], cuts[1:])])
+    return out
+
+
+def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldScores],
+                   spec: GroupingSpec) -> dict[str, Any]:
+    """How much the chosen split beats random partitions of its group sizes, fold by fold.
+
+    On each fold: (mean summed loss of the random partitions − the chosen split's) / one model for all's.
+    A split gains from its sizes alone (smaller models, each stopped for fewer tasks) as much as from
+    which tasks it puts together; only the second is advice about the tasks. ``passed``: the mean
+    difference is positive and at least ``min_gain_se`` standard errors of the per-fold differences."""
+    folds = range(together.loss.shape[0])
+    ref = [together.total([f]) for f in folds]
+    drawn = [float(np.mean([r.total([f]) for r in randoms])) for f in folds]
+    diffs = [(d - chosen.total([f])) / ref[f] for f, d in zip(folds, drawn)]
+    random_gains = [(ref[f] - d) / ref[f] for f, d in zip(folds, drawn)]
+    gain, se = float(np.mean(diffs)), standard_error(diffs)
+    return {"partitions": len(randoms), "gain_over_random": gain, "se": se, "fold_gains": diffs,
+            "random_gain": float(np.mean(random_gains)), "passed": bool(gain > 0 and gain >= spec.min_gain_se * se),
+            "description": "gain_over_random: the chosen split's predicted loss below the mean of random partitions "
+                           "of its group sizes (same folds), relative to one model for all; random_gain: theirs "
+                           "over one model for all"}
+
+
+__all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "selection_gain", "size_of",
+           "standard_error"]
