@@ -83,7 +83,7 @@ def test_text_jobs_past_the_memory_limit_are_refused_before_queueing(service, ch
 
 
 def test_the_builtin_text_job_passes_and_the_limit_is_a_setting(service_settings):
-    """examples/text.json peaks at 1,411 MB RSS (measured): accepted at 4 GB, refused at 1 GB."""
+    """examples/text.json peaks at 1,427 MB RSS (measured): accepted at 4 GB, refused at 1 GB."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -113,7 +113,7 @@ def test_text_jobs_that_could_not_finish_in_time_are_refused(service):
 # Peak RSS of real runs (MB) of examples/text.json with these changes, measured on CPU with the built-in MiniLM
 # (the job run in-process, RSS sampled every 20 ms; the exact one also by /usr/bin/time: 1,284 MB).
 # The first four without the check of candidate groupings (grouping.selection: affinity); the default job checks
-# them (/usr/bin/time: 1,444,968 kB).
+# them (/usr/bin/time: 1,461,652 kB).
 AFFINITY = {"grouping": {"selection": "affinity"}}
 MEASURED = [
     (AFFINITY, None, 1147),
@@ -121,7 +121,7 @@ MEASURED = [
     ({**AFFINITY, "estimation": {"method": "exact", "num_subsets": 16, "exact_batch": 16}}, None, 1284),
     # the same tasks with each text six times as long (up to 110 tokens), max_length 128
     ({**AFFINITY, "model": {"max_length": 128}}, 110, 2471),
-    ({}, None, 1411),
+    ({}, None, 1427),
 ]
 
 
