@@ -272,5 +272,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["add_source", "advise", "candidate_groupings", "candidate_ks", "candidate_sources", "cluster_at", "groups_at",
-           "source_of"]
+__all__ = ["add_source", "advise", "candidate_groupings", "candidate_ks", "candidate_sources", "cluster_at",
+           "groups_at", "source_of"]

@@ -2,9 +2,10 @@
 
 ``choose_k_from``: the lowest predicted summed loss among the splits predicted to pay (``grouping.min_gain``,
 ``min_gain_se`` standard errors of the per-fold gains read as a Student t bar for few folds, ``se_bar``;
-``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it; works from the numbers a ``groups.json`` records, so a
-rule can be replayed. ``selection_gain``: the gain of choosing this way, read on folds the choice was not
-made on. ``random_control``: the chosen split against random partitions of its group sizes.
+``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it; works from
+the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the gain of choosing this
+way, read on folds the choice was not made on. ``random_control``: the chosen split against random partitions
+of its group sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from scipy import stats
 
 from affinity.group_check import FoldScores
 from affinity.manifest import GroupingSpec
+
 
 def size_of(key: Any) -> int:
     """The number of groups of a candidate's key: k, or (k, source) for a second source's grouping at k."""

@@ -76,7 +76,8 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
         pick = rng.integers(0, len(table.subsets), len(table.subsets))
         T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n,
                                     estimate.info.get("pairwise", "mean"))
-        aris.append(float(adjusted_rand_score(labels, cluster(pair_specific(T), k, method=spec.method, seed=spec.seed).labels)))
+        grouping = cluster(pair_specific(T), k, method=spec.method, seed=spec.seed)
+        aris.append(float(adjusted_rand_score(labels, grouping.labels)))
     return {"resamples": BOOTSTRAPS, "of": "subsets (bootstrap)", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 
@@ -87,7 +88,8 @@ def agreement_stability(labels: np.ndarray, retrained: list[np.ndarray], spec: G
     k = int(labels.max()) + 1
     if not retrained or k in (1, len(labels)):
         return None
-    aris = [float(adjusted_rand_score(labels, cluster(agreement.correlation(P), k, method=spec.method, seed=spec.seed).labels)) for P in retrained]
+    aris = [float(adjusted_rand_score(labels, cluster(agreement.correlation(P), k, method=spec.method,
+                                                      seed=spec.seed).labels)) for P in retrained]
     return {"resamples": len(aris), "of": "base model retrained from other seeds", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 
