@@ -56,7 +56,7 @@ from affinity.estimators.base import AffinityEstimate
 from affinity.group_check import check_groupings
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
-from affinity.reliability import agreement_stability, pair_specific, split_half, stability, verdict
+from affinity.reliability import agreement_stability, cluster_at, pair_specific, split_half, stability, verdict
 from affinity.training import TensorData
 
 
@@ -69,14 +69,6 @@ def candidate_ks(spec: GroupingSpec, n: int) -> list[int]:
         return list(range(lo, hi + 1))
     inner = np.unique(np.round(np.geomspace(max(lo, 2), min(hi, n - 1), spec.candidates)).astype(int))
     return sorted({lo, hi, *inner.tolist()})
-
-
-def cluster_at(T: np.ndarray, k: Any, spec: GroupingSpec):
-    """The grouping of the solver at k (or a [lo, hi] range) of the affinity-like matrix ``T``, with the spec's
-    method and seed."""
-    from solver import cluster
-
-    return cluster(T, k, method=spec.method, seed=spec.seed)
 
 
 def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True) -> tuple[dict[int, Any], int | None]:
@@ -272,5 +264,5 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["add_source", "advise", "candidate_groupings", "candidate_ks", "candidate_sources", "cluster_at",
-           "groups_at", "source_of"]
+__all__ = ["add_source", "advise", "candidate_groupings", "candidate_ks", "candidate_sources", "groups_at",
+           "source_of"]

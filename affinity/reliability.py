@@ -18,11 +18,18 @@ from affinity import agreement
 from affinity.affinities import pairwise_affinity
 from affinity.estimators.base import AffinityEstimate
 from affinity.manifest import GroupingSpec
-from solver import cluster
 
 STABLE_ARI = 0.8  # mean resampling ARI from which groups are called stable
 RELIABLE_SPLIT_HALF = 0.3  # split-half correlation of T (Spearman–Brown) from which T is called informative
 BOOTSTRAPS = 5
+
+
+def cluster_at(T: np.ndarray, k: Any, spec: GroupingSpec):
+    """The grouping of the solver at k (or a [lo, hi] range) of the affinity-like matrix ``T``, with the spec's
+    method and seed: how the advice's candidates are made, and so how their stability is re-made."""
+    from solver import cluster  # imported when needed: the solver brings cvxpy (seconds of import)
+
+    return cluster(T, k, method=spec.method, seed=spec.seed)
 
 
 def pair_specific(T: np.ndarray) -> np.ndarray:
@@ -76,8 +83,7 @@ def stability(estimate: AffinityEstimate, labels: np.ndarray, spec: GroupingSpec
         pick = rng.integers(0, len(table.subsets), len(table.subsets))
         T, _, _ = pairwise_affinity([table.subsets[i] for i in pick], table.val_loss[pick], estimate.base_val_loss, n,
                                     estimate.info.get("pairwise", "mean"))
-        grouping = cluster(pair_specific(T), k, method=spec.method, seed=spec.seed)
-        aris.append(float(adjusted_rand_score(labels, grouping.labels)))
+        aris.append(float(adjusted_rand_score(labels, cluster_at(pair_specific(T), k, spec).labels)))
     return {"resamples": BOOTSTRAPS, "of": "subsets (bootstrap)", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 
@@ -88,8 +94,7 @@ def agreement_stability(labels: np.ndarray, retrained: list[np.ndarray], spec: G
     k = int(labels.max()) + 1
     if not retrained or k in (1, len(labels)):
         return None
-    aris = [float(adjusted_rand_score(labels, cluster(agreement.correlation(P), k, method=spec.method,
-                                                      seed=spec.seed).labels)) for P in retrained]
+    aris = [float(adjusted_rand_score(labels, cluster_at(agreement.correlation(P), k, spec).labels)) for P in retrained]
     return {"resamples": len(aris), "of": "base model retrained from other seeds", "mean_ari": float(np.mean(aris)),
             "min_ari": float(np.min(aris))}
 
@@ -152,5 +157,5 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                       f"is not stable")
 
 
-__all__ = ["BOOTSTRAPS", "RELIABLE_SPLIT_HALF", "STABLE_ARI", "agreement_stability", "pair_specific", "split_half",
-           "stability", "verdict"]
+__all__ = ["BOOTSTRAPS", "RELIABLE_SPLIT_HALF", "STABLE_ARI", "agreement_stability", "cluster_at", "pair_specific",
+           "split_half", "stability", "verdict"]

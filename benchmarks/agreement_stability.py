@@ -24,12 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outcome import manifest_for  # noqa: E402
 
-from affinity.advice import cluster_at  # noqa: E402
 from affinity.agreement import output_agreement, retrained_predictions  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
-from affinity.reliability import STABLE_ARI, agreement_stability  # noqa: E402
+from affinity.reliability import STABLE_ARI, agreement_stability, cluster_at  # noqa: E402
 
 DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows", "unrelated"]
 FIXED_K = (3, 5, 8)
