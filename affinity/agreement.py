@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from affinity.training import TensorData, eval_batches, train_model
+from affinity.training import TensorData, eval_batches
 
 RESEEDS = (1, 2)  # θ* retrained from training.seed + each, for the agreement's stability
 
@@ -48,14 +48,12 @@ def output_agreement(model: nn.Module, tensors: TensorData, batch: int = 1024) -
 def retrained_predictions(data, tensors: TensorData, manifest, progress=None) -> list[np.ndarray]:
     """θ*'s predictions, as ``predictions``, of the base model retrained on the same rows from the training seeds
     ``training.seed + RESEEDS`` (initialization and batch order), one array per seed."""
-    from affinity.kinds import make_model
+    from affinity.pipeline import train_base
 
     out = []
     for i, shift in enumerate(RESEEDS):
-        seed = manifest.training.seed + shift
-        model = make_model(manifest.model, data, seed).to(tensors.X.device)
-        train_model(model, tensors, manifest.training.model_copy(update={"seed": seed}), progress=progress,
-                    stage=f"agreement stability: base model {i + 1} of {len(RESEEDS)}")
+        model, _ = train_base(data, manifest, tensors, progress, seed=manifest.training.seed + shift,
+                              stage=f"agreement stability: base model {i + 1} of {len(RESEEDS)}")
         out.append(predictions(model, tensors))
     return out
 

@@ -53,11 +53,13 @@ class JobResult:
 
 
 def train_base(data: SplitTable, manifest: Manifest, tensors: TensorData, progress: Progress | None = None,
-               on_batch=None) -> tuple[nn.Module, TrainResult]:
-    """Stage 1: the base model θ* on all tasks."""
-    model = make_model(manifest.model, data, manifest.training.seed).to(tensors.X.device)
-    keep = manifest.estimation.method == "grad_tag" and manifest.estimation.checkpoint < 1.0
-    return model, train_model(model, tensors, manifest.training, progress=progress, on_batch=on_batch,
+               on_batch=None, seed: int | None = None, stage: str = "base training") -> tuple[nn.Module, TrainResult]:
+    """Stage 1: the base model θ* on all tasks. ``seed``: another training seed (initialization and batch order)
+    than ``training.seed`` — θ* retrained for the output agreement's stability, without Grad-TAG's checkpoints."""
+    spec = manifest.training if seed is None else manifest.training.model_copy(update={"seed": seed})
+    model = make_model(manifest.model, data, spec.seed).to(tensors.X.device)
+    keep = seed is None and manifest.estimation.method == "grad_tag" and manifest.estimation.checkpoint < 1.0
+    return model, train_model(model, tensors, spec, progress=progress, stage=stage, on_batch=on_batch,
                               keep_checkpoints=keep)
 
 
