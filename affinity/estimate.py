@@ -9,6 +9,7 @@ follows from it (``affinities``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,10 +125,12 @@ def _batch_size(data: PairData, subsets: list[tuple[int, ...]], limit: int, memo
     return int(max(1, min(limit, (memory_mb * 2**20) // per_subset)))
 
 
-def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, subset_batch: int = 4096,
-                   memory_mb: int = 512, progress: Progress | None = None,
+def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float | tuple[float, ...],
+                   subset_batch: int = 4096, memory_mb: int = 512, progress: Progress | None = None,
                    backend: Backend | None = None) -> SubsetTable:
-    """Fit the linearized model on every subset (in batches, on the backend) and score each of its tasks."""
+    """Fit the linearized model on every subset (in batches, on the backend) and score each of its tasks.
+    ``l2``: the penalty, or a path of penalties (``penalty_path``) of which each subset keeps the one its
+    tasks' mean validation loss is lowest at."""
     size = max(len(s) for s in subsets)
     val_loss = np.full((len(subsets), size), np.nan)
     val_acc = np.full((len(subsets), size), np.nan)
@@ -151,16 +154,39 @@ def grad_tag_table(data: PairData, subsets: list[tuple[int, ...]], l2: float, su
     return SubsetTable(subsets=list(subsets), val_loss=val_loss, val_acc=val_acc)
 
 
-def surrogate_shard(packed: PackedPairs, l2: float, device: str | None, chunk: list[tuple[int, ...]],
-                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def penalty_path(l2: float) -> tuple[float, ...]:
+    """The penalties ``estimation.l2_select: validation`` tries: l2 × 1, 3, 10, 30, 100, and infinity (w = 0:
+    θ* unchanged), as fine-tuning's early stopping may keep θ* itself."""
+    return tuple(l2 * f for f in (1.0, 3.0, 10.0, 30.0, 100.0)) + (math.inf,)
+
+
+def surrogate_shard(packed: PackedPairs, l2: float | tuple[float, ...], device: str | None,
+                    chunk: list[tuple[int, ...]], progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Estimated validation loss and accuracy of each task of each subset of ``chunk`` (a pure function).
 
-    ``device``: None to compute where ``packed`` is; "auto" to move to this node's GPU when it has one.
+    ``l2``: the penalty, or a path of them: each subset keeps the fit whose mean validation loss over its tasks
+    is lowest (an infinite penalty: w = 0), the linear model's counterpart of early-stopping fine-tuning on the
+    validation rows. ``device``: None to compute where ``packed`` is; "auto" to move to this node's GPU when it
+    has one.
     """
     if device == "auto" and torch.cuda.is_available():
         packed = packed.to("cuda")
-    W, _ = fit_packed(packed.train, chunk, l2, packed.metric)
-    loss, acc = evaluate_packed(packed.val, chunk, W)
+    path = l2 if isinstance(l2, tuple) else (l2,)
+    scored = []
+    for penalty in path:
+        if math.isinf(penalty):
+            W = packed.val[0].f.new_zeros((len(chunk), packed.metric.shape[0]))
+        else:
+            W, _ = fit_packed(packed.train, chunk, penalty, packed.metric)
+        scored.append(evaluate_packed(packed.val, chunk, W))
+    if len(scored) == 1:
+        loss, acc = scored[0]
+    else:
+        losses = np.stack([s[0] for s in scored])  # path × subsets × slots
+        scored_slots = np.maximum((~np.isnan(losses)).sum(axis=2), 1)
+        pick = np.argmin(np.nan_to_num(losses, nan=0.0).sum(axis=2) / scored_slots, axis=0)
+        rows = np.arange(len(chunk))
+        loss, acc = losses[pick, rows], np.stack([s[1] for s in scored])[pick, rows]
     if progress is not None:
         progress.advance(len(chunk))
         progress.check_cancelled()

@@ -451,6 +451,15 @@ class EstimationSpec(_Section):
             return self.pairwise
         return "regression" if (method or self.method) == "scratch" else "mean"
     l2: float = Field(0.1, gt=0.0, description="L2 penalty of the surrogate fit (mean loss + l2/2 ||w||²).")
+    l2_select: Literal["fixed", "validation"] = Field(
+        "fixed",
+        description=(
+            "grad_tag: fixed: every subset's fit uses l2. validation: each subset's fit is made at l2 × 1, 3, 10, 30 "
+            "and 100 and with no change at all (θ*), and keeps the one whose mean validation loss over the "
+            "subset's tasks is lowest — as fine-tuning θ* is early-stopped on the validation rows and may keep θ* "
+            "itself (6 fits per subset instead of 1)."
+        ),
+    )
     checkpoint: float = Field(
         1.0, gt=0.0, le=1.0,
         description=(

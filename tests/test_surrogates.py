@@ -273,3 +273,32 @@ def test_pair_data_blocks_hold_each_task_and_split(rng):
             np.testing.assert_array_equal(blocks[t].G.numpy(), grads.features[idx])
             np.testing.assert_array_equal(blocks[t].y.numpy(), Y[rows[idx], t])
             assert blocks[t].binary == (t % 2 == 0)
+
+
+def test_a_penalty_path_keeps_each_subsets_best_validation_fit(rng):
+    """``estimation.l2_select: validation``: every subset's estimates are those of the penalty on the path (l2 × 1 …
+    100, and no change at all) whose mean validation loss over the subset's tasks is lowest — each penalty's own
+    fit, unchanged by the others, and θ*'s own losses where no fit beats them."""
+    from affinity.estimate import PairData, grad_tag_table, penalty_path
+    from affinity.gradients import GradientFeatures
+    n, T = 3000, 6
+    tasks, rows = rng.integers(0, T, n), rng.integers(0, 500, n)
+    Y, train = (rng.random((500, T)) < 0.5).astype(float), rng.random((500, T)) < 0.6
+    # Tasks 0–2 carry a signal in the features (fitting pays on validation), tasks 3–5 none (fitting overfits).
+    G = rng.standard_normal((n, 8)).astype(np.float32)
+    G[:, 0] += np.where(tasks < 3, Y[rows, tasks] - 0.5, 0.0).astype(np.float32)
+    grads = GradientFeatures(features=G, base_output=np.zeros(n, np.float32), rows=rows, tasks=tasks, n_params=8)
+    data = PairData.build(grads, Y, train, np.ones(T, bool), torch.device("cpu"), torch.float64)
+    subsets = [(0, 1, 2), (3, 4, 5), (0, 3), (1, 4, 5)]
+    path = penalty_path(0.01)
+    assert path[0] == 0.01 and path[-2] == pytest.approx(1.0) and np.isinf(path[-1])
+    each = [grad_tag_table(data, subsets, l2).val_loss for l2 in path[:-1]]
+    base, _ = data.base_scores()
+    each.append(np.array([[base[t] for t in s] + [np.nan] * (3 - len(s)) for s in subsets]))
+    chosen = grad_tag_table(data, subsets, path).val_loss
+    for i, s in enumerate(subsets):
+        means = [np.nanmean(e[i]) for e in each]
+        best = int(np.argmin(means))
+        np.testing.assert_allclose(chosen[i, :len(s)], each[best][i, :len(s)], rtol=1e-10)
+    assert np.nanmean(chosen[0]) < np.nanmean(each[-1][0])  # the signal's tasks: a fit beats θ*
+    assert np.all(np.nanmean(chosen, axis=1) <= np.array([np.nanmean(e, axis=1) for e in each]).min(axis=0) + 1e-12)

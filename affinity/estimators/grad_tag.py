@@ -14,7 +14,7 @@ from torch import nn
 from affinity.affinities import pairwise_affinity
 from affinity.data.table import SplitTable
 from affinity.devices import solve_dtype
-from affinity.estimate import PairData, grad_tag_table
+from affinity.estimate import PairData, grad_tag_table, penalty_path
 from affinity.estimators.base import AffinityEstimate, EstimationContext
 from affinity.gradients import GradientFeatures, labelled_pairs, projected_gradients, select_parameters
 from affinity.compute.base import Backend
@@ -55,14 +55,15 @@ def estimate_from_features(grads: GradientFeatures, data: SplitTable, spec: Esti
     t0 = time.perf_counter()
     pairs = PairData.build(grads, np.nan_to_num(data.Y), data.train, data.is_binary, device, solve_dtype(device))
     base_loss, base_acc = pairs.base_scores()
-    table = grad_tag_table(pairs, subsets, spec.l2, spec.subset_batch, spec.memory_mb, progress, backend)
+    penalty = penalty_path(spec.l2) if spec.l2_select == "validation" else spec.l2
+    table = grad_tag_table(pairs, subsets, penalty, spec.subset_batch, spec.memory_mb, progress, backend)
     fit = spec.pairwise_fit("grad_tag")
     matrix, counts, self_gain = pairwise_affinity(table.subsets, table.val_loss, base_loss, data.n_tasks, fit)
     return AffinityEstimate(
         method="grad_tag", task_names=data.task_names, matrix=matrix, counts=counts, self_gain=self_gain,
         base_val_loss=base_loss, base_val_acc=base_acc, table=table, seconds=time.perf_counter() - t0,
         info={"projection_dim": spec.projection_dim, "projection": spec.projection, "params": spec.params,
-              "n_params": grads.n_params, "l2": spec.l2, "subset_size": len(subsets[0]),
+              "n_params": grads.n_params, "l2": spec.l2, "l2_select": spec.l2_select, "subset_size": len(subsets[0]),
               "pairwise": fit,
               "num_subsets": len(subsets)},
     )
