@@ -457,7 +457,7 @@ class EstimationSpec(_Section):
             "grad_tag: fixed: every subset's fit uses l2. validation: each subset's fit is made at l2 × 1, 3, 10, 30 "
             "and 100 and with no change at all (θ*), and keeps the one whose mean validation loss over the "
             "subset's tasks is lowest — as fine-tuning θ* is early-stopped on the validation rows and may keep θ* "
-            "itself (6 fits per subset instead of 1)."
+            "itself (5 fits per subset instead of 1)."
         ),
     )
     checkpoint: float = Field(
