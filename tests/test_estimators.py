@@ -94,3 +94,20 @@ def test_tag_lookahead_estimator_records_during_training():
     assert est.info["recorded_steps"] >= 1
     assert np.allclose(est.matrix, est.matrix.T) and np.isfinite(est.matrix).all()
     assert est.table is None
+
+
+def test_grad_tag_with_the_penalty_chosen_on_validation(prepared):
+    """``estimation.l2_select: validation`` reaches the surrogate fits: every subset's estimates are no worse on
+    the validation rows (mean over its tasks) than the fixed penalty's or θ*'s own, and the choice is recorded."""
+    from affinity.estimators.grad_tag import estimate_from_features, gradient_features
+
+    m, prep = prepared
+    grads = gradient_features(prep.model, prep.data, m.estimation, prep.device)
+    fixed = estimate_from_features(grads, prep.data, m.estimation, prep.device, prep.subsets)
+    spec = m.estimation.model_copy(update={"l2_select": "validation"})
+    chosen = estimate_from_features(grads, prep.data, spec, prep.device, prep.subsets)
+    assert chosen.info["l2_select"] == "validation" and fixed.info["l2_select"] == "fixed"
+    base = np.array([[fixed.base_val_loss[t] for t in s] for s in prep.subsets])
+    per_subset = chosen.table.val_loss.mean(axis=1)
+    assert np.all(per_subset <= fixed.table.val_loss.mean(axis=1) + 1e-9)
+    assert np.all(per_subset <= base.mean(axis=1) + 1e-9)
