@@ -298,9 +298,13 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
     elif est.method == "grad_tag":
         d = est.projection_dim
         parts["projected gradients"] = shape.pairs * per_pair / FLOPS
-        parts["surrogate fits"] = (est.num_subsets * 50 * 4 * subset_rows * d + d**3) / FLOPS
+        # l2_select validation: five fits per subset, the larger penalties in fewer iterations (2.3 times one fit's
+        # time on the planted job)
+        path = 2 if est.l2_select == "validation" else 1
+        parts["surrogate fits"] = path * (est.num_subsets * 50 * 4 * subset_rows * d + d**3) / FLOPS
         fields["projected gradients"] = ("estimation.projection_dim",) + model_fields + shape.fields
-        fields["surrogate fits"] = ("estimation.num_subsets", "estimation.projection_dim") + shape.fields
+        fields["surrogate fits"] = ("estimation.num_subsets", "estimation.projection_dim",
+                                    "estimation.l2_select") + shape.fields
     elif est.method in ("tag_lookahead", "gradient_cosine"):
         parts["task gradients"] = epochs * R * task_row / (est.lookahead_every if est.method == "tag_lookahead"
                                                        else epochs) / FLOPS

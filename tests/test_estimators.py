@@ -111,3 +111,15 @@ def test_grad_tag_with_the_penalty_chosen_on_validation(prepared):
     per_subset = chosen.table.val_loss.mean(axis=1)
     assert np.all(per_subset <= fixed.table.val_loss.mean(axis=1) + 1e-9)
     assert np.all(per_subset <= base.mean(axis=1) + 1e-9)
+
+
+def test_the_penalty_path_counts_in_the_time_estimate():
+    """The server's time bound charges the path's extra fits to the surrogate stage and names the field."""
+    from affinity.footprint import DatasetShape, mlp_seconds
+
+    shape = DatasetShape(2000, 40, 20, 8000)
+    fixed = mlp_seconds(parse_manifest({"dataset": {"source": "planted"}, "estimation": {"method": "grad_tag"}}), shape)
+    path = mlp_seconds(parse_manifest({"dataset": {"source": "planted"},
+                                       "estimation": {"method": "grad_tag", "l2_select": "validation"}}), shape)
+    assert path.parts["surrogate fits"] == pytest.approx(2 * fixed.parts["surrogate fits"])
+    assert path.seconds > fixed.seconds and "estimation.l2_select" in path.fields["surrogate fits"]
