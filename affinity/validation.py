@@ -38,6 +38,21 @@ def held_out_subsets(prep: Prepared, manifest: Manifest, count: int) -> list[tup
                           balanced=True, exclude=set(prep.subsets))
 
 
+def relative_errors(estimate: np.ndarray, truth: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
+    """|estimate − truth| / |truth| of the per-(subset, task) losses where both are finite (or where ``ok``)."""
+    ok = np.isfinite(estimate) & np.isfinite(truth) if ok is None else ok
+    return np.abs(estimate[ok] - truth[ok]) / np.abs(truth[ok])
+
+
+def unchanged_losses(base_val_loss: np.ndarray, subsets: list[tuple[int, ...]], size: int) -> np.ndarray:
+    """The estimate "fine-tuning changes nothing": each subset's tasks at θ*'s own validation loss, laid out as a
+    ``SubsetTable``'s ``val_loss`` (NaN past a subset's size)."""
+    out = np.full((len(subsets), size), np.nan)
+    for i, s in enumerate(subsets):
+        out[i, :len(s)] = base_val_loss[list(s)]
+    return out
+
+
 def linearization_check(prep: Prepared, manifest: Manifest, grads, subsets: list[tuple[int, ...]]) -> list[dict[str, Any]]:
     """For each subset: the network at θ* + P w against the linearized model, on the subset's validation pairs."""
     spec = manifest.estimation
@@ -126,12 +141,9 @@ def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, pr
     ex = exact.estimate(context(prep, manifest, progress), held)
     est_l, true_l = gt.table.val_loss, ex.table.val_loss
     ok = np.isfinite(est_l) & np.isfinite(true_l)
-    rel = np.abs(est_l[ok] - true_l[ok]) / np.abs(true_l[ok])
+    rel = relative_errors(est_l, true_l)
     # The estimate "fine-tuning changes nothing" (θ*'s own loss): how far fine-tuning moves the losses at all.
-    unchanged = np.full_like(est_l, np.nan)
-    for i, s in enumerate(held):
-        unchanged[i, :len(s)] = gt.base_val_loss[list(s)]
-    rel_unchanged = np.abs(unchanged[ok] - true_l[ok]) / np.abs(true_l[ok])
+    rel_unchanged = relative_errors(unchanged_losses(gt.base_val_loss, held, est_l.shape[1]), true_l, ok)
     iu = np.triu_indices(prep.data.n_tasks, 1)
     covered = (gt.counts[iu] > 0) & (ex.counts[iu] > 0)
     pair_rho = spearmanr(gt.matrix[iu][covered], ex.matrix[iu][covered]).statistic if covered.sum() > 2 else None

@@ -24,18 +24,17 @@ from scipy.stats import spearmanr
 from affinity.defaults import builtin_manifest
 from affinity.estimate import PairData, grad_tag_table, penalty_path
 from affinity.estimators import exact
-from affinity.estimators.grad_tag import gradient_features
 from affinity.devices import solve_dtype
+from affinity.estimators.grad_tag import gradient_features
 from affinity.outcome import held_out
 from affinity.pipeline import context, prepare
 from affinity.progress import Progress
-from affinity.validation import held_out_subsets
+from affinity.validation import held_out_subsets, relative_errors, unchanged_losses
 
 
 def errors(estimate: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     ok = np.isfinite(estimate) & np.isfinite(truth)
-    rel = np.abs(estimate[ok] - truth[ok]) / np.abs(truth[ok])
-    return float(np.median(rel)), float(spearmanr(estimate[ok], truth[ok]).statistic)
+    return float(np.median(relative_errors(estimate, truth))), float(spearmanr(estimate[ok], truth[ok]).statistic)
 
 
 def run(job: str, n_subsets: int) -> None:
@@ -53,7 +52,7 @@ def run(job: str, n_subsets: int) -> None:
     base, _ = pairs.base_scores()
     path = penalty_path(spec.l2)
     each = [grad_tag_table(pairs, held, l2).val_loss for l2 in path[:-1]]
-    each.append(np.array([[base[t] for t in s] + [np.nan] * (len(held[0]) - len(s)) for s in held]))
+    each.append(unchanged_losses(base, held, truth.shape[1]))
     t1 = time.perf_counter()
     chosen = grad_tag_table(pairs, held, path).val_loss
     path_seconds = time.perf_counter() - t1
