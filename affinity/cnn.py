@@ -116,6 +116,11 @@ class SharedNorm2d(nn.BatchNorm2d):
     transform (where a module must be a pure function: TAG's lookahead steps)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and h.shape[0] * h.shape[2] * h.shape[3] < 2:
+            # one value per channel (a batch of one row at a 1×1 stage, e.g. ResNet-18's last on ≤ 32 px images):
+            # no batch statistics to take; the running ones normalize it and stay as they are
+            return nn.functional.batch_norm(h, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                            0.0, self.eps)
         if self.training and (_transformed(h) or _transformed(self.weight)):
             return nn.functional.batch_norm(h, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(h)

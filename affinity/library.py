@@ -94,6 +94,16 @@ def task_affinity(
     types = list(task_types) if task_types is not None else ["binary"] * n_tasks
     if len(names) != n_tasks or len(types) != n_tasks:
         raise ValueError(f"task_names and task_types need one entry per column of Y ({n_tasks})")
+    bad_types = sorted({t for t in types if t not in ("binary", "regression")}, key=str)
+    if bad_types:
+        raise ValueError(f"task_types {bad_types} are not task types; use 'binary' or 'regression'")
+    dups = sorted({n for n in names if names.count(n) > 1}, key=str)
+    if dups:
+        raise ValueError(f"task_names {dups} are given twice; give every task a distinct name")
+    if X_np.dtype.kind in "fc" and not np.isfinite(X_np).all():
+        row = int(np.flatnonzero(~np.isfinite(X_np.reshape(len(X_np), -1)).all(axis=1))[0])
+        raise ValueError(f"X has NaN or infinite values (first in row {row}); inputs must be finite: impute or drop "
+                         "those rows")
     if getattr(model, "n_tasks", n_tasks) != n_tasks:
         raise ValueError(f"model.n_tasks is {model.n_tasks} but Y has {n_tasks} task columns")
     dataset = _spec(DatasetSpec, {"val_fraction": val_fraction, "split": split, "seed": seed}, "dataset settings")

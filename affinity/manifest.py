@@ -226,6 +226,12 @@ class DatasetSpec(_Section):
                 raise ValueError(
                     f"dataset.{name} does not apply to dataset.kind {self.kind!r}; remove it or change dataset.kind"
                 )
+        of_kind = {"text": TEXT_BUILTINS, "images": IMAGE_BUILTINS, "graph": GRAPH_BUILTINS}.get(self.kind)
+        if of_kind is not None and self.source in BUILTIN_DATASETS and self.source not in of_kind:
+            raise ValueError(
+                f"dataset.source {self.source!r} is a built-in of another kind; for dataset.kind {self.kind!r} use "
+                f"{' or '.join(repr(b) for b in of_kind)}, or a file"
+            )
         if self.kind == "text" and self.source not in BUILTIN_DATASETS and self.text is None:
             raise ValueError("dataset.text is required for a text file; name the column that holds the texts")
         if self.kind == "graph" and self.source in GRAPH_BUILTINS and self.edges is not None:
@@ -731,7 +737,10 @@ def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
             msg = msg[len("Value error, "):]
         fix = _FIXES.get(e["type"])
         value = e.get("input")
-        text = f"{field}: {msg}" + (f" (got {value!r})" if e["type"] != "missing" else "")
+        # the whole manifest (or a long section) is not echoed: the message names what is wrong in it
+        long = isinstance(value, dict) and (field == "manifest" or len(repr(value)) > 120)
+        echo = e["type"] != "missing" and not long
+        text = f"{field}: {msg}" + (f" (got {value!r})" if echo else "")
         if fix and "; " not in msg:
             text += f"; {fix}"
         problems.append({"field": field, "value": _json_safe(value) if e["type"] != "missing" else None,
@@ -787,7 +796,11 @@ def load_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest file {str(path)!r} does not exist; give the path to a .json or .yaml manifest")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is not part of the manifest
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path.name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                            f"{exc.start}); save it as UTF-8") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             data = yaml.safe_load(text)

@@ -37,6 +37,9 @@ from affinity.torchvision_compat import import_torchvision
 import_torchvision()  # before transformers (which loads torchvision when it is installed) is imported
 
 _FALLBACK_TARGETS = ("query", "value", "q_proj", "v_proj", "q", "v", "q_lin", "v_lin", "c_attn")
+# A folder without one of these has no tokenizer: transformers would build an empty one (every word [UNK]).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spm.model", "source.spm")
 
 
 def builtin_model_folder() -> Path:
@@ -65,6 +68,11 @@ def model_folder(spec: ModelSpec) -> Path:
             f"model.pretrained {spec.pretrained!r} has no config.json; give the folder a Hugging Face model was "
             "saved to (save_pretrained)"
         )
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise DataError(
+            f"model.pretrained {spec.pretrained!r} holds no tokenizer (none of {list(TOKENIZER_FILES)}); save the "
+            "model's tokenizer to the same folder (tokenizer.save_pretrained)"
+        )
     return folder
 
 
@@ -80,7 +88,7 @@ def _tokenizer(folder: str):
 
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a malformed tokenizer file (any error type): one line naming the field
         raise DataError(
             f"model.pretrained {folder!r}: no usable tokenizer ({str(exc).splitlines()[0]}); give a folder that "
             "holds the model's tokenizer files"
@@ -101,7 +109,7 @@ def _pretrained(folder: str) -> nn.Module:
             if hasattr(config, key):
                 setattr(config, key, 0.0)
         model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation="eager")
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a malformed config, a truncated or Git LFS pointer weight file, ...
         raise DataError(
             f"model.pretrained {folder!r}: cannot load the model ({str(exc).splitlines()[0]}); give a folder "
             "with config.json and the weights"
@@ -114,6 +122,10 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     if data.texts is None:
         raise DataError("model.kind 'transformer' takes text datasets; set dataset.kind to 'text'")
     tok = _tokenizer(str(model_folder(spec)))
+    limit = max_positions(spec, tok)
+    if limit is not None and spec.max_length > limit:
+        raise DataError(f"model.max_length={spec.max_length} exceeds the {limit} token positions of model.pretrained "
+                        f"{Path(spec.pretrained).name!r}; use at most {limit}")
     first = [t[0] for t in data.texts]
     second = [t[1] for t in data.texts] if data.texts and len(data.texts[0]) > 1 else None
     enc = tok(first, second, truncation=True, max_length=spec.max_length, padding="longest",
@@ -126,6 +138,19 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     from dataclasses import replace
 
     return replace(data, X=X, metadata={**data.metadata, "pad_id": int(pad), "tokens": int(ids.shape[1])})
+
+
+def max_positions(spec: ModelSpec, tok=None) -> int | None:
+    """The most tokens the encoder takes (its position embeddings; the tokenizer's own limit when smaller)."""
+    import json
+
+    try:
+        config = json.loads((model_folder(spec) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = [v for v in (config.get("max_position_embeddings") if isinstance(config, dict) else None,
+                         getattr(tok, "model_max_length", None)) if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(found) if found else None
 
 
 class TransformerMultiTask(nn.Module):
@@ -257,11 +282,27 @@ def build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> Transform
     encoder = copy.deepcopy(_pretrained(folder))
     targets = list(spec.target_modules) if spec.target_modules else default_targets(encoder)
     leaves = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})
     missing = [t for t in targets if t not in leaves]
     if missing:
         raise DataError(
             f"model.target_modules {missing} are not modules of {Path(folder).name}; its linear layers are named "
-            f"{sorted({n.rsplit('.', 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})}"
+            f"{linear}"
+        )
+    # peft adapts these; it refuses anything else with a dump of the module (not one line, no field named)
+    adaptable = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        adaptable += (Conv1D,)
+    except ImportError:
+        pass
+    unsupported = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules()
+                          if n.rsplit(".", 1)[-1] in targets and not isinstance(m, adaptable)})
+    if unsupported:
+        raise DataError(
+            f"model.target_modules {unsupported} name modules LoRA cannot adapt (not linear or embedding layers); "
+            f"use some of {linear}"
         )
     torch.manual_seed(seed)
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,

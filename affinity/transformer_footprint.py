@@ -100,6 +100,10 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
             if n > 64 * MB:
                 raise DataError(f"model.pretrained: {path.name} has a {n}-byte header; not a safetensors file")
             header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != path.stat().st_size:  # a truncated download or a Git LFS pointer
+            raise DataError(f"model.pretrained: {path.name} has {path.stat().st_size} bytes but its header describes "
+                            f"{8 + n + end}; the file is truncated or not the weights (a Git LFS pointer?)")
         shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
     return shapes
 
@@ -111,6 +115,8 @@ def architecture(spec: ModelSpec) -> Architecture:
     folder = model_folder(spec)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"config.json holds a {type(config).__name__}, not an object")
         shapes = _tensor_shapes(folder)
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise DataError(f"model.pretrained {spec.pretrained!r}: cannot read its config.json or weights "
@@ -121,6 +127,10 @@ def architecture(spec: ModelSpec) -> Architecture:
     heads = _first(config, "num_attention_heads", "num_heads", "n_head", "n_heads")
     ffn = _first(config, "intermediate_size", "d_ff", "n_inner", "hidden_dim", "ffn_dim", default=4 * h)
     vocab = _first(config, "vocab_size", default=0)
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, int) and 0 < limit < spec.max_length:
+        raise DataError(f"model.max_length={spec.max_length} exceeds the {limit} token positions of model.pretrained; "
+                        f"use at most {limit}")
     r = spec.lora_rank
     if shapes:
         params = sum(math.prod(s) for s in shapes.values())

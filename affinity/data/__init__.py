@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from affinity.data.digits import make_digits
 from affinity.data.files import read_table_file
 from affinity.data.planted import make_planted
@@ -42,8 +44,21 @@ def load_dataset(spec: DatasetSpec) -> SplitTable:
     """Read (by the data kind), check, split and standardize the dataset of a manifest."""
     table = read_any(spec)
     check_labels(table, spec.min_rows_per_task)  # every kind's labels, a plug-in's too
+    X = np.asarray(table.X)
+    if X.dtype.kind == "f" and X.size and not np.isfinite(X).all():  # a plug-in kind's inputs are not checked else
+        row = int(np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))[0])
+        raise DataError(f"dataset.kind {spec.kind!r} gave inputs with NaN or infinite values (first in row {row}); "
+                        "inputs must be finite")
     split = split_table(table, spec.val_fraction, spec.seed, spec.standardize and table.texts is None, spec.split,
                         spec.test_fraction)
+    bad = ~np.isfinite(split.X.reshape(len(split.X), -1)).all(axis=0)
+    if split.X.size and split.X.ndim == 2:  # a spread that overflows would standardize the column to zeros
+        bad |= ~(np.isfinite(split.feature_mean) & np.isfinite(split.feature_std))
+    if bad.any():
+        col = int(np.flatnonzero(bad)[0])
+        name = table.feature_names[col] if len(table.feature_names) == bad.size else f"column {col}"
+        raise DataError(f"feature {name!r} has values too large for float32 (beyond ±3.4e38, or whose spread "
+                        "overflows); rescale it, e.g. to units of a thousand or a million")
     split.texts = table.texts
     split.graph = table.graph
     return split

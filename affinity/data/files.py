@@ -22,10 +22,12 @@ def sniff_format(path: Path) -> str:
         return "parquet"
     if head.startswith(ZIP_MAGIC):
         return "npz"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path.name} is UTF-16 text; save it as UTF-8 CSV (or give a .parquet or .npz file)")
     if b"\x00" in head:
         raise DataError(
-            f"{path.name} is neither CSV text, Parquet nor NPZ (binary content of an unknown format); "
-            "give a .csv, .parquet or .npz file"
+            f"{path.name} is neither CSV text, Parquet nor NPZ (it holds NUL bytes: binary content of an unknown "
+            "format, or UTF-16 text); give a UTF-8 .csv, a .parquet or an .npz file"
         )
     return "csv"
 
@@ -42,6 +44,9 @@ def read_table_file(spec: DatasetSpec) -> TaskTable:
         return _read_npz(path, spec)
     try:
         frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"position {exc.start}); save it as UTF-8") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
     return _from_frame(frame, spec, path.name)
@@ -60,6 +65,9 @@ def read_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
         raise DataError(f"dataset.source {path.name} is NPZ, which has no text columns; give a .csv or .parquet file")
     try:
         frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"position {exc.start}); save it as UTF-8") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
     frame.columns = [str(c) for c in frame.columns]

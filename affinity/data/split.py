@@ -86,14 +86,15 @@ def split_table(table: TaskTable, val_fraction: float, seed: int, standardize: b
         raise ValueError(f"by={by!r}: use 'auto', 'task' or 'row'")
     X = table.X.astype(np.float64)
     fit_rows = train.any(axis=1)
-    if standardize:
-        mean = X[fit_rows].mean(axis=0)
-        std = X[fit_rows].std(axis=0)
-        std = np.where(std > 1e-12, std, 1.0)
-    else:
-        mean = np.zeros(X.shape[1])
-        std = np.ones(X.shape[1])
-    Xs = ((X - mean) / std).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 (or whose spread overflows): the
+        if standardize:                                  # caller refuses the non-finite result, naming the feature
+            mean = X[fit_rows].mean(axis=0)
+            std = X[fit_rows].std(axis=0)
+            std = np.where(std > 1e-12, std, 1.0)
+        else:
+            mean = np.zeros(X.shape[1])
+            std = np.ones(X.shape[1])
+        Xs = ((X - mean) / std).astype(np.float32)
     return SplitTable(
         X=Xs, Y=table.Y.astype(np.float32), train=train, val=val, task_names=list(table.task_names),
         task_types=list(table.task_types), feature_names=list(table.feature_names), feature_mean=mean,

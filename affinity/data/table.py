@@ -120,6 +120,9 @@ def check_labels(table: TaskTable, min_rows_per_task: int) -> None:
     Y = table.Y
     if len(table.task_names) == 0:
         raise DataError("the dataset has no tasks; list the label columns in dataset.tasks")
+    dups = sorted({n for n in table.task_names if list(table.task_names).count(n) > 1})
+    if dups:  # the built-in kinds check it in check_table; a plug-in's table is checked here
+        raise DataError(f"duplicate task names {dups}; give every task a distinct name")
     for t, (name, kind) in enumerate(zip(table.task_names, table.task_types)):
         y = Y[:, t]
         if np.isinf(y).any():

@@ -24,6 +24,13 @@ def _texts(frame: pd.DataFrame, column: str, field: str, name: str) -> list[str]
             f"dataset.{field} {column!r} is not a column of {name}; its columns are {list(frame.columns)[:20]}"
         )
     values = frame[column]
+    odd = values.map(lambda v: not (v is None or isinstance(v, (str, int, float, np.integer, np.floating))))
+    if odd.any():
+        row = int(np.flatnonzero(odd.to_numpy())[0])
+        raise DataError(
+            f"dataset.{field} column {column!r} holds a {type(values.iloc[row]).__name__} at row {row}, not a text; "
+            "store the texts as strings"
+        )
     blank = values.isna() | values.astype(str).str.strip().eq("")
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0])
