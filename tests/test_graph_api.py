@@ -105,8 +105,10 @@ def test_graph_jobs_are_estimated_and_refused_by_name(service, tmp_path):
     assert_problem(client.post("/v1/jobs", json={"dataset": {"source": "graph", "params": {"regions": 0}}},
                                headers=alice), 422, "dataset.params.regions")
     # an edge list is never read beside a built-in (it would escape the data root)
-    beside = {"dataset": {"kind": "graph", "source": "planted", "edges": "/etc/hostname", "tasks": ["a"]}, **JOB}
+    beside = {"dataset": {"kind": "graph", "source": "graph", "edges": "/etc/hostname", "tasks": ["a"]}, **JOB}
     assert_problem(client.post("/v1/jobs", json=beside, headers=alice), 422, "dataset.edges", "built-in")
+    beside["dataset"]["source"] = "planted"  # a table built-in is no graph's nodes either
+    assert_problem(client.post("/v1/jobs", json=beside, headers=alice), 422, "'planted' is a built-in of another kind")
     # a graph in the data root: its edge list must lie there too
     nodes, edges = _graph()
     (settings.data_root / "nodes.csv").write_bytes(nodes)
