@@ -199,7 +199,8 @@ def test_a_pretrained_folder_must_lie_in_the_data_root(service, tmp_path):
     packaged = builtin_model_folder()
     outside = tmp_path / "elsewhere" / "minilm"
     outside.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                 "special_tokens_map.json"):
         shutil.copy(packaged / name, outside / name)
     for where in (str(outside), "../elsewhere/minilm", "/etc"):
         body = {**EXAMPLE, "model": {**EXAMPLE["model"], "pretrained": where}}
@@ -316,10 +317,10 @@ def test_a_text_csv_uploads_and_runs_like_a_table(service):
     bad = {**job, "dataset": {**job["dataset"], "text": "body"}}
     p = problem_of(client.post("/v1/jobs", json=bad, headers=alice))
     assert fields_of(p) == ["dataset.text"] and "sentence" in p["detail"]
-    # texts of an upload count at model.max_length (the server does not tokenize them): 4096 tokens per text
+    # 4096 tokens per text: more than the encoder's 512 positions (its config), refused at submit
     long = {**job, "model": {**job["model"], "max_length": 4096}}
     p = problem_of(client.post("/v1/jobs", json=long, headers=alice))
-    assert "model.max_length" in fields_of(p) and "TASK_AFFINITY_WORKER_MEMORY_MB" in p["detail"], p
+    assert "model.max_length" in fields_of(p) and "use at most 512" in p["detail"], p
     submitted = client.post("/v1/jobs", json=job, headers=alice)
     assert submitted.status_code == 201, submitted.text
     assert Worker(settings, store, worker_id="w1").run_once()
