@@ -108,6 +108,9 @@ def task_affinity(
         raise ValueError(f"model.n_tasks is {model.n_tasks} but Y has {n_tasks} task columns")
     dataset = _spec(DatasetSpec, {"val_fraction": val_fraction, "split": split, "seed": seed}, "dataset settings")
     train_spec = _spec(TrainingSpec, training, "training")
+    if (estimation or {}).get("method", method) != method:
+        raise ValueError(f"estimation['method'] is {estimation['method']!r} but method is {method!r}; give the "
+                         "estimator once, as method=")
     est_spec = _spec(EstimationSpec, {**(estimation or {}), "method": method}, "estimation")
     group_spec = _spec(GroupingSpec, {**(grouping or {}), "selection": "affinity"}, "grouping")
     table = TaskTable(X=np.zeros((len(Y_np), 0)), Y=Y_np, task_names=names, task_types=types, feature_names=[])

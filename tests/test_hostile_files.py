@@ -208,6 +208,8 @@ def test_library_refuses_bad_task_types_names_and_inputs():
     bad[7, 1] = math.nan
     with pytest.raises(ValueError, match="X has NaN or infinite values .*row 7"):
         task_affinity(model, bad, Y)
+    with pytest.raises(ValueError, match="estimation\\['method'\\] is 'exact' but method is 'grad_tag'"):
+        task_affinity(model, X, Y, estimation={"method": "exact"})
 
 
 def test_resnet18_trains_on_a_batch_of_one_small_image():
