@@ -23,9 +23,26 @@ from affinity.training import TensorData, eval_batches
 RESEEDS = (1, 2)  # θ* retrained from training.seed + each, for the agreement's stability
 
 
-def predictions(model: nn.Module, tensors: TensorData, batch: int = 1024) -> np.ndarray:
-    """θ*'s raw outputs (rows × tasks) on the rows labelled for training or validation for some task."""
-    rows = torch.nonzero((tensors.train | tensors.val).any(dim=1)).squeeze(1)
+MIN_UNFITTED_ROWS = 50  # fewer rows that no task trained on: the agreement reads the validation rows
+
+
+def agreement_rows(tensors: TensorData, which: str = "fitted") -> torch.Tensor:
+    """The rows whose predictions the agreement correlates. fitted: every row labelled for training or validation;
+    validation: the rows no task trained on (validation rows only), so that the groups do not carry the noise of
+    the training labels θ* fitted, which the check's folds then score (with fewer than MIN_UNFITTED_ROWS such
+    rows, every row labelled for validation)."""
+    if which == "fitted":
+        mask = (tensors.train | tensors.val).any(dim=1)
+    else:
+        mask = tensors.val.any(dim=1) & ~tensors.train.any(dim=1)
+        if int(mask.sum()) < MIN_UNFITTED_ROWS:
+            mask = tensors.val.any(dim=1)
+    return torch.nonzero(mask).squeeze(1)
+
+
+def predictions(model: nn.Module, tensors: TensorData, batch: int = 1024, rows: str = "fitted") -> np.ndarray:
+    """θ*'s raw outputs (rows × tasks) on the agreement's rows (``agreement_rows``)."""
+    rows = agreement_rows(tensors, rows)
     return torch.cat([out.to(torch.float64).cpu() for _, out in eval_batches(model, tensors.X, rows, batch)]).numpy()
 
 
@@ -40,9 +57,9 @@ def correlation(O: np.ndarray) -> np.ndarray:
     return np.clip(R, -1.0, 1.0)
 
 
-def output_agreement(model: nn.Module, tensors: TensorData, batch: int = 1024) -> np.ndarray:
-    """Tasks × tasks correlation of θ*'s outputs over the training and validation rows."""
-    return correlation(predictions(model, tensors, batch))
+def output_agreement(model: nn.Module, tensors: TensorData, batch: int = 1024, rows: str = "fitted") -> np.ndarray:
+    """Tasks × tasks correlation of θ*'s outputs over the agreement's rows."""
+    return correlation(predictions(model, tensors, batch, rows))
 
 
 def retrained_predictions(data, tensors: TensorData, manifest, progress=None) -> list[np.ndarray]:
@@ -54,7 +71,7 @@ def retrained_predictions(data, tensors: TensorData, manifest, progress=None) ->
     for i, shift in enumerate(RESEEDS):
         model, _ = train_base(data, manifest, tensors, progress, seed=manifest.training.seed + shift,
                               stage=f"agreement stability: base model {i + 1} of {len(RESEEDS)}")
-        out.append(predictions(model, tensors))
+        out.append(predictions(model, tensors, rows=manifest.grouping.agreement_rows))
     return out
 
 

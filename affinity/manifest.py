@@ -247,6 +247,14 @@ class DatasetSpec(_Section):
             return [{"name": t, "type": default} if isinstance(t, str) else t for t in tasks]
         return tasks
 
+    @field_validator("edge_columns")
+    @classmethod
+    def _two_edge_columns(cls, columns: list[str]) -> list[str]:
+        if columns[0] == columns[1]:
+            raise ValueError(f"names the column {columns[0]!r} twice: every edge would be a self-loop, and self-loops "
+                             "are dropped; give the source column and the target column")
+        return columns
+
     @field_validator("tasks")
     @classmethod
     def _unique_task_names(cls, tasks: list[TaskSpec] | None) -> list[TaskSpec] | None:
@@ -518,6 +526,15 @@ class GroupingSpec(_Section):
             "the groupings of each at every k (the check scores both; not with crossfit, which uses affinity)."
         ),
     )
+    agreement_rows: Literal["validation", "fitted"] = Field(
+        "fitted",
+        description=(
+            "outcome: the rows whose predictions the output agreement correlates. fitted: every row labelled for "
+            "training or validation; validation: the rows no task trained on (the validation rows), so that the "
+            "agreement's groups do not carry the noise of the training labels θ* fitted, which the check's folds "
+            "score."
+        ),
+    )
     min_gain: float = Field(
         0.02, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
@@ -723,14 +740,23 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
+MAX_PROBLEMS = 20  # invalid fields listed one by one; the rest are counted
+
+
 def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
     """One record per bad field: ``field``, ``value``, ``message`` (with the fix)."""
     problems: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    for e in errors:
         field = _loc(e["loc"]) or "manifest"
         if field in seen:
             continue
+        if len(problems) == MAX_PROBLEMS:  # 100,000 bad list items made a 24 MB answer of a 600 KB request
+            rest = len({_loc(x["loc"]) or "manifest" for x in errors} - seen)
+            problems.append({"field": "manifest", "value": None,
+                             "message": f"manifest: {rest} more invalid fields not listed; fix the ones above first"})
+            break
         seen.add(field)
         msg = e["msg"]
         if msg.startswith("Value error, "):
@@ -740,7 +766,9 @@ def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
         # the whole manifest (or a long section) is not echoed: the message names what is wrong in it
         long = isinstance(value, dict) and (field == "manifest" or len(repr(value)) > 120)
         echo = e["type"] != "missing" and not long
-        text = f"{field}: {msg}" + (f" (got {value!r})" if echo else "")
+        shown = repr(value) if echo else ""
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"  # a 50 MB string is not echoed whole
+        text = f"{field}: {msg}" + (f" (got {shown})" if echo else "")
         if fix and "; " not in msg:
             text += f"; {fix}"
         problems.append({"field": field, "value": _json_safe(value) if e["type"] != "missing" else None,
@@ -809,6 +837,9 @@ def load_manifest(path: str | Path) -> Manifest:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
         raise ManifestError(f"manifest {path.name} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {first}") from None
+    except RecursionError:
+        raise ManifestError(f"manifest {path.name} nests arrays or objects too deeply to read; a manifest nests a "
+                            "few levels (see `task-affinity example`)") from None
     return parse_manifest(data, base_dir=path.parent.resolve())
 
 

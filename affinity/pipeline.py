@@ -145,7 +145,9 @@ def agreement_of(prep: Prepared, manifest: Manifest):
     from affinity.advice import candidate_sources
     from affinity.agreement import predictions
 
-    return predictions(prep.model, prep.tensors) if "outputs" in candidate_sources(manifest.grouping) else None
+    if "outputs" not in candidate_sources(manifest.grouping):
+        return None
+    return predictions(prep.model, prep.tensors, rows=manifest.grouping.agreement_rows)
 
 
 def retrained_of(prep: Prepared, manifest: Manifest, progress: Progress):

@@ -10,6 +10,7 @@ linearization itself: the network evaluated at θ* + P w against f(x; θ*) + g̃
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,15 @@ def validate(manifest: Manifest, n_subsets: int, out_dir: Path | None = None, pr
     spec = manifest.estimation
     held = held_out_subsets(prep, manifest, n_subsets)
     if not held:
-        raise ValueError("every subset of this size was used for fitting; lower estimation.num_subsets or raise subset_size")
+        n, size = prep.data.n_tasks, len(prep.subsets[0])
+        possible = math.comb(n, size)
+        if possible > len(set(prep.subsets)):  # should not happen: sample_subsets found none left
+            raise ValueError("every subset of this size was used for fitting; lower estimation.num_subsets")
+        fix = ("validation needs at least 3 tasks" if n < 3 else
+               f"lower estimation.subset_size below {n}" if size >= n else
+               f"lower estimation.num_subsets below {possible} or estimation.subset_size")
+        raise ValueError(f"all {possible} subsets of {size} of the {n} tasks were used for fitting, so none is left "
+                         f"to validate on; {fix}")
     t0 = time.perf_counter()
     grads = gradient_features(prep.model, prep.data, spec, prep.device, progress)
     t_grads = time.perf_counter() - t0

@@ -102,6 +102,13 @@ def install(app: FastAPI) -> None:
             detail = f"the request body is not valid JSON: it {what}; send a JSON object"
             return problem_response(request, 422, detail, [{"field": "body", "message": f"body: {detail}",
                                                             "value": None}])
+        if exc.status_code == 400 and detail in ("Invalid multipart data.", "Missing boundary in multipart."):
+            cause = exc.__cause__ or exc.__context__
+            cause = (cause.__cause__ or cause.__context__) if cause is not None else None  # the parser's own words
+            why = f" ({cause})" if type(cause).__module__.startswith("python_multipart") and str(cause) else ""
+            detail = (f"the multipart body cannot be read: {detail.rstrip('.')}{why}; send multipart/form-data with the "
+                      "table as the part 'file' (or a graph as 'nodes' and 'edges'), each part's headers (its file "
+                      "name included) under 4 KB")
         return problem_response(request, exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
@@ -116,6 +123,10 @@ def install(app: FastAPI) -> None:
             loc = tuple(p for p in e.get("loc", ()) if p not in ("body", "query", "path", "header"))
             field = _loc(loc) or "body"
             msg = e.get("msg", "invalid")
+            if "Expected UploadFile" in msg:  # a form field, or a file part without a file name: never echo its bytes
+                errors.append({"field": field, "value": None, "message": f"{field}: is not a file; send it as a file "
+                               "part with a file name (multipart/form-data, e.g. curl -F 'file=@data.csv')"})
+                continue
             errors.append({"field": field, "message": f"{field}: {msg}", "value": e.get("input")})
         detail = "; ".join(x["message"] for x in errors) or "invalid request"
         return problem_response(request, 422, detail, errors)

@@ -309,9 +309,12 @@ def csv_rows(path: Any, block: int = 1 << 20) -> int:
     lines, last = 0, b"\n"
     with open(path, "rb") as f:
         for block_bytes in iter(lambda: f.read(block), b""):
-            lines += block_bytes.count(b"\n")
+            # a line ends at \n, \r\n or a lone \r (pandas reads all three; a CR-only file counted 0 rows)
+            lines += block_bytes.count(b"\n") + block_bytes.count(b"\r") - block_bytes.count(b"\r\n")
+            if last == b"\r" and block_bytes[:1] == b"\n":  # a \r\n split between two blocks
+                lines -= 1
             last = block_bytes[-1:]
-    return max(0, lines + (last != b"\n") - 1)
+    return max(0, lines + (last not in (b"\n", b"\r")) - 1)
 
 
 def images_shape(spec: Any, path: Any, tasks: int) -> DatasetShape:
@@ -348,7 +351,7 @@ def path_shape(spec: Any, path: Any, tasks: int | None) -> DatasetShape | None:
             md = pq.ParquetFile(path).metadata
             return table_shape(spec, md.num_rows, md.num_columns, tasks)
         with open(path, "rb") as f:
-            header = f.readline(1 << 20)
+            header = (f.readline(1 << 20).splitlines() or [b""])[0]  # the first line, whatever its line break
         return table_shape(spec, csv_rows(path), header.count(b",") + 1, tasks)
     except Exception:  # noqa: BLE001 - any unreadable file: the worker reports it
         return None

@@ -89,13 +89,20 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                                                "upload one with POST /v1/datasets and use the id it returns")])
             dataset_id = ds.id
             _check_graph_upload(manifest, ds.format)
-            _check_columns(manifest, ds.columns, ds.format)
+            # a graph's NPZ node table has arrays, not named columns: checked as an NPZ
+            _check_columns(manifest, ds.columns, "npz" if ds.format == "graph" and ds.path.endswith(".npz")
+                           else ds.format)
             if ds.format == "images":
                 tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 shape = images_shape(spec, Path(ds.path), tasks.n)
             elif ds.format == "graph":
-                tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")
-                shape = graph_shape(spec, manifest.model, ds.rows, len(ds.columns), tasks.n, upload_edges(ds.path))
+                edges = upload_edges(ds.path)
+                _check_edge_columns(spec, edges)
+                if Path(ds.path).suffix == ".npz":  # an NPZ node table: its tasks are the columns of its Y
+                    tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
+                else:
+                    tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")
+                shape = graph_shape(spec, manifest.model, ds.rows, len(ds.columns), tasks.n, edges)
             elif ds.format == "npz":
                 y_columns = sum(c.startswith("task_") for c in ds.columns)
                 tasks = _npz_tasks(spec, y_columns)
@@ -108,8 +115,12 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
             path = resolve_data_path(source, settings)
             tasks = _path_tasks(spec, path)
             shape = path_shape(spec, path, tasks.n if tasks is not None else None)
+            if spec.kind == "graph" and spec.edges is None:
+                raise SubmissionError([problem("dataset.edges", None, "is required for a graph read from files; give "
+                                               "the path of the edge list (dataset.source is the node table)")])
             if spec.edges is not None:  # a graph's edge list: inside the data root too
                 edges = resolve_data_path(spec.edges, settings, "dataset.edges")
+                _check_edge_columns(spec, edges)
                 shape = graph_shape(spec, manifest.model, shape.rows, shape.features + tasks.n, tasks.n, edges) \
                     if shape is not None and tasks is not None else None
     # images' label table, a cnn's weights, a transformer's folder: inside the data root. The estimates read
@@ -260,6 +271,10 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) \
                 from None
     if spec.tasks is None:
+        if spec.kind in ("table", "text", "graph"):  # a CSV or Parquet file names its label columns nowhere else
+            raise SubmissionError([problem("dataset.tasks", None, f"is required for a {spec.kind} read from a CSV or "
+                                           "Parquet file; list the label columns, e.g. \"tasks\": [\"label_a\", "
+                                           "\"label_b\"]")])
         return None
     return TaskCount(len(spec.tasks), "dataset.tasks")
 
@@ -301,6 +316,30 @@ def upload_edges(nodes_path: str) -> Path:
     if not found:
         raise ValueError(f"the uploaded graph's edge list is missing from {Path(nodes_path).parent}; upload it again")
     return found[0]
+
+
+def _check_edge_columns(spec: Any, path: Path) -> None:
+    """dataset.edge_columns and dataset.edge_weight against the edge list's header (CSV, Parquet) or arrays (NPZ):
+    now, not in the worker after the job was queued."""
+    from affinity.data.graph import _header
+
+    try:
+        if sniff_format(path) == "npz":
+            with zipfile.ZipFile(path) as zf:
+                header = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+            wanted = [("dataset.edges", "edges")]
+        else:
+            header = _header(path, "dataset.edges")
+            wanted = [(f"dataset.edge_columns[{i}]", c) for i, c in enumerate(spec.edge_columns)]
+    except (DataError, OSError, zipfile.BadZipFile) as exc:
+        raise SubmissionError([problem("dataset.edges", spec.edges, f"cannot read the edge list: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) from None
+    if spec.edge_weight is not None:
+        wanted.append(("dataset.edge_weight", spec.edge_weight))
+    problems = [problem(field, name, f"{name!r} is not {'a column' if field != 'dataset.edges' else 'an array'} of the "
+                        f"edge list; it has {header[:20]}") for field, name in wanted if name not in header]
+    if problems:
+        raise SubmissionError(problems)
 
 
 def _check_graph_upload(manifest: Manifest, fmt: str) -> None:

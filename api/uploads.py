@@ -62,6 +62,14 @@ def save_stream(src: BinaryIO, dest: Path, limit: int, chunk: int = 1 << 20) -> 
 
 
 def inspect_file(path: Path, limit: int | None = None) -> Inspected:
+    """``_inspect_file``, refused when the table has no rows (a Parquet or NPZ table is checked as a CSV is)."""
+    info = _inspect_file(path, limit)
+    if info.rows < 1:
+        raise BadUpload(f"the {info.format.upper()} table has no rows; upload a table with one row per example")
+    return info
+
+
+def _inspect_file(path: Path, limit: int | None = None) -> Inspected:
     """Format, row count and columns of a stored upload; BadUpload if it cannot be read as a table.
 
     ``limit`` bounds the decompressed size too (413): an NPZ's arrays or a Parquet file's row groups
@@ -100,7 +108,7 @@ def inspect_file(path: Path, limit: int | None = None) -> Inspected:
                 return Inspected("images", images[0], ["images"] + [f"task_{i}" for i in range(npz_tasks(Y))])
             X, Y = arrays["X"].shape, arrays["Y"].shape
             return Inspected(fmt, X[0], [f"x{i}" for i in range(X[1])] + [f"task_{i}" for i in range(npz_tasks(Y))])
-        frame = pd.read_csv(path, encoding="utf-8")
+        rows, columns = csv_shape(path)
     except BadUpload:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -108,10 +116,24 @@ def inspect_file(path: Path, limit: int | None = None) -> Inspected:
         raise BadUpload(f"cannot read the file as {fmt.upper()}: {first}") from None
     except Exception as exc:  # pyarrow and zipfile raise their own types for corrupt files
         raise BadUpload(f"cannot read the file as {fmt.upper()}: {type(exc).__name__}") from None
-    if frame.shape[1] < 2 or frame.shape[0] < 1:
-        raise BadUpload(f"the CSV has {frame.shape[0]} rows and {frame.shape[1]} columns; a dataset needs feature "
+    if len(columns) < 2 or rows < 1:
+        raise BadUpload(f"the CSV has {rows} rows and {len(columns)} columns; a dataset needs feature "
                         "columns and at least one label column")
-    return Inspected(fmt, int(frame.shape[0]), [str(c) for c in frame.columns])
+    return Inspected(fmt, rows, columns)
+
+
+CSV_CHUNK_CELLS = 1 << 20  # cells parsed at a time: the API's memory stays bounded whatever the upload's size
+
+
+def csv_shape(path: Path) -> tuple[int, list[str]]:
+    """Rows and column names of a CSV, parsed in chunks of about CSV_CHUNK_CELLS cells (a whole 200 MB upload
+    parsed at once took about ten times its size in the API process)."""
+    columns = [str(c) for c in pd.read_csv(path, encoding="utf-8", nrows=0).columns]
+    rows = 0
+    with pd.read_csv(path, encoding="utf-8", chunksize=max(1, CSV_CHUNK_CELLS // max(1, len(columns)))) as reader:
+        for chunk in reader:
+            rows += len(chunk)
+    return rows, columns
 
 
 def inspect_edges(path: Path, limit: int | None = None) -> Inspected:
@@ -124,14 +146,14 @@ def inspect_edges(path: Path, limit: int | None = None) -> Inspected:
     except DataError as exc:
         raise BadUpload(str(exc), status=415) from None
     if fmt != "npz":
-        info = inspect_file(path, limit) if fmt == "parquet" else None
+        info = _inspect_file(path, limit) if fmt == "parquet" else None
         if info is None:
             try:
-                frame = pd.read_csv(path, encoding="utf-8")
+                rows, columns = csv_shape(path)
             except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise BadUpload(f"cannot read the edge list as CSV: {first}") from None
-            info = Inspected(fmt, int(frame.shape[0]), [str(c) for c in frame.columns])
+            info = Inspected(fmt, rows, columns)
         if len(info.columns) < 2:
             raise BadUpload(f"the edge list has the columns {info.columns}; it needs two node-id columns "
                             "(dataset.edge_columns, default source and target)")
