@@ -52,6 +52,26 @@ def test_output_agreement_is_the_correlation_of_outputs_over_training_and_valida
     assert np.allclose(output_agreement(model, data), R)
 
 
+def test_the_agreement_on_validation_rows_reads_no_row_a_task_trained_on():
+    from affinity.agreement import MIN_UNFITTED_ROWS, agreement_rows
+
+    data = tensors(140, 4)  # rows 0–69 train task 0, rows 70–134 validate task 1, 135–139 test
+    model = Fixed(torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    assert agreement_rows(data, "fitted").tolist() == list(range(135))
+    assert agreement_rows(data, "validation").tolist() == list(range(70, 135))
+    R = output_agreement(model, data, rows="validation")
+    with torch.no_grad():
+        O = model(data.X[70:135]).numpy()
+    assert np.allclose(R[:3, :3] + np.eye(3), np.corrcoef(O[:, :3].T))
+    data.X[:70] = 100.0  # the training rows' inputs never enter
+    assert np.allclose(output_agreement(model, data, rows="validation"), R)
+    # a row that validates one task and trains another was fitted: with too few unfitted rows, every validation row
+    data.train[70:, 2] = True
+    data.train[130:, 2] = False
+    assert int((data.val.any(1) & ~data.train.any(1)).sum()) < MIN_UNFITTED_ROWS
+    assert agreement_rows(data, "validation").tolist() == list(range(70, 135))
+
+
 def test_candidates_from_both_sources_recover_pooling_groups():
     # few labels per task, 3 planted groups sharing label directions: θ*'s predictions for a group's tasks move together
     raw = {"dataset": {"source": "synthetic",
