@@ -321,7 +321,7 @@ def upload_edges(nodes_path: str) -> Path:
 def _check_edge_columns(spec: Any, path: Path) -> None:
     """dataset.edge_columns and dataset.edge_weight against the edge list's header (CSV, Parquet) or arrays (NPZ):
     now, not in the worker after the job was queued."""
-    from affinity.data.graph import _header
+    from affinity.data.graph import file_header
 
     try:
         if sniff_format(path) == "npz":
@@ -329,7 +329,7 @@ def _check_edge_columns(spec: Any, path: Path) -> None:
                 header = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
             wanted = [("dataset.edges", "edges")]
         else:
-            header = _header(path, "dataset.edges")
+            header = file_header(path, "dataset.edges")
             wanted = [(f"dataset.edge_columns[{i}]", c) for i, c in enumerate(spec.edge_columns)]
     except (DataError, OSError, zipfile.BadZipFile) as exc:
         raise SubmissionError([problem("dataset.edges", spec.edges, f"cannot read the edge list: "

@@ -127,7 +127,7 @@ def _read_frame(path: Path, field: str, columns: list[str] | None = None) -> pd.
     return frame
 
 
-def _header(path: Path, field: str) -> list[str]:
+def file_header(path: Path, field: str) -> list[str]:
     """The column names of a CSV or Parquet file, without reading its rows."""
     try:
         if sniff_format(path) == "parquet":
@@ -176,7 +176,7 @@ def read_edges(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
         where = path.name
     else:
         wanted = [src_col, dst_col] + ([spec.edge_weight] if spec.edge_weight else [])
-        header = _header(path, "dataset.edges")
+        header = file_header(path, "dataset.edges")
         missing = [c for c in wanted if c not in header]
         if missing:
             field = "dataset.edge_weight" if missing == [spec.edge_weight] else "dataset.edge_columns"
