@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import json
 import os
 import warnings
 from pathlib import Path
@@ -121,11 +122,13 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     """The dataset's texts as token ids ``(rows, 2, length)`` (input ids, token type ids), tokenized once."""
     if data.texts is None:
         raise DataError("model.kind 'transformer' takes text datasets; set dataset.kind to 'text'")
-    tok = _tokenizer(str(model_folder(spec)))
-    limit = max_positions(spec, tok)
-    if limit is not None and spec.max_length > limit:
-        raise DataError(f"model.max_length={spec.max_length} exceeds the {limit} token positions of model.pretrained "
-                        f"{Path(spec.pretrained).name!r}; use at most {limit}")
+    folder = model_folder(spec)
+    tok = _tokenizer(str(folder))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}  # the model's own loading names what is wrong with it
+    check_max_length(spec, config, getattr(tok, "model_max_length", None))
     first = [t[0] for t in data.texts]
     second = [t[1] for t in data.texts] if data.texts and len(data.texts[0]) > 1 else None
     enc = tok(first, second, truncation=True, max_length=spec.max_length, padding="longest",
@@ -140,17 +143,14 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     return replace(data, X=X, metadata={**data.metadata, "pad_id": int(pad), "tokens": int(ids.shape[1])})
 
 
-def max_positions(spec: ModelSpec, tok=None) -> int | None:
-    """The most tokens the encoder takes (its position embeddings; the tokenizer's own limit when smaller)."""
-    import json
-
-    try:
-        config = json.loads((model_folder(spec) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    found = [v for v in (config.get("max_position_embeddings") if isinstance(config, dict) else None,
-                         getattr(tok, "model_max_length", None)) if isinstance(v, int) and 0 < v < 1_000_000]
-    return min(found) if found else None
+def check_max_length(spec: ModelSpec, config: object, tokenizer_limit: int | None = None) -> None:
+    """Refuse a model.max_length beyond the tokens the encoder takes: its position embeddings (``config``, the
+    folder's config.json), or the tokenizer's own limit when smaller. Run at submit (footprint) and tokenization."""
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    found = [v for v in (positions, tokenizer_limit) if isinstance(v, int) and 0 < v < 1_000_000]
+    if found and spec.max_length > min(found):
+        raise DataError(f"model.max_length={spec.max_length} exceeds the {min(found)} token positions of "
+                        f"model.pretrained {Path(spec.pretrained).name!r}; use at most {min(found)}")
 
 
 class TransformerMultiTask(nn.Module):

@@ -110,7 +110,7 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
 
 def architecture(spec: ModelSpec) -> Architecture:
     """The encoder of ``model.pretrained`` measured from its folder (config.json, safetensors headers)."""
-    from affinity.transformer import model_folder
+    from affinity.transformer import check_max_length, model_folder
 
     folder = model_folder(spec)
     try:
@@ -127,10 +127,7 @@ def architecture(spec: ModelSpec) -> Architecture:
     heads = _first(config, "num_attention_heads", "num_heads", "n_head", "n_heads")
     ffn = _first(config, "intermediate_size", "d_ff", "n_inner", "hidden_dim", "ffn_dim", default=4 * h)
     vocab = _first(config, "vocab_size", default=0)
-    limit = config.get("max_position_embeddings")
-    if isinstance(limit, int) and 0 < limit < spec.max_length:
-        raise DataError(f"model.max_length={spec.max_length} exceeds the {limit} token positions of model.pretrained; "
-                        f"use at most {limit}")
+    check_max_length(spec, config)
     r = spec.lora_rank
     if shapes:
         params = sum(math.prod(s) for s in shapes.values())

@@ -89,16 +89,15 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                                                "upload one with POST /v1/datasets and use the id it returns")])
             dataset_id = ds.id
             _check_graph_upload(manifest, ds.format)
-            # a graph's NPZ node table has arrays, not named columns: checked as an NPZ
-            _check_columns(manifest, ds.columns, "npz" if ds.format == "graph" and ds.path.endswith(".npz")
-                           else ds.format)
+            npz_nodes = ds.format == "graph" and Path(ds.path).suffix == ".npz"  # arrays, not named columns
+            _check_columns(manifest, ds.columns, "npz" if npz_nodes else ds.format)
             if ds.format == "images":
                 tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 shape = images_shape(spec, Path(ds.path), tasks.n)
             elif ds.format == "graph":
                 edges = upload_edges(ds.path)
                 _check_edge_columns(spec, edges)
-                if Path(ds.path).suffix == ".npz":  # an NPZ node table: its tasks are the columns of its Y
+                if npz_nodes:  # its tasks are the columns of its Y
                     tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 else:
                     tasks = TaskCount(len(spec.tasks or ()), "dataset.tasks")

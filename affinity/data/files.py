@@ -32,6 +32,17 @@ def sniff_format(path: Path) -> str:
     return "csv"
 
 
+def _read_frame_file(path: Path, fmt: str) -> pd.DataFrame:
+    """A CSV (UTF-8) or Parquet file as a frame; DataError naming the file when it cannot be read."""
+    try:
+        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"position {exc.start}); save it as UTF-8") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+
+
 def read_table_file(spec: DatasetSpec) -> TaskTable:
     path = Path(spec.source)
     if not path.is_file():
@@ -42,13 +53,7 @@ def read_table_file(spec: DatasetSpec) -> TaskTable:
     fmt = sniff_format(path)
     if fmt == "npz":
         return _read_npz(path, spec)
-    try:
-        frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                        f"position {exc.start}); save it as UTF-8") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+    frame = _read_frame_file(path, fmt)
     return _from_frame(frame, spec, path.name)
 
 
@@ -63,13 +68,7 @@ def read_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
     fmt = sniff_format(path)
     if fmt == "npz":
         raise DataError(f"dataset.source {path.name} is NPZ, which has no text columns; give a .csv or .parquet file")
-    try:
-        frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                        f"position {exc.start}); save it as UTF-8") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+    frame = _read_frame_file(path, fmt)
     frame.columns = [str(c) for c in frame.columns]
     return frame, path.name
 
