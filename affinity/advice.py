@@ -127,7 +127,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
            base_val_loss: np.ndarray, progress: Progress | None = None,
            backend: Backend | None = None, reestimate: Reestimate | None = None,
            predictions: np.ndarray | None = None,
-           retrained: Callable[[], list[np.ndarray]] | None = None) -> tuple[Any, dict[str, Any]]:
+           retrained: Callable[[], list[np.ndarray]] | None = None,
+           fold_predictions: Callable[[], list[np.ndarray]] | None = None) -> tuple[Any, dict[str, Any]]:
     """The recommended grouping and the advice record (candidates, predicted losses, reliability, verdict).
 
     ``base_val_loss``: per-task validation loss of the base model (one model for all tasks).
@@ -136,7 +137,9 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     rows T was estimated from. ``predictions``: θ*'s outputs (rows × tasks, ``affinity.agreement``), the
     candidates' source with ``grouping.candidates_from: outputs``; ``retrained``: returns the predictions of base
     models retrained from other seeds (``agreement.retrained_predictions``), called only when the agreement's groups
-    are chosen, for their stability."""
+    are chosen, for their stability; ``fold_predictions``: returns θ*'s predictions retrained without each check
+    fold (``agreement.fold_predictions``), called with ``grouping.agreement_crossfit`` to score the agreement's
+    groupings on rows whose labels did not make them (``agreement_fold_scores``)."""
     progress = progress or Progress()
     spec = manifest.grouping
     n = data.n_tasks
@@ -161,6 +164,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     honest: dict[str, Any] | None = None
     crossfit: dict[str, Any] | None = None
     control: dict[str, Any] | None = None
+    agreement_check: dict[str, Any] | None = None
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
@@ -178,6 +182,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                         "half_agreement": {str(kk): float(adjusted_rand_score(labels_from_groups(b[0], n),
                                                                               labels_from_groups(b[1], n)))
                                            for kk, b in built.items()}}
+        elif spec.agreement_crossfit and fold_predictions is not None and \
+                any(source_of(kk, first, n) == "outputs" for kk in groupings):
+            scores, agreement_check = agreement_fold_scores(data, tensors, manifest, partitions, groupings, first,
+                                                            fold_predictions(), progress, backend)
         else:
             scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
         predicted = {k: s.task_loss() for k, s in scores.items()}
@@ -256,6 +264,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
         "crossfit": crossfit,
         "random_control": control,
+        "agreement_check": agreement_check,
         "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone, "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "
@@ -264,5 +273,43 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     return grouping, record
 
 
-__all__ = ["add_source", "advise", "candidate_groupings", "candidate_ks", "candidate_sources", "groups_at",
+def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manifest, partitions: dict[Any, Any],
+                          groupings: dict[Any, Any], first: str, per_fold: list[np.ndarray],
+                          progress: Progress | None = None, backend: Backend | None = None
+                          ) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """The check's fold scores of every candidate, the output agreement's scored fold by fold with the groups of θ*
+    retrained without that fold (``per_fold``: its predictions, one array per fold, ``agreement.fold_predictions``):
+    fold f's labels neither trained the models that score it nor chose who shares a model. The other candidates'
+    scores are the plain check's. Returns the scores and a record: per k, the mean ARI between a fold's groups and
+    the groups of θ* trained on every row (the ones recommended)."""
+    from affinity.group_check import FoldScores
+    from solver.grouping import labels_from_groups
+
+    spec, n = manifest.grouping, data.n_tasks
+    outputs = [kk for kk in groupings if source_of(kk, first, n) == "outputs"]
+    per_key: dict[Any, list[list[int]]] = {kk: v for kk, v in partitions.items() if kk not in outputs}
+    folds: dict[Any, list[int]] = {}
+    ari: dict[str, list[float]] = {}
+    for f, P in enumerate(per_fold):
+        R = agreement.correlation(P)
+        for kk in outputs:
+            made = cluster_at(R, size_of(kk), spec)
+            per_key[("fold", kk, f)] = [list(m) for m in made.groups]
+            folds[("fold", kk, f)] = [f]
+            ari.setdefault(str(size_of(kk)), []).append(
+                float(adjusted_rand_score(groupings[kk].labels, labels_from_groups(made.groups, n))))
+    scored = check_groupings(data, tensors, manifest, per_key, progress, backend, folds)
+    out = {kk: v for kk, v in scored.items() if not (isinstance(kk, tuple) and kk[0] == "fold")}
+    for kk in outputs:
+        parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
+        out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
+                             np.stack([p.rows[f] for f, p in enumerate(parts)]))
+    record = {"folds": len(per_fold), "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
+              "description": "the output agreement's groupings scored on each fold with the groups of the base model "
+                             "retrained without that fold; fold_ari: mean ARI between those groups and the recommended "
+                             "ones at k"}
+    return out, record
+
+
+__all__ = ["add_source", "advise", "agreement_fold_scores", "candidate_groupings", "candidate_ks", "candidate_sources", "groups_at",
            "source_of"]

@@ -10,7 +10,14 @@ labelled for training or validation for some task (never the test rows).
 How stable the agreement's groups are is read from θ* retrained from other initializations on the same rows
 (``retrained_predictions``, training seeds s + 1 and s + 2): groups that the data carry come back, groups of
 one initialization's accidents do not (reliability.agreement_stability). Resampling the rows of one θ*'s
-predictions would not say it: two halves of the rows agree closely on unrelated tasks too."""
+predictions would not say it: two halves of the rows agree closely on unrelated tasks too.
+
+What the agreement's groups buy is checked on rows whose labels did not make them (``grouping.agreement_crossfit``):
+θ* fitted every training label, so where two tasks' training labels happen to look alike (noise, on tasks without
+structure) their predictions correlate, they are grouped, and the check's folds — training rows too — score the
+pair's model on the very labels that paired them. ``fold_predictions`` retrains θ* once per check fold without that
+fold's rows (stopped on the rows the check's models stop on); the advice clusters each such θ*'s agreement at every
+candidate k and scores fold f with the groups of the θ* that never saw it (affinity/advice.py)."""
 
 from __future__ import annotations
 
@@ -75,4 +82,22 @@ def retrained_predictions(data, tensors: TensorData, manifest, progress=None) ->
     return out
 
 
-__all__ = ["RESEEDS", "correlation", "output_agreement", "predictions", "retrained_predictions"]
+def fold_predictions(data, tensors: TensorData, manifest, progress=None) -> list[np.ndarray]:
+    """θ*'s predictions, as ``predictions`` (the same rows), of the base model retrained once per fold of the
+    check (``group_check.cv_folds``: the grouping's folds, seed and stopping) on that view's training cells and
+    stopped on its stopping cells, so that fold f's labels never reach the f-th model; one array per fold."""
+    from affinity.group_check import cv_folds
+    from affinity.pipeline import train_base
+
+    spec = manifest.grouping
+    views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
+    out = []
+    for f, view in enumerate(views):
+        without = TensorData(tensors.X, tensors.Y, view.train, view.val, tensors.binary)
+        model, _ = train_base(data, manifest, without, progress, seed=manifest.training.seed,
+                              stage=f"agreement check: base model without fold {f + 1} of {len(views)}")
+        out.append(predictions(model, tensors, rows=spec.agreement_rows))
+    return out
+
+
+__all__ = ["RESEEDS", "correlation", "fold_predictions", "output_agreement", "predictions", "retrained_predictions"]

@@ -535,6 +535,16 @@ class GroupingSpec(_Section):
             "score."
         ),
     )
+    agreement_crossfit: bool = Field(
+        False,
+        description=(
+            "outcome: score the output agreement's groupings on rows whose labels did not make them: θ* is retrained "
+            "once per check fold without that fold's rows, and each fold is scored with the groups of the θ* that "
+            "never saw it (affinity/agreement.py). Without it the agreement of θ*, which fitted every training label, "
+            "is scored on those labels, which flatters groups of unrelated tasks whose labels happen to look alike. "
+            "Costs one base training per fold."
+        ),
+    )
     min_gain: float = Field(
         0.02, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",

@@ -26,7 +26,7 @@ from affinity.artifacts import atomic_write_json, truth_report
 from affinity.estimators import ESTIMATORS, reestimator
 from affinity.group_models import train_groups
 from affinity.manifest import Manifest
-from affinity.pipeline import Prepared, agreement_of, context, prepare, retrained_of
+from affinity.pipeline import Prepared, agreement_of, context, fold_predictions_of, prepare, retrained_of
 from affinity.progress import Progress
 
 ESTIMATOR_ORDER = ("grad_tag", "scratch", "exact", "tag_lookahead", "gradient_cosine")
@@ -97,15 +97,17 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     advice: dict[str, Any] = {}
     estimator_seconds: dict[str, float] = {}
     predictions = agreement_of(prep, manifest)  # θ*'s, the same for every estimator
+    folds_of = fold_predictions_of(prep, manifest, progress)  # θ* without each check fold, trained when first asked
     for name in estimators:
         t0 = time.perf_counter()
         est = ESTIMATORS[name](ctx)
         grouping, record = advise(est.matrix, est, data, prep.tensors, manifest, prep.training.task_val_loss,
                                   progress, prep.backend, reestimator(ctx, name), predictions,
-                                  retrained_of(prep, manifest, progress))
+                                  retrained_of(prep, manifest, progress), folds_of)
         estimator_seconds[name] = time.perf_counter() - t0
         advice[name] = {key: record[key] for key in ("k", "recommendation", "verdict", "predicted_gain",
-                                                      "candidates", "reliability", "random_control")}
+                                                      "candidates", "reliability", "random_control",
+                                                      "agreement_check")}
         rows[name] = _scored(prep, manifest, [list(g) for g in grouping.groups], progress, f"outcome of {name}",
                              trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)

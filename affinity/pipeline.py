@@ -137,7 +137,7 @@ def recommend(prep: Prepared, manifest: Manifest, estimate: AffinityEstimate,
 
     return advise(estimate.matrix, estimate, prep.data, prep.tensors, manifest, prep.training.task_val_loss,
                   progress, prep.backend, reestimator(context(prep, manifest, progress)), agreement_of(prep, manifest),
-                  retrained_of(prep, manifest, progress))
+                  retrained_of(prep, manifest, progress), fold_predictions_of(prep, manifest, progress))
 
 
 def agreement_of(prep: Prepared, manifest: Manifest):
@@ -162,6 +162,24 @@ def retrained_of(prep: Prepared, manifest: Manifest, progress: Progress):
         return retrained_predictions(prep.data, prep.tensors, manifest, progress)
 
     return retrained
+
+
+def fold_predictions_of(prep: Prepared, manifest: Manifest, progress: Progress):
+    """The agreement's cross-fitted check (``grouping.agreement_crossfit``): a call that retrains θ* without each
+    check fold and returns their predictions (``agreement.fold_predictions``), trained once however often asked;
+    None when the setting is off."""
+    from functools import cache
+
+    from affinity.agreement import fold_predictions
+
+    if not manifest.grouping.agreement_crossfit:
+        return None
+
+    @cache
+    def per_fold():
+        return fold_predictions(prep.data, prep.tensors, manifest, progress)
+
+    return per_fold
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:
