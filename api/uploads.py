@@ -61,6 +61,16 @@ def save_stream(src: BinaryIO, dest: Path, limit: int, chunk: int = 1 << 20) -> 
     return size
 
 
+REWRITE = "the file is damaged or not of this format: write it again and upload it"
+
+
+def reason(exc: BaseException) -> str:
+    """A library's error as one printable line of at most 200 characters (a corrupt file's bytes can reach the
+    message)."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return "".join(c if c.isprintable() else "?" for c in first)[:200].strip()
+
+
 def inspect_file(path: Path, limit: int | None = None) -> Inspected:
     """``_inspect_file``, refused when the table has no rows (a Parquet or NPZ table is checked as a CSV is)."""
     info = _inspect_file(path, limit)
@@ -97,6 +107,10 @@ def _inspect_file(path: Path, limit: int | None = None) -> Inspected:
                                 f"{unpacked} bytes, over this server's upload limit of {limit} bytes "
                                 "(TASK_AFFINITY_UPLOAD_LIMIT_MB); upload fewer rows or columns, or ask the operator to "
                                 "raise the limit", status=413)
+            # every page decoded once, a batch of about CSV_CHUNK_CELLS cells at a time: a corrupt data page (the
+            # footer reads fine) is refused here, not in the worker (a CSV is parsed whole at upload too)
+            for _ in meta.iter_batches(batch_size=max(1, CSV_CHUNK_CELLS // max(1, md.num_columns))):
+                pass
             return Inspected(fmt, int(meta.metadata.num_rows), [str(c) for c in meta.schema_arrow.names])
         if fmt == "npz":
             arrays = check_npz(path, limit)
@@ -112,10 +126,10 @@ def _inspect_file(path: Path, limit: int | None = None) -> Inspected:
     except BadUpload:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadUpload(f"cannot read the file as {fmt.upper()}: {first}") from None
+        raise BadUpload(f"cannot read the file as {fmt.upper()}: {reason(exc)}; {REWRITE}") from None
     except Exception as exc:  # pyarrow and zipfile raise their own types for corrupt files
-        raise BadUpload(f"cannot read the file as {fmt.upper()}: {type(exc).__name__}") from None
+        raise BadUpload(f"cannot read the file as {fmt.upper()}: {type(exc).__name__}: {reason(exc)}; "
+                        f"{REWRITE}") from None
     if len(columns) < 2 or rows < 1:
         raise BadUpload(f"the CSV has {rows} rows and {len(columns)} columns; a dataset needs feature "
                         "columns and at least one label column")

@@ -175,3 +175,78 @@ def test_retrained_predictions_are_other_seeds_base_models():
     assert len(first) == len(RESEEDS) and all(P.shape == own.shape for P in first)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))  # seeded: the same models each time
     assert not np.allclose(first[0], own) and not np.allclose(first[0], first[1])  # other seeds, other models
+
+
+def _small_pooling(**grouping):
+    from affinity.pipeline import prepare
+    from affinity.progress import Progress
+
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 1}},
+           "training": {"epochs": 5}, "grouping": {"folds": 3, **grouping}}
+    manifest = parse_manifest(raw)
+    return manifest, prepare(manifest, Progress())
+
+
+def test_fold_predictions_never_read_the_labels_of_their_fold():
+    from affinity.agreement import fold_predictions, predictions
+    from affinity.group_check import cv_folds
+
+    manifest, prep = _small_pooling()
+    first = fold_predictions(prep.data, prep.tensors, manifest)
+    assert len(first) == 3 and all(P.shape == predictions(prep.model, prep.tensors).shape for P in first)
+    # flip every label of fold 0's rows: the model without fold 0 is unchanged, the others are not
+    score = cv_folds(prep.tensors, 3, manifest.grouping.seed, manifest.grouping.check_stop)[0].test
+    flipped = TensorData(prep.tensors.X, torch.where(score, 1.0 - prep.tensors.Y, prep.tensors.Y), prep.tensors.train,
+                         prep.tensors.val, prep.tensors.binary, prep.tensors.test)
+    again = fold_predictions(prep.data, flipped, manifest)
+    assert np.array_equal(first[0], again[0])
+    assert not np.allclose(first[1], again[1]) and not np.allclose(first[2], again[2])
+
+
+def test_agreement_fold_scores_score_each_fold_with_that_folds_groups():
+    from affinity.advice import agreement_fold_scores, candidate_groupings
+    from affinity.agreement import correlation, predictions
+    from affinity.group_check import check_groupings
+
+    manifest, prep = _small_pooling(candidates_from="outputs")
+    n = prep.data.n_tasks
+    P = predictions(prep.model, prep.tensors)
+    groupings, _ = candidate_groupings(correlation(P), manifest.grouping, specific=False)
+    partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
+    plain = check_groupings(prep.data, prep.tensors, manifest, partitions)
+    # every fold's θ* reads the full θ*'s groups: the cross-fitted scores are the plain check's
+    same, record = agreement_fold_scores(prep.data, prep.tensors, manifest, partitions, groupings, "outputs", [P] * 3)
+    assert set(same) == set(plain)
+    for k in plain:
+        assert np.allclose(same[k].loss, plain[k].loss, equal_nan=True)
+    assert record["folds"] == 3 and all(v == 1.0 for v in record["fold_ari"].values())
+    # fold 1's θ* pairs other tasks: fold 1 is scored with its groups, folds 0 and 2 as before
+    rng = np.random.default_rng(0)
+    other = P[:, rng.permutation(n)] + 0.01 * rng.normal(size=P.shape)
+    mixed, record = agreement_fold_scores(prep.data, prep.tensors, manifest, partitions, groupings, "outputs",
+                                          [P, other, P])
+    inner = [k for k in groupings if 1 < k < n]
+    own = {k: [list(m) for m in groupings[k].groups] for k in inner}
+    from affinity.reliability import cluster_at
+    fold1 = {("f1", k): [list(m) for m in cluster_at(correlation(other), k, manifest.grouping).groups] for k in inner}
+    direct = check_groupings(prep.data, prep.tensors, manifest, fold1, folds={key: [1] for key in fold1})
+    for k in inner:
+        assert np.allclose(mixed[k].loss[[0, 2]], plain[k].loss[[0, 2]], equal_nan=True)
+        assert np.allclose(mixed[k].loss[1], direct[("f1", k)].loss[1], equal_nan=True)
+        if fold1[("f1", k)] != own[k]:
+            assert record["fold_ari"][str(k)] < 1.0
+
+
+def test_the_job_checks_the_agreement_on_folds_its_groups_did_not_see():
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 1}},
+           "training": {"epochs": 5}, "estimation": {"num_subsets": 30},
+           "grouping": {"folds": 3, "agreement_crossfit": True, "random_control": 2}}
+    advice = run_job(parse_manifest(raw)).advice
+    check = advice["agreement_check"]
+    assert check["folds"] == 3
+    outputs = {str(c["k"]) for c in advice["candidates"] if c["source"] == "outputs"}
+    assert outputs and outputs <= set(check["fold_ari"])
+    off = run_job(parse_manifest({**raw, "grouping": {**raw["grouping"], "agreement_crossfit": False}})).advice
+    assert off["agreement_check"] is None

@@ -187,3 +187,22 @@ def test_validate_names_a_fix_that_exists(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(path), "--subsets", "3", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "validation needs at least 3 tasks" in result.output, result.output
+
+
+def test_a_parquet_upload_with_a_damaged_data_page_is_refused(service):
+    # the footer (schema, row count) reads fine; only decoding the pages finds the damage
+    import pyarrow.parquet as pq
+
+    client, store, _, alice, _ = service
+    rng = np.random.default_rng(0)
+    b = io.BytesIO()
+    pd.DataFrame({"a": rng.normal(size=2000), "t": rng.integers(0, 2, 2000).astype(float)}).to_parquet(b)
+    raw = bytearray(b.getvalue())
+    page = pq.ParquetFile(io.BytesIO(bytes(raw))).metadata.row_group(0).column(0).data_page_offset
+    raw[page + 40: page + 400] = bytes(x ^ 0xFF for x in raw[page + 40: page + 400])
+    assert pq.ParquetFile(io.BytesIO(bytes(raw))).metadata.num_rows == 2000
+    p = problem_of(client.post("/v1/datasets", headers=alice, files={"file": ("d.parquet", bytes(raw))}))
+    assert p["detail"].startswith("cannot read the file as PARQUET") and "upload" in p["detail"], p
+    # the intact file is accepted
+    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.parquet", b.getvalue())})
+    assert r.status_code == 201, r.text
