@@ -206,3 +206,17 @@ def test_a_parquet_upload_with_a_damaged_data_page_is_refused(service):
     # the intact file is accepted
     r = client.post("/v1/datasets", headers=alice, files={"file": ("d.parquet", b.getvalue())})
     assert r.status_code == 201, r.text
+
+
+def test_an_upload_with_a_part_twice_or_an_unread_part_is_refused(service):
+    client, store, _, alice, _ = service
+    csv = b"a,t\n1,0\n2,1\n3,0\n"
+    r = client.post("/v1/datasets", headers=alice, files=[("file", ("a.csv", csv)), ("file", ("b.csv", csv))])
+    p = problem_of(r)
+    assert "['file'] more than once" in p["detail"], p
+    p = problem_of(client.post("/v1/datasets", headers=alice, files=[("file", ("a.csv", csv)),
+                                                                     ("data", ("b.csv", csv))]))
+    assert "['data']" in p["detail"] and "does not read" in p["detail"], p
+    r = client.get("/v1/datasets", headers=alice)
+    assert r.json()["total"] == 0  # nothing stored
+    assert client.post("/v1/datasets", headers=alice, files={"file": ("a.csv", csv)}).status_code == 201

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from api.deps import Config, Owner, Store
 from api.problems import ApiError, responses
@@ -16,8 +16,27 @@ from api.uploads import SUFFIX, BadUpload, Inspected, UploadTooLarge, inspect_ed
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=responses(401))
 
+PARTS = ("file", "nodes", "edges")
 
-@router.post("", status_code=201, response_model=DatasetOut, responses=responses(400, 413, 415, 422))
+
+async def one_of_each_part(request: Request) -> None:
+    """Refuse a multipart body with a part this endpoint does not read, or a part twice (one would be dropped
+    unseen): 422 naming the part. The form is the one FastAPI parsed for the File parameters (cached)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return
+    names = [name for name, _ in (await request.form()).multi_items()]
+    unknown = sorted({n for n in names if n not in PARTS})
+    if unknown:
+        raise ApiError(422, f"the upload has the part(s) {unknown}, which this endpoint does not read; send a table as "
+                            "the part 'file', or a graph as the two parts 'nodes' and 'edges'")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ApiError(422, f"the upload has the part(s) {twice} more than once; send each part once (one table per "
+                            "upload: upload another table as another dataset)")
+
+
+@router.post("", status_code=201, response_model=DatasetOut, responses=responses(400, 413, 415, 422),
+             dependencies=[Depends(one_of_each_part)])
 def upload_dataset(request: Request, owner: Owner, store: Store, settings: Config,
                    file: Annotated[UploadFile | None, File(description="A CSV, Parquet or NPZ table.")] = None,
                    nodes: Annotated[UploadFile | None, File(
