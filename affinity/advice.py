@@ -139,7 +139,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     models retrained from other seeds (``agreement.retrained_predictions``), called only when the agreement's groups
     are chosen, for their stability; ``fold_predictions``: returns θ*'s predictions retrained without each check
     fold (``agreement.fold_predictions``), called with ``grouping.agreement_crossfit`` to score the agreement's
-    groupings on rows whose labels did not make them (``agreement_fold_scores``)."""
+    groupings on rows whose labels did not make them (``agreement_fold_scores``): every candidate of the agreement
+    (``all``) or the chosen one in its random control (``control``)."""
     progress = progress or Progress()
     spec = manifest.grouping
     n = data.n_tasks
@@ -182,7 +183,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                         "half_agreement": {str(kk): float(adjusted_rand_score(labels_from_groups(b[0], n),
                                                                               labels_from_groups(b[1], n)))
                                            for kk, b in built.items()}}
-        elif spec.agreement_crossfit and fold_predictions is not None and \
+        elif spec.agreement_crossfit == "all" and fold_predictions is not None and \
                 any(source_of(kk, first, n) == "outputs" for kk in groupings):
             scores, agreement_check = agreement_fold_scores(data, tensors, manifest, partitions, groupings, first,
                                                             fold_predictions(), progress, backend)
@@ -210,7 +211,15 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         if spec.random_control and crossfit is None and 1 < size_of(k) < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
-            control = random_control(scores[k], scores[1], list(drawn.values()), spec)
+            chosen = scores[k]
+            if spec.agreement_crossfit == "control" and fold_predictions is not None and \
+                    source_of(k, first, n) == "outputs":
+                # the split against random partitions on folds whose labels did not make its groups
+                fitted, agreement_check = agreement_fold_scores(data, tensors, manifest, {k: partitions[k]},
+                                                                {k: groupings[k]}, first, fold_predictions(), progress,
+                                                                backend)
+                chosen = fitted[k]
+            control = random_control(chosen, scores[1], list(drawn.values()), spec)
             if free and not control["passed"]:
                 # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
                 control["instead_of"] = size_of(k)
@@ -304,10 +313,11 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
         out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
                              np.stack([p.rows[f] for f, p in enumerate(parts)]))
-    record = {"folds": len(per_fold), "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
+    record = {"mode": spec.agreement_crossfit, "folds": len(per_fold), "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
               "description": "the output agreement's groupings scored on each fold with the groups of the base model "
-                             "retrained without that fold; fold_ari: mean ARI between those groups and the recommended "
-                             "ones at k"}
+                             "retrained without that fold (mode control: the chosen split's, against random "
+                             "partitions; all: every candidate's); fold_ari: mean ARI between those groups and the "
+                             "recommended ones at k"}
     return out, record
 
 

@@ -535,14 +535,16 @@ class GroupingSpec(_Section):
             "score."
         ),
     )
-    agreement_crossfit: bool = Field(
-        False,
+    agreement_crossfit: Literal["off", "control", "all"] = Field(
+        "off",
         description=(
             "outcome: score the output agreement's groupings on rows whose labels did not make them: θ* is retrained "
             "once per check fold without that fold's rows, and each fold is scored with the groups of the θ* that "
-            "never saw it (affinity/agreement.py). Without it the agreement of θ*, which fitted every training label, "
-            "is scored on those labels, which flatters groups of unrelated tasks whose labels happen to look alike. "
-            "Costs one base training per fold."
+            "never saw it (affinity/agreement.py). θ* fitted every training label, so its agreement, scored on those "
+            "labels, flatters groups of unrelated tasks whose labels happen to look alike. control: only the random "
+            "control of a chosen split of the agreement is read this way (the choice among candidates is the plain "
+            "check's); all: every agreement candidate is scored this way; off: neither. Costs one base training per "
+            "fold, made only when needed."
         ),
     )
     min_gain: float = Field(

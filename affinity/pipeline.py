@@ -172,7 +172,7 @@ def fold_predictions_of(prep: Prepared, manifest: Manifest, progress: Progress):
 
     from affinity.agreement import fold_predictions
 
-    if not manifest.grouping.agreement_crossfit:
+    if manifest.grouping.agreement_crossfit == "off":
         return None
 
     @cache

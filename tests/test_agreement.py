@@ -1,6 +1,7 @@
 """Output agreement (θ*'s predictions compared across tasks) and candidate groupings drawn from it."""
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
@@ -242,11 +243,35 @@ def test_the_job_checks_the_agreement_on_folds_its_groups_did_not_see():
     raw = {"dataset": {"source": "synthetic",
                        "params": {"mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 1}},
            "training": {"epochs": 5}, "estimation": {"num_subsets": 30},
-           "grouping": {"folds": 3, "agreement_crossfit": True, "random_control": 2}}
+           "grouping": {"folds": 3, "agreement_crossfit": "all", "random_control": 2}}
     advice = run_job(parse_manifest(raw)).advice
     check = advice["agreement_check"]
     assert check["folds"] == 3
     outputs = {str(c["k"]) for c in advice["candidates"] if c["source"] == "outputs"}
     assert outputs and outputs <= set(check["fold_ari"])
-    off = run_job(parse_manifest({**raw, "grouping": {**raw["grouping"], "agreement_crossfit": False}})).advice
+    off = run_job(parse_manifest({**raw, "grouping": {**raw["grouping"], "agreement_crossfit": "off"}})).advice
     assert off["agreement_check"] is None
+
+
+def test_the_random_control_of_an_agreement_split_reads_folds_its_groups_did_not_see():
+    # planted pooling groups, k fixed at their 3: the agreement's split, against random partitions of its sizes, is
+    # scored fold by fold with the groups of θ* retrained without that fold; the planted groups come back there too
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 9, "groups": 3, "rows_per_task": 80, "seed": 2}},
+           "estimation": {"num_subsets": 40},
+           "grouping": {"candidates_from": "outputs", "k": 3, "random_control": 3, "agreement_crossfit": "control",
+                        "folds": 5}}
+    result = run_job(parse_manifest(raw))
+    advice = result.advice
+    assert advice["chosen_from"] == "outputs" and result.grouping.k == 3
+    check = advice["agreement_check"]
+    assert check["mode"] == "control" and check["folds"] == 5 and set(check["fold_ari"]) == {"3"}
+    assert check["fold_ari"]["3"] == 1.0  # every fold's θ* reads the planted groups
+    control = advice["random_control"]
+    assert control["partitions"] == 3 and len(control["fold_gains"]) == 5
+    # the candidates' own scores are the plain check's, and with every fold's groups the recommended ones the
+    # control's too: with the mode off the same numbers
+    off = run_job(parse_manifest({**raw, "grouping": {**raw["grouping"], "agreement_crossfit": "off"}})).advice
+    assert off["agreement_check"] is None
+    assert [c["predicted_val_loss"] for c in off["candidates"]] == [c["predicted_val_loss"] for c in advice["candidates"]]
+    assert off["random_control"]["gain_over_random"] == pytest.approx(control["gain_over_random"])
