@@ -628,6 +628,12 @@ class GroupingSpec(_Section):
     )
     seed: int = Field(0, ge=0)
 
+    @field_validator("agreement_crossfit", mode="before")
+    @classmethod
+    def _crossfit_flag(cls, v: Any) -> Any:
+        """true / false, as a switch is usually written, read as all / off."""
+        return {True: "all", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("k", mode="before")
     @classmethod
     def _k_shape(cls, k: Any) -> Any:

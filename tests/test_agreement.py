@@ -275,3 +275,14 @@ def test_the_random_control_of_an_agreement_split_reads_folds_its_groups_did_not
     assert off["agreement_check"] is None
     assert [c["predicted_val_loss"] for c in off["candidates"]] == [c["predicted_val_loss"] for c in advice["candidates"]]
     assert off["random_control"]["gain_over_random"] == pytest.approx(control["gain_over_random"])
+
+
+def test_agreement_crossfit_takes_its_modes_and_a_switch():
+    from affinity.manifest import ManifestError
+
+    def mode(v):
+        return parse_manifest({"dataset": {"source": "planted"}, "grouping": {"agreement_crossfit": v}}).grouping.agreement_crossfit
+
+    assert [mode(v) for v in ("off", "control", "all", True, False)] == ["off", "control", "all", "all", "off"]
+    with pytest.raises(ManifestError, match="grouping.agreement_crossfit"):
+        mode("yes")
