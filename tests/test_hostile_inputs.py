@@ -699,3 +699,21 @@ def test_task_names_that_look_like_mathtext_draw_as_text(tmp_path):
     names = ["$\\frac{$", "a$b", "plain"]
     heatmap(np.eye(3), names, [[0, 1], [2]], tmp_path / "h.png", "t")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_time_estimate_counts_the_cross_fitted_agreements_base_models():
+    from affinity.manifest import parse_manifest
+    from api.resources import builtin_shape, estimate_seconds
+
+    def est(grouping):
+        m = parse_manifest({"dataset": "planted", "grouping": grouping})
+        return estimate_seconds(m, builtin_shape(m.dataset, 16))
+
+    off, every = est({}), est({"agreement_crossfit": "all"})
+    assert "base model per fold" not in off.parts
+    assert every.parts["base model per fold"] > 5 * off.parts["base training"]  # 10 folds of 63% of the rows
+    assert "grouping.agreement_crossfit" in every.fields["base model per fold"]
+    assert every.seconds > off.seconds
+    # from T alone there is no agreement to cross-fit; with control the models are trained only when needed
+    assert "base model per fold" not in est({"agreement_crossfit": "all", "candidates_from": "affinity"}).parts
+    assert "base model per fold" not in est({"agreement_crossfit": "control"}).parts
