@@ -30,6 +30,10 @@ allows. ``grouping.selection``:
   all whichever tasks they hold (each stops at its own best epoch, none shares capacity with tasks it
   does not need), and only what the split gains beyond that is advice about the tasks. A split that
   does not beat them is replaced by one model per task if that pays, else one model for all.
+  The agreement's groups come from θ*, which fitted the training labels the folds score; with
+  ``grouping.agreement_crossfit`` they are scored, fold by fold, with the groups of θ* retrained without
+  that fold (``agreement_fold_scores``): in the chosen split's random control (``control``) or for
+  every agreement candidate (``all``).
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
 The choice rules are ``affinity.choice``'s. Reliability, recorded beside the choice, and the plain verdict that
@@ -53,7 +57,7 @@ from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
 from affinity.estimators.base import AffinityEstimate
-from affinity.group_check import check_groupings
+from affinity.group_check import FoldScores, check_groupings
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
 from affinity.reliability import agreement_stability, cluster_at, pair_specific, split_half, stability, verdict
@@ -291,7 +295,6 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
     fold f's labels neither trained the models that score it nor chose who shares a model. The other candidates'
     scores are the plain check's. Returns the scores and a record: per k, the mean ARI between a fold's groups and
     the groups of θ* trained on every row (the ones recommended)."""
-    from affinity.group_check import FoldScores
     from solver.grouping import labels_from_groups
 
     spec, n = manifest.grouping, data.n_tasks
@@ -313,7 +316,8 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
         out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
                              np.stack([p.rows[f] for f, p in enumerate(parts)]))
-    record = {"mode": spec.agreement_crossfit, "folds": len(per_fold), "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
+    record = {"mode": spec.agreement_crossfit, "folds": len(per_fold),
+              "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
               "description": "the output agreement's groupings scored on each fold with the groups of the base model "
                              "retrained without that fold (mode control: the chosen split's, against random "
                              "partitions; all: every candidate's); fold_ari: mean ARI between those groups and the "
@@ -321,5 +325,5 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
     return out, record
 
 
-__all__ = ["add_source", "advise", "agreement_fold_scores", "candidate_groupings", "candidate_ks", "candidate_sources", "groups_at",
-           "source_of"]
+__all__ = ["add_source", "advise", "agreement_fold_scores", "candidate_groupings", "candidate_ks",
+           "candidate_sources", "groups_at", "source_of"]
