@@ -102,11 +102,8 @@ def groups_at(T: np.ndarray, k: int, spec: GroupingSpec) -> list[list[int]]:
 
 
 def candidate_sources(spec: GroupingSpec) -> tuple[str, ...]:
-    """Where the candidate groupings come from (``grouping.candidates_from``); the affinity alone without the
-    outcome check or with cross-fitting (which rebuilds T's groups)."""
-    if spec.selection != "outcome" or spec.crossfit:
-        return ("affinity",)
-    return {"affinity": ("affinity",), "outputs": ("outputs",), "both": ("affinity", "outputs")}[spec.candidates_from]
+    """Where the candidate groupings come from (``GroupingSpec.sources``)."""
+    return spec.sources()
 
 
 def source_of(key: Any, first: str, n: int) -> str | None:

@@ -324,7 +324,7 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
         parts["group models"] = training_seconds(R * share, 2 * k * grouping.check_seeds)
         fields["group models"] = ("grouping.folds", "grouping.check_stop", "grouping.check_seeds",
                                   "grouping.candidates", "training.epochs", "training.patience") + shape.fields
-        if grouping.agreement_crossfit == "all" and grouping.candidates_from != "affinity" and not grouping.crossfit:
+        if grouping.agreement_crossfit == "all" and "outputs" in grouping.sources():
             # θ* again without each fold (affinity/agreement.py); with control only when an agreement split is chosen
             parts["base model per fold"] = training_seconds(R * share, k)
             fields["base model per fold"] = ("grouping.agreement_crossfit", "grouping.folds", "training.epochs",

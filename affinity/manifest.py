@@ -628,6 +628,14 @@ class GroupingSpec(_Section):
     )
     seed: int = Field(0, ge=0)
 
+    def sources(self) -> tuple[str, ...]:
+        """Where the candidate groupings come from (``candidates_from``); the affinity alone without the outcome
+        check or with cross-fitting (which rebuilds T's groups). Read by the advice and by the time estimate."""
+        if self.selection != "outcome" or self.crossfit:
+            return ("affinity",)
+        return {"affinity": ("affinity",), "outputs": ("outputs",),
+                "both": ("affinity", "outputs")}[self.candidates_from]
+
     @field_validator("agreement_crossfit", mode="before")
     @classmethod
     def _crossfit_flag(cls, v: Any) -> Any:
