@@ -165,8 +165,7 @@ def inspect_edges(path: Path, limit: int | None = None) -> Inspected:
             try:
                 rows, columns = csv_shape(path)
             except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise BadUpload(f"cannot read the edge list as CSV: {first}") from None
+                raise BadUpload(f"cannot read the edge list as CSV: {reason(exc)}") from None
             info = Inspected(fmt, rows, columns)
         if len(info.columns) < 2:
             raise BadUpload(f"the edge list has the columns {info.columns}; it needs two node-id columns "
