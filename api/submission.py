@@ -96,7 +96,7 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                 shape = images_shape(spec, Path(ds.path), tasks.n)
             elif ds.format == "graph":
                 edges = upload_edges(ds.path)
-                _check_edge_columns(spec, edges)
+                _check_edge_list(spec, Path(ds.path), edges, values=True)  # an upload: no larger than the limit
                 if npz_nodes:  # its tasks are the columns of its Y
                     tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 else:
@@ -119,7 +119,8 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                                                "the path of the edge list (dataset.source is the node table)")])
             if spec.edges is not None:  # a graph's edge list: inside the data root too
                 edges = resolve_data_path(spec.edges, settings, "dataset.edges")
-                _check_edge_columns(spec, edges)
+                _check_edge_list(spec, path, edges,
+                                 values=path.stat().st_size + edges.stat().st_size <= settings.upload_limit_bytes)
                 shape = graph_shape(spec, manifest.model, shape.rows, shape.features + tasks.n, tasks.n, edges) \
                     if shape is not None and tasks is not None else None
     # images' label table, a cnn's weights, a transformer's folder: inside the data root. The estimates read
@@ -317,28 +318,32 @@ def upload_edges(nodes_path: str) -> Path:
     return found[0]
 
 
-def _check_edge_columns(spec: Any, path: Path) -> None:
-    """dataset.edge_columns and dataset.edge_weight against the edge list's header (CSV, Parquet) or arrays (NPZ):
-    now, not in the worker after the job was queued."""
-    from affinity.data.graph import file_header
+_DATA_FIELD = re.compile(r"^dataset\.\w+")
 
+
+def _check_edge_list(spec: Any, nodes: Path, edges: Path, values: bool) -> None:
+    """The edge list by the worker's own checks (affinity.data.graph), now rather than after the job was queued:
+    dataset.edge_columns and dataset.edge_weight against its header (CSV, Parquet) or arrays (NPZ), and with
+    ``values`` every edge (ids present and nodes of the node table, weights positive), read in chunks beside the
+    node ids alone. ``values`` is False for data-root files larger than an upload may be: the worker checks those."""
+    from affinity.data.graph import check_edge_list, edge_column_problems
+
+    local = spec.model_copy(update={"source": str(nodes), "edges": str(edges)})
     try:
-        if sniff_format(path) == "npz":
-            with zipfile.ZipFile(path) as zf:
-                header = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
-            wanted = [("dataset.edges", "edges")]
-        else:
-            header = file_header(path, "dataset.edges")
-            wanted = [(f"dataset.edge_columns[{i}]", c) for i, c in enumerate(spec.edge_columns)]
+        problems = edge_column_problems(local, edges)
+        if problems:
+            raise SubmissionError([problem(field, name, message) for field, name, message in problems])
+        if values:
+            check_edge_list(local)
     except (DataError, OSError, zipfile.BadZipFile) as exc:
-        raise SubmissionError([problem("dataset.edges", spec.edges, f"cannot read the edge list: "
-                                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) from None
-    if spec.edge_weight is not None:
-        wanted.append(("dataset.edge_weight", spec.edge_weight))
-    problems = [problem(field, name, f"{name!r} is not {'a column' if field != 'dataset.edges' else 'an array'} of the "
-                        f"edge list; it has {header[:20]}") for field, name in wanted if name not in header]
-    if problems:
-        raise SubmissionError(problems)
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        match = _DATA_FIELD.match(message)
+        if match is None:
+            raise SubmissionError([problem("dataset.edges", spec.edges, f"cannot read the edge list: {message}")]) \
+                from None
+        field = match.group(0)
+        value = (spec.edges or edges.name) if field == "dataset.edges" else getattr(spec, field.split(".")[1], None)
+        raise SubmissionError([{"field": field, "value": value, "message": message}]) from None
 
 
 def _check_graph_upload(manifest: Manifest, fmt: str) -> None:

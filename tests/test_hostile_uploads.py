@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,66 @@ def test_edge_columns_are_checked_against_the_edge_list_at_submit(service):
         "dataset": {"kind": "graph", "source": "nodes.csv", "edges": "e.csv", "tasks": ["a", "b"]}, **JOB}))
     assert "dataset.edge_columns[0]" in fields_of(p), p
     assert jobs_stored(store) == 0
+
+
+def test_edge_ids_are_checked_against_the_node_table_at_submit(service):
+    client, settings, store, alice, _ = service
+    nodes, edges = graph()
+
+    def submit(edge_list: pd.DataFrame, **dataset):
+        up = client.post("/v1/datasets", headers=alice, files={
+            "nodes": ("n.csv", nodes.to_csv(index=False).encode()),
+            "edges": ("e.csv", edge_list.to_csv(index=False).encode())})
+        assert up.status_code == 201, up.text
+        return client.post("/v1/jobs", headers=alice, json={
+            "dataset": {"kind": "graph", "source": up.json()["id"], "tasks": ["a", "b"], **dataset}, **JOB})
+
+    unknown = edges.copy()
+    unknown.loc[7, "target"] = "zz"
+    p = problem_of(submit(unknown))
+    assert fields_of(p) == ["dataset.edges"], p
+    assert "'zz' in column 'target', row 7" in p["detail"] and "not in the node table" in p["detail"], p
+    missing = edges.copy()
+    missing.loc[3, "source"] = np.nan  # an empty cell: NaN once read
+    p = problem_of(submit(missing))
+    assert fields_of(p) == ["dataset.edge_columns"], p
+    assert "'source' has 1 missing node ids" in p["detail"] and "row 3" in p["detail"], p
+    p = problem_of(submit(edges.assign(w=[1.0] * 59 + [0.0]), edge_weight="w"))
+    assert fields_of(p) == ["dataset.edge_weight"] and "row 59" in p["detail"], p
+    # a graph in the data root is checked as an upload is
+    nodes.to_csv(settings.data_root / "nodes.csv", index=False)
+    unknown.to_csv(settings.data_root / "edges.csv", index=False)
+    p = problem_of(client.post("/v1/jobs", headers=alice, json={
+        "dataset": {"kind": "graph", "source": "nodes.csv", "edges": "edges.csv", "tasks": ["a", "b"]}, **JOB}))
+    assert fields_of(p) == ["dataset.edges"] and "'zz'" in p["detail"], p
+    assert jobs_stored(store) == 0
+    assert submit(edges).status_code == 201  # the valid edge list of the same node table is queued
+
+
+def test_edge_ids_of_many_chunks_are_counted_and_placed_in_the_whole_file(service, monkeypatch):
+    import affinity.data.graph
+
+    client, settings, store, alice, _ = service
+    monkeypatch.setattr(affinity.data.graph, "EDGE_CHUNK_ROWS", 7)  # 60 edges: 9 chunks
+    nodes, edges = graph()
+    edges.loc[[9, 30, 52], "source"] = ["x1", "x2", "x3"]
+    nodes.to_csv(settings.data_root / "nodes.csv", index=False)
+    edges.to_csv(settings.data_root / "edges.csv", index=False)
+    job = {"dataset": {"kind": "graph", "source": "nodes.csv", "edges": "edges.csv", "tasks": ["a", "b"]}, **JOB}
+    p = problem_of(client.post("/v1/jobs", headers=alice, json=job))
+    assert "3 edges name nodes" in p["detail"] and "'x1' in column 'source', row 9" in p["detail"], p
+    assert jobs_stored(store) == 0
+    # data-root files larger than an upload may be are read by the worker alone (the API's time stays bounded)
+    settings.upload_limit_mb = 1000 / 2**20
+    assert client.post("/v1/jobs", headers=alice, json=job).status_code == 201
+
+
+def test_the_built_in_graph_example_is_queued(service):
+    client, settings, _, alice, _ = service
+    settings.max_tasks = 5000  # the default: the example has 120 tasks, the test server allows 64
+    manifest = json.loads((Path(__file__).parents[1] / "examples" / "graph.json").read_text())
+    r = client.post("/v1/jobs", headers=alice, json=manifest)
+    assert r.status_code == 201, r.text
 
 
 def test_jobs_that_can_only_fail_are_refused_at_submit(service):

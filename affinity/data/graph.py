@@ -17,18 +17,23 @@ rows) in which row i holds the edges into node i:
   listed); self-loops are dropped (SIGN adds every node's own loop itself).
 
 Errors name the field: an edge naming a node that is not in the node table, duplicate node ids,
-missing ids, weights that are not positive numbers. A node table without feature columns gets
+missing ids, weights that are not positive numbers. The edge list's checks are one function
+(``edge_rows``), run by the worker and, on the node ids alone (``check_edge_list``), by the API at
+submit, so a bad edge list is refused before its job is queued. A node table without feature columns gets
 ``dataset.feature_fallback``: one feature log(1 + degree) (default), 32 seeded standard normal
 features, or an error. Isolated nodes (no edge) are kept and counted (``Graph.summary``, in
 summary.json under dataset.graph).
 
-Memory: the edge columns are read alone (``usecols``), mapped to row numbers as int64 and held
-once as a COO triple before the CSR; a million edges take tens of MB.
+Memory: the edge columns are read alone, ``EDGE_CHUNK_ROWS`` edges at a time, mapped to row
+numbers as int64 and held once as a COO triple before the CSR; a million edges take tens of MB.
+The check at submit keeps no chunk, so the API holds one chunk and the node ids at a time.
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,7 @@ from affinity.data.table import DataError, TaskTable, check_table
 from affinity.manifest import DatasetSpec
 
 RANDOM_FEATURES = 32  # feature_fallback "random": standard normal features per node
+EDGE_CHUNK_ROWS = 1 << 19  # edges read and checked at a time, by the worker and at submit alike
 
 
 @dataclass
@@ -100,9 +106,7 @@ def _ids(values: pd.Series | np.ndarray, what: str, field: str) -> np.ndarray:
     """Node ids as int64 when they are whole numbers, else as strings; missing ids refused."""
     s = pd.Series(values)
     if s.isna().any():
-        row = int(np.flatnonzero(s.isna().to_numpy())[0])
-        raise DataError(f"{field} has {int(s.isna().sum())} missing node ids in {what} (first at row {row}); "
-                        "give every row a node id")
+        raise DataError(_missing_ids(field, int(s.isna().sum()), what, int(np.flatnonzero(s.isna().to_numpy())[0])))
     if pd.api.types.is_integer_dtype(s):
         return s.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(s) and np.all(np.mod(s.to_numpy(), 1) == 0):
@@ -110,11 +114,8 @@ def _ids(values: pd.Series | np.ndarray, what: str, field: str) -> np.ndarray:
     return s.astype(str).to_numpy(dtype=object)
 
 
-def _common(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two id arrays in one type (strings when either is not whole numbers)."""
-    if a.dtype == object or b.dtype == object:
-        return a.astype(str).astype(object), b.astype(str).astype(object)
-    return a, b
+def _missing_ids(field: str, count: int, what: str, row: int) -> str:
+    return f"{field} has {count} missing node ids in {what} (first at row {row}); give every row a node id"
 
 
 def _read_frame(path: Path, field: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -149,53 +150,190 @@ def _existing(path_text: str, field: str, what: str) -> Path:
     return path
 
 
-def read_edges(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(source ids, target ids, weights or None) of ``dataset.edges``."""
-    path = _existing(spec.edges or "", "dataset.edges", "edge list")
+def edge_column_problems(spec: DatasetSpec, path: Path) -> list[tuple[str, Any, str]]:
+    """(field, value, message) of each column (CSV, Parquet) or array (NPZ) the manifest names that the edge list
+    ``path`` lacks (dataset.edge_columns[i], dataset.edge_weight; dataset.edges for an NPZ without 'edges'), from
+    its header alone. Read by the worker (``edge_rows``) and at submit (api/submission.py)."""
+    npz = sniff_format(path) == "npz"
+    if npz:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                header = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
+        wanted = [("dataset.edges", "edges")]
+    else:
+        header = file_header(path, "dataset.edges")
+        wanted = [(f"dataset.edge_columns[{i}]", c) for i, c in enumerate(spec.edge_columns)]
+    if spec.edge_weight is not None:
+        wanted.append(("dataset.edge_weight", spec.edge_weight))
+    has = f"its {'arrays' if npz else 'columns'} are {header[:20]}"
+    return [(field, name, f"{path.name} must hold an array 'edges' (edges × 2 node ids); {has}" if name == "edges"
+             else f"{name!r} is not {'an array' if npz else 'a column'} of {path.name}; {has}")
+            for field, name in wanted if name not in header]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _edge_chunks(spec: DatasetSpec, path: Path, rows: int) -> Iterator[tuple[Any, Any, np.ndarray | None]]:
+    """(source ids, target ids, weights or None) of the edge list ``path``, ``rows`` edges at a time, as read (no
+    check); its columns were checked (``edge_column_problems``)."""
     src_col, dst_col = spec.edge_columns
-    if sniff_format(path) == "npz":
+    fmt = sniff_format(path)
+    if fmt == "npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
-                if "edges" not in npz.files:
-                    raise DataError(f"dataset.edges {path.name} must hold an array 'edges' (edges × 2 node ids); it "
-                                    f"holds {sorted(npz.files)}")
                 edges = np.asarray(npz["edges"])
-                wname = spec.edge_weight
-                if wname is not None and wname not in npz.files:
-                    raise DataError(f"dataset.edge_weight {wname!r} is not an array of {path.name}; it holds "
-                                    f"{sorted(npz.files)}")
-                weight = None if wname is None else np.asarray(npz[wname], dtype=np.float64)
+                weight = None if spec.edge_weight is None else np.asarray(npz[spec.edge_weight], dtype=np.float64)
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {str(exc).splitlines()[0]}") from None
+            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
         if edges.ndim != 2 or edges.shape[1] != 2:
             raise DataError(f"dataset.edges {path.name}: 'edges' must have shape (edges, 2), got {edges.shape}")
         if weight is not None and weight.shape != (len(edges),):
             raise DataError(f"dataset.edge_weight {spec.edge_weight!r} has shape {weight.shape}; give one weight "
                             f"per edge ({len(edges)})")
-        src, dst = edges[:, 0], edges[:, 1]
-        where = path.name
-    else:
-        wanted = [src_col, dst_col] + ([spec.edge_weight] if spec.edge_weight else [])
-        header = file_header(path, "dataset.edges")
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            field = "dataset.edge_weight" if missing == [spec.edge_weight] else "dataset.edge_columns"
-            raise DataError(f"{field}: {missing} not columns of {path.name}; its columns are {list(header)[:20]}")
-        frame = _read_frame(path, "dataset.edges", wanted)
-        src, dst = frame[src_col].to_numpy(), frame[dst_col].to_numpy()
-        weight = None
-        if spec.edge_weight:
-            weight = pd.to_numeric(frame[spec.edge_weight], errors="coerce").to_numpy(dtype=np.float64)
-        where = path.name
-    if weight is not None:
-        bad = ~(np.isfinite(weight) & (weight > 0))
-        if bad.any():
-            raise DataError(f"dataset.edge_weight {spec.edge_weight!r} has {int(bad.sum())} weights that are not "
-                            f"positive numbers in {where} (first at row {int(np.flatnonzero(bad)[0])}); give every "
-                            "edge a weight > 0 or drop those edges")
-    src = _ids(src, where, f"dataset.edge_columns {src_col!r}")
-    dst = _ids(dst, where, f"dataset.edge_columns {dst_col!r}")
-    return src, dst, weight
+        for start in range(0, len(edges), rows):
+            yield (edges[start:start + rows, 0], edges[start:start + rows, 1],
+                   None if weight is None else weight[start:start + rows])
+        return
+    columns = [src_col, dst_col] + ([spec.edge_weight] if spec.edge_weight else [])
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            frames: Any = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns))
+        else:
+            frames = pd.read_csv(path, usecols=columns, chunksize=rows)
+        with closing(frames):
+            for frame in frames:
+                weight = None if not spec.edge_weight else \
+                    pd.to_numeric(frame[spec.edge_weight], errors="coerce").to_numpy(dtype=np.float64)
+                yield frame[src_col].to_numpy(), frame[dst_col].to_numpy(), weight
+    except Exception as exc:  # pandas and pyarrow raise their own types for unreadable files
+        raise DataError(f"dataset.edges: cannot read {path.name} as {fmt.upper()}: {_first_line(exc)}") from None
+
+
+@dataclass
+class _Tally:
+    """The edges failing one check, over every chunk of an edge list: how many, and the first (row, value)."""
+
+    count: int = 0
+    row: int = -1
+    value: Any = None
+
+    def add(self, bad: np.ndarray, start: int, values: Any) -> None:
+        n = int(bad.sum())
+        if n and not self.count:
+            i = int(np.flatnonzero(bad)[0])
+            self.row, self.value = start + i, values[i].item() if hasattr(values[i], "item") else values[i]
+        self.count += n
+
+
+def node_index(ids: np.ndarray, spec: DatasetSpec, node_file: str) -> pd.Index:
+    """The node ids as an index, refused when one is given twice."""
+    index = pd.Index(ids)
+    if not index.is_unique:
+        dup = index[index.duplicated()]
+        raise DataError(f"dataset.node_column {spec.node_column!r} has {len(dup)} duplicate node ids in {node_file} "
+                        f"(e.g. {dup[0]!r}); give every node one row")
+    return index
+
+
+def edge_rows(spec: DatasetSpec, ids: np.ndarray, node_file: str,
+              rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The edge list ``dataset.edges`` as (source rows, target rows, weights or None) of the node table whose node
+    ids are ``ids`` (read from ``node_file``), one chunk of ``rows`` edges (default EDGE_CHUNK_ROWS) at a time.
+
+    Every check of an edge list is here, run by the worker (``read_graph_files``) and at submit
+    (``check_edge_list``): unique node ids, the named columns, every weight a positive number, every id present and
+    a node of the table. The chunks are read to the end and a DataError naming the field, the count of bad edges
+    in the whole file and the first of them comes after the last chunk: use the chunks only once all are read.
+    """
+    rows = rows or EDGE_CHUNK_ROWS
+    index = node_index(ids, spec, node_file)
+    as_text: pd.Index | None = None  # the ids as strings, for edge ids that are not all whole numbers
+    path = _existing(spec.edges or "", "dataset.edges", "edge list")
+    problems = edge_column_problems(spec, path)
+    if problems:
+        raise DataError("; ".join(f"{field}: {message}" for field, _, message in problems))
+    weights, missing, unknown = _Tally(), (_Tally(), _Tally()), (_Tally(), _Tally())
+    start = 0
+    for src, dst, weight in _edge_chunks(spec, path, rows):
+        if weight is not None:
+            weights.add(~(np.isfinite(weight) & (weight > 0)), start, weight)
+        ends_rows = []
+        for k, (ends, column) in enumerate(((src, spec.edge_columns[0]), (dst, spec.edge_columns[1]))):
+            na = pd.isna(ends)
+            missing[k].add(na, start, ends)
+            if na.any():
+                continue
+            ends = _ids(ends, path.name, f"dataset.edge_columns {column!r}")
+            if ends.dtype == object or ids.dtype == object:
+                as_text = pd.Index(ids.astype(str)) if as_text is None else as_text
+                pos = as_text.get_indexer(ends.astype(str))
+            else:
+                pos = index.get_indexer(ends)
+            unknown[k].add(pos < 0, start, ends)
+            ends_rows.append(pos.astype(np.int64))
+        start += len(src)
+        if len(ends_rows) == 2:
+            yield ends_rows[0], ends_rows[1], weight
+    if weights.count:
+        raise DataError(f"dataset.edge_weight {spec.edge_weight!r} has {weights.count} weights that are not positive "
+                        f"numbers in {path.name} (first at row {weights.row}); give every edge a weight > 0 or drop "
+                        "those edges")
+    for tally, column in zip(missing, spec.edge_columns):
+        if tally.count:
+            raise DataError(_missing_ids(f"dataset.edge_columns {column!r}", tally.count, path.name, tally.row))
+    for tally, column in zip(unknown, spec.edge_columns):
+        if tally.count:
+            raise DataError(f"dataset.edges: {tally.count} edges name nodes that are not in the node table (e.g. "
+                            f"{tally.value!r} in column {column!r}, row {tally.row}); add those nodes to {node_file} "
+                            "or drop the edges")
+
+
+def check_edge_list(spec: DatasetSpec) -> None:
+    """The checks of ``edge_rows`` on the edge list and the node ids of ``dataset.source``, without reading the
+    rest of the node table or keeping any edge: what the API runs at submit. DataError naming the field."""
+    ids, node_file = node_ids(spec)
+    for _ in edge_rows(spec, ids, node_file):
+        pass
+
+
+def node_ids(spec: DatasetSpec) -> tuple[np.ndarray, str]:
+    """The node ids of the node table ``dataset.source`` (its id column or array alone; for an NPZ without one,
+    the row numbers of its Y, from the array's header) and its file name, as ``_node_table`` finds them."""
+    path = _existing(spec.source, "dataset.source", "node table")
+    if sniff_format(path) == "npz":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+                ids, y_shape = None, None
+                if spec.node_column in keys:
+                    with np.load(path, allow_pickle=False) as npz:
+                        ids = np.asarray(npz[spec.node_column])
+                elif "Y" in keys:
+                    with zf.open("Y.npy") as f:
+                        version = np.lib.format.read_magic(f)
+                        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                else np.lib.format.read_array_header_2_0)
+                        y_shape = read(f)[0]
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
+        if ids is None and y_shape is None:
+            raise DataError(f"dataset.source {path.name} must hold 'Y' (nodes × tasks, NaN = not labelled) and "
+                            f"optionally 'X' and {spec.node_column!r}; it holds {sorted(keys)}")
+        if ids is None:
+            ids = np.arange(y_shape[0] if y_shape else 0)  # a Y of no dimension: the worker names the shape
+        return _ids(ids, path.name, "dataset.node_column"), path.name
+    header = file_header(path, "dataset.source")
+    if spec.node_column not in header:
+        raise DataError(f"dataset.node_column {spec.node_column!r} is not a column of {path.name}; its columns are "
+                        f"{header[:20]}; name the column holding the node ids")
+    frame = _read_frame(path, "dataset.source", [spec.node_column])
+    return _ids(frame[spec.node_column], path.name, "dataset.node_column"), path.name
 
 
 def _node_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray, list[str], list[str], str]:
@@ -264,24 +402,11 @@ def read_graph_files(spec: DatasetSpec) -> TaskTable:
         raise DataError("dataset.edges is required for a graph; give the path to the edge list (dataset.source is "
                         "the node table)")
     ids, X, features, Y, names, types, node_file = _node_table(spec)
-    index = pd.Index(ids)
-    if not index.is_unique:
-        dup = index[index.duplicated()]
-        raise DataError(f"dataset.node_column {spec.node_column!r} has {len(dup)} duplicate node ids in {node_file} "
-                        f"(e.g. {dup[0]!r}); give every node one row")
-    src, dst, weight = read_edges(spec)
-    rows = []
-    for ends, column in ((src, spec.edge_columns[0]), (dst, spec.edge_columns[1])):
-        node_ids, ends = _common(ids, ends)
-        pos = pd.Index(node_ids).get_indexer(ends)
-        unknown = pos < 0
-        if unknown.any():
-            first = int(np.flatnonzero(unknown)[0])
-            raise DataError(
-                f"dataset.edges: {int(unknown.sum())} edges name nodes that are not in the node table (e.g. "
-                f"{ends[first]!r} in column {column!r}, row {first}); add those nodes to {node_file} or drop the edges")
-        rows.append(pos.astype(np.int64))
-    adjacency, loops = adjacency_from_edges(len(ids), rows[0], rows[1], weight, spec.directed)
+    chunks = list(edge_rows(spec, ids, node_file))
+    src = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
+    dst = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0, np.int64)
+    weight = np.concatenate([c[2] for c in chunks]) if chunks and spec.edge_weight else None
+    adjacency, loops = adjacency_from_edges(len(ids), src, dst, weight, spec.directed)
     graph = Graph(adjacency, spec.directed, "given", loops)
     if X is None:
         if spec.feature_fallback == "error":
