@@ -31,14 +31,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from affinity.data.table import DataError, SplitTable, TaskTable
 from affinity.cnn_footprint import cnn_memory, cnn_seconds
 from affinity.footprint import (DatasetShape, MemoryEstimate, TimeEstimate, mlp_memory, mlp_seconds, sign_memory,
                                 sign_seconds)
 from affinity.manifest import MODEL_FIELDS, DatasetSpec, Manifest, ModelSpec
+
+if TYPE_CHECKING:  # the service validates manifests (data kinds) without loading torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
 
 def architecture(spec: ModelSpec) -> Architecture:
     """The encoder of ``model.pretrained`` measured from its folder (config.json, safetensors headers)."""
-    from affinity.transformer import check_max_length, model_folder
+    from affinity.transformer_folder import check_max_length, model_folder
 
     folder = model_folder(spec)
     try:

@@ -257,3 +257,35 @@ def test_bad_uploads_are_4xx(service):
     assert_problem(client.post("/v1/datasets", headers=alice), 422, "file")
     assert client.get("/v1/datasets", headers=alice).json()["total"] == 0
     assert not any(p.name.startswith(".") for p in settings.datasets.rglob("*")) if settings.datasets.exists() else True
+
+
+SUBMIT_IN_A_FRESH_PROCESS = """
+import json, pathlib, sys, tempfile
+from fastapi.testclient import TestClient
+from api.app import create_app
+from api.keys import create_key
+from api.settings import Settings
+tmp = pathlib.Path(tempfile.mkdtemp())
+(tmp / "data_root").mkdir()
+app = create_app(Settings(home=tmp / "home", database_url=f"sqlite:///{tmp}/db.sqlite", data_root=tmp / "data_root"))
+headers = {"Authorization": f"Bearer {create_key(app.state.store.sessions, 'a').token}"}
+with TestClient(app) as client:
+    for job in json.loads(sys.argv[1]):
+        print(client.post("/v1/jobs", json=job, headers=headers).status_code, end=" ")
+print("torch" in sys.modules)
+"""
+
+
+def test_submitting_a_job_does_not_load_torch_into_the_service(tiny_job):
+    # the service validates and sizes manifests of every kind (data kinds, time and memory estimates) without the
+    # ML engine: torch is loaded only by the job processes
+    import json
+    import subprocess
+    import sys
+
+    text = json.loads(open("examples/text.json").read())
+    bad = {**tiny_job, "model": {"kind": "nope"}}
+    out = subprocess.run([sys.executable, "-c", SUBMIT_IN_A_FRESH_PROCESS, json.dumps([tiny_job, text, bad])],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["201", "201", "422", "False"]
