@@ -96,6 +96,29 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True
     return dict(sorted(out.items())), criterion_k
 
 
+def consensus_groupings(outputs: list[np.ndarray], spec: GroupingSpec) -> dict[int, Any]:
+    """The output agreement's candidates with ``grouping.agreement_consensus``: at every candidate k, the meet of
+    the groupings at k of each base model's agreement (``outputs``: θ*'s predictions first, then the retrained
+    models'): two tasks share a group only where every model's agreement puts them together. Keyed by the meet's
+    number of groups (the first k to give a partition keeps it); one model for all and one per task as given."""
+    from solver.grouping import Grouping
+
+    n = outputs[0].shape[1]
+    agreements = [agreement.correlation(O) for O in outputs]
+    first = candidate_groupings(agreements[0], spec, specific=False)[0]
+    out: dict[int, Any] = {}
+    for k, grouping in first.items():
+        if not 1 < k < n:
+            out.setdefault(k, grouping)
+            continue
+        labels = [np.asarray(grouping.labels), *(np.asarray(cluster_at(R, k, spec).labels) for R in agreements[1:])]
+        meet_labels = np.unique(np.stack(labels, 1), axis=0, return_inverse=True)[1].ravel()
+        meet = Grouping.from_labels(agreements[0], meet_labels, method=f"consensus of {len(outputs)} ({grouping.method})",
+                                    relaxation_objective=None, seconds=0.0)
+        out.setdefault(meet.k, meet)
+    return dict(sorted(out.items()))
+
+
 def groups_at(T: np.ndarray, k: int, spec: GroupingSpec) -> list[list[int]]:
     """The groups of affinity T at k as the candidates are made: T's pair-specific part, clustered."""
     return [list(m) for m in cluster_at(pair_specific(T), k, spec).groups]
@@ -153,6 +176,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
 
     def groupings_of(source: str) -> tuple[dict[int, Any], int | None]:
         if source == "outputs":
+            if spec.agreement_consensus and retrained is not None:
+                return consensus_groupings([predictions, *retrained()], spec), None
             return candidate_groupings(agreement.correlation(predictions), spec, specific=False)
         return candidate_groupings(T, spec)
 

@@ -535,6 +535,16 @@ class GroupingSpec(_Section):
             "score."
         ),
     )
+    agreement_consensus: bool = Field(
+        False,
+        description=(
+            "outcome: the output agreement's candidate at each k holds together only the tasks that θ* and the base "
+            "models retrained from other seeds (the stability check's) all group together at k: the meet of their "
+            "groupings, so that a group one initialization's accidents made falls apart into smaller groups or "
+            "single tasks, while groups the data carry stay whole. Costs the retrained base models whenever the "
+            "agreement is a source (otherwise only when its groups are chosen)."
+        ),
+    )
     agreement_crossfit: Literal["off", "control", "all"] = Field(
         "off",
         description=(

@@ -286,3 +286,53 @@ def test_agreement_crossfit_takes_its_modes_and_a_switch():
     assert [mode(v) for v in ("off", "control", "all", True, False)] == ["off", "control", "all", "all", "off"]
     with pytest.raises(ManifestError, match="grouping.agreement_crossfit"):
         mode("yes")
+
+
+def _outputs(seed, rows=300):
+    """Predictions of 7 tasks: 0–2 one latent direction, 3–4 another, 5–6 pure noise (their pairing is luck)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(rows, 2))
+    shared = [z[:, 0], z[:, 0], z[:, 0], z[:, 1], z[:, 1]]
+    cols = [s + 0.3 * rng.normal(size=rows) for s in shared] + [rng.normal(size=rows) for _ in range(2)]
+    return np.stack(cols, 1)
+
+
+def test_consensus_candidates_are_the_meet_of_every_base_models_groups():
+    from affinity.advice import candidate_groupings, consensus_groupings
+    from affinity.agreement import correlation
+    from affinity.manifest import GroupingSpec
+
+    spec = GroupingSpec(k="auto")
+    outputs = [_outputs(s) for s in (0, 1, 2)]
+    meets = consensus_groupings(outputs, spec)
+    per_model = [candidate_groupings(correlation(O), spec, specific=False)[0] for O in outputs]
+    n = 7
+    assert 1 in meets and n in meets
+    for size, g in meets.items():
+        if not 1 < size < n:
+            continue
+        labels = np.asarray(g.labels)
+        # the meet at some candidate k: two tasks together exactly where every model's groups at k put them together
+        ks = [k for k in per_model[0] if 1 < k < n]
+        assert any(all((labels[i] == labels[j]) == all(np.asarray(m[k].labels)[i] == np.asarray(m[k].labels)[j]
+                                                        for m in per_model)
+                       for i in range(n) for j in range(n)) for k in ks)
+        assert g.k == size == len(g.groups)
+        # the two latent directions never share a group
+        for members in g.groups:
+            assert not (set(members) & {0, 1, 2} and set(members) & {3, 4})
+    # the two latent groups survive whole at their k
+    assert any(sorted(map(sorted, g.groups))[:2] == [[0, 1, 2], [3, 4]] for g in meets.values())
+
+
+def test_the_job_takes_the_agreements_consensus():
+    raw = {"dataset": {"source": "synthetic",
+                       "params": {"mechanism": "pooling", "tasks": 9, "groups": 3, "rows_per_task": 80, "seed": 2}},
+           "estimation": {"num_subsets": 40},
+           "grouping": {"candidates_from": "outputs", "agreement_consensus": True, "random_control": 2}}
+    result = run_job(parse_manifest(raw))
+    outputs = [c for c in result.advice["candidates"] if c["source"] == "outputs"]
+    assert outputs and all(c["k"] == len(c["groups"]) for c in outputs)
+    # the planted groups carry across initializations: the consensus keeps them whole
+    truth = {frozenset(g) for g in result.data.truth_groups}
+    assert any({frozenset(g) for g in c["groups"]} == truth for c in outputs)

@@ -717,3 +717,19 @@ def test_the_time_estimate_counts_the_cross_fitted_agreements_base_models():
     # from T alone there is no agreement to cross-fit; with control the models are trained only when needed
     assert "base model per fold" not in est({"agreement_crossfit": "all", "candidates_from": "affinity"}).parts
     assert "base model per fold" not in est({"agreement_crossfit": "control"}).parts
+
+
+def test_the_time_estimate_counts_the_consensus_base_models():
+    from affinity.manifest import parse_manifest
+    from api.resources import builtin_shape, estimate_seconds
+
+    def est(grouping):
+        m = parse_manifest({"dataset": "planted", "grouping": grouping})
+        return estimate_seconds(m, builtin_shape(m.dataset, 16))
+
+    off, on = est({}), est({"agreement_consensus": True})
+    name = "base models from other seeds"
+    assert name not in off.parts
+    assert on.parts[name] == pytest.approx(2 * on.parts["base training"], rel=0.01)
+    assert "grouping.agreement_consensus" in on.fields[name] and on.seconds > off.seconds
+    assert name not in est({"agreement_consensus": True, "candidates_from": "affinity"}).parts
