@@ -96,6 +96,19 @@ def candidate_groupings(T: np.ndarray, spec: GroupingSpec, specific: bool = True
     return dict(sorted(out.items())), criterion_k
 
 
+def agreement_candidates(predictions: np.ndarray, retrained: Callable[[], list[np.ndarray]] | None,
+                         spec: GroupingSpec) -> tuple[dict[int, Any], int | None]:
+    """The output agreement's candidate groupings: of θ*'s agreement (``predictions``), or with
+    ``grouping.agreement_consensus`` of θ*'s and the retrained base models' (``retrained``): the meet of their
+    groupings at each k (``consensus_groupings``) or the groupings of their mean agreement."""
+    if spec.agreement_consensus == "off" or retrained is None:
+        return candidate_groupings(agreement.correlation(predictions), spec, specific=False)
+    outputs = [predictions, *retrained()]
+    if spec.agreement_consensus == "meet":
+        return consensus_groupings(outputs, spec), None
+    return candidate_groupings(np.mean([agreement.correlation(O) for O in outputs], axis=0), spec, specific=False)
+
+
 def consensus_groupings(outputs: list[np.ndarray], spec: GroupingSpec) -> dict[int, Any]:
     """The output agreement's candidates with ``grouping.agreement_consensus``: at every candidate k, the meet of
     the groupings at k of each base model's agreement (``outputs``: θ*'s predictions first, then the retrained
@@ -176,9 +189,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
 
     def groupings_of(source: str) -> tuple[dict[int, Any], int | None]:
         if source == "outputs":
-            if spec.agreement_consensus and retrained is not None:
-                return consensus_groupings([predictions, *retrained()], spec), None
-            return candidate_groupings(agreement.correlation(predictions), spec, specific=False)
+            return agreement_candidates(predictions, retrained, spec)
         return candidate_groupings(T, spec)
 
     first = sources[0]

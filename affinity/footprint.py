@@ -329,7 +329,7 @@ def job_seconds(manifest: Manifest, shape: DatasetShape, per_row: float, per_pai
             parts["base model per fold"] = training_seconds(R * share, k)
             fields["base model per fold"] = ("grouping.agreement_crossfit", "grouping.folds", "training.epochs",
                                              "training.patience") + shape.fields
-        if grouping.agreement_consensus and "outputs" in grouping.sources():
+        if grouping.agreement_consensus != "off" and "outputs" in grouping.sources():
             # θ* retrained from other seeds (affinity/agreement.py RESEEDS); without consensus only when the
             # agreement's groups are chosen
             parts["base models from other seeds"] = training_seconds(R, 2)

@@ -535,14 +535,15 @@ class GroupingSpec(_Section):
             "score."
         ),
     )
-    agreement_consensus: bool = Field(
-        False,
+    agreement_consensus: Literal["off", "meet", "mean"] = Field(
+        "off",
         description=(
-            "outcome: the output agreement's candidate at each k holds together only the tasks that θ* and the base "
-            "models retrained from other seeds (the stability check's) all group together at k: the meet of their "
-            "groupings, so that a group one initialization's accidents made falls apart into smaller groups or "
-            "single tasks, while groups the data carry stay whole. Costs the retrained base models whenever the "
-            "agreement is a source (otherwise only when its groups are chosen)."
+            "outcome: the output agreement's candidates read from θ* and the base models retrained from other seeds "
+            "(the stability check's), not θ* alone. meet: the candidate at each k holds together only the tasks that "
+            "every model's agreement groups together at k, so that a group one initialization's accidents made "
+            "falls apart into smaller groups or single tasks while groups the data carry stay whole; mean: the "
+            "models' agreements averaged, then clustered at each k. Costs the retrained base models whenever the "
+            "agreement is a source (otherwise only when its groups are chosen). true: meet."
         ),
     )
     agreement_crossfit: Literal["off", "control", "all"] = Field(
@@ -645,6 +646,12 @@ class GroupingSpec(_Section):
             return ("affinity",)
         return {"affinity": ("affinity",), "outputs": ("outputs",),
                 "both": ("affinity", "outputs")}[self.candidates_from]
+
+    @field_validator("agreement_consensus", mode="before")
+    @classmethod
+    def _consensus_flag(cls, v: Any) -> Any:
+        """true / false read as meet / off."""
+        return {True: "meet", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("agreement_crossfit", mode="before")
     @classmethod

@@ -336,3 +336,42 @@ def test_the_job_takes_the_agreements_consensus():
     # the planted groups carry across initializations: the consensus keeps them whole
     truth = {frozenset(g) for g in result.data.truth_groups}
     assert any({frozenset(g) for g in c["groups"]} == truth for c in outputs)
+
+
+def test_agreement_consensus_takes_its_modes_and_a_switch():
+    from affinity.manifest import GroupingSpec, ManifestError
+
+    assert GroupingSpec().agreement_consensus == "off"
+    assert GroupingSpec(agreement_consensus=True).agreement_consensus == "meet"
+    assert GroupingSpec(agreement_consensus=False).agreement_consensus == "off"
+    assert GroupingSpec(agreement_consensus="mean").agreement_consensus == "mean"
+    with pytest.raises(ManifestError, match="grouping.agreement_consensus"):
+        parse_manifest({"dataset": "planted", "grouping": {"agreement_consensus": "median"}})
+
+
+def test_the_agreement_candidates_of_each_consensus_mode():
+    from affinity.advice import agreement_candidates, candidate_groupings, consensus_groupings
+    from affinity.agreement import correlation
+    from affinity.manifest import GroupingSpec
+
+    outputs = [_outputs(s) for s in (0, 1, 2)]
+    calls = []
+
+    def retrained():
+        calls.append(1)
+        return outputs[1:]
+
+    def labels(cands):
+        return {k: tuple(np.asarray(g.labels).tolist()) for k, g in cands.items()}
+
+    off = agreement_candidates(outputs[0], retrained, GroupingSpec(k="auto"))
+    assert labels(off[0]) == labels(candidate_groupings(correlation(outputs[0]), GroupingSpec(k="auto"),
+                                                        specific=False)[0]) and not calls  # θ* alone, none retrained
+    meet = agreement_candidates(outputs[0], retrained, GroupingSpec(k="auto", agreement_consensus="meet"))
+    assert labels(meet[0]) == labels(consensus_groupings(outputs, GroupingSpec(k="auto"))) and meet[1] is None
+    spec = GroupingSpec(k="auto", agreement_consensus="mean")
+    mean = agreement_candidates(outputs[0], retrained, spec)
+    averaged = np.mean([correlation(O) for O in outputs], axis=0)
+    assert labels(mean[0]) == labels(candidate_groupings(averaged, spec, specific=False)[0])
+    assert len(calls) == 2
+    assert any(sorted(map(sorted, g.groups))[:2] == [[0, 1, 2], [3, 4]] for g in mean[0].values())
