@@ -33,7 +33,9 @@ allows. ``grouping.selection``:
   The agreement's groups come from θ*, which fitted the training labels the folds score; with
   ``grouping.agreement_crossfit`` they are scored, fold by fold, with the groups of θ* retrained without
   that fold (``agreement_fold_scores``): in the chosen split's random control (``control``) or for
-  every agreement candidate (``all``).
+  every agreement candidate (``all``). With ``grouping.agreement_consensus`` the agreement's candidates are read from
+  θ* and the base models retrained from other seeds (``agreement_candidates``): the meet of their groupings at each k
+  or the groupings of their mean agreement.
 - ``affinity``: T's criterion alone, no models trained (cheaper; no predicted loss).
 
 The choice rules are ``affinity.choice``'s. Reliability, recorded beside the choice, and the plain verdict that

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -151,35 +152,23 @@ def agreement_of(prep: Prepared, manifest: Manifest):
 
 
 def retrained_of(prep: Prepared, manifest: Manifest, progress: Progress):
-    """The agreement's stability check: a call that retrains θ* from other seeds and returns their predictions
-    (``agreement.retrained_predictions``), made by the advice only when it chooses the agreement's groups."""
-    from functools import cache
-
+    """θ* retrained from other seeds: a call that trains them once however often it is asked (one advice per
+    estimator in affinity.outcome) and returns their predictions (``agreement.retrained_predictions``), made by the
+    advice when it chooses the agreement's groups (their stability) or reads the agreement of several base models
+    (``grouping.agreement_consensus``)."""
     from affinity.agreement import retrained_predictions
 
-    @cache  # trained once however often it is asked (one advice per estimator in affinity.outcome)
-    def retrained():
-        return retrained_predictions(prep.data, prep.tensors, manifest, progress)
-
-    return retrained
+    return cache(partial(retrained_predictions, prep.data, prep.tensors, manifest, progress))
 
 
 def fold_predictions_of(prep: Prepared, manifest: Manifest, progress: Progress):
-    """The agreement's cross-fitted check (``grouping.agreement_crossfit``): a call that retrains θ* without each
-    check fold and returns their predictions (``agreement.fold_predictions``), trained once however often asked;
-    None when the setting is off."""
-    from functools import cache
-
+    """θ* retrained without each check fold (``grouping.agreement_crossfit``): a call that trains them once however
+    often it is asked and returns their predictions (``agreement.fold_predictions``); None when the setting is off."""
     from affinity.agreement import fold_predictions
 
     if manifest.grouping.agreement_crossfit == "off":
         return None
-
-    @cache
-    def per_fold():
-        return fold_predictions(prep.data, prep.tensors, manifest, progress)
-
-    return per_fold
+    return cache(partial(fold_predictions, prep.data, prep.tensors, manifest, progress))
 
 
 def context(prep: Prepared, manifest: Manifest, progress: Progress, work_dir: Path | None = None) -> EstimationContext:
