@@ -258,3 +258,25 @@ def test_connection_strength_trains_a_transformer_with_task_norms(tmp_path):
     assert result.exit_code == 0, result.output
     priority = json.loads((tmp_path / "run" / "priority.json").read_text())
     assert priority["layers"][0]["layer"] == "neck" and priority["phase1_batches"] + priority["phase2_batches"] > 0
+
+
+@pytest.mark.parametrize("method, mtl, grouping", [
+    ("exact", "equal", None), ("scratch", "equal", None), ("tag_lookahead", "equal", None),
+    ("gradient_cosine", "equal", None), ("grad_tag", "upgrad", None),
+    ("grad_tag", "equal", {"selection": "outcome", "k": "auto", "folds": 3, "random_control": 2}),
+])
+def test_every_estimator_an_aggregator_and_the_check_run_on_a_transformer(method, mtl, grouping):
+    # the stages reach the model only through the kind's interface: the same calls as for an MLP or a CNN
+    from affinity.pipeline import run_job
+
+    raw = {**TINY, "training": {**TINY["training"], "mtl_method": mtl},
+           "estimation": {**TINY["estimation"], "method": method}}
+    if grouping is not None:
+        raw["grouping"] = grouping
+    result = run_job(parse_manifest(raw))
+    n = len(result.data.task_names)
+    assert result.estimate.matrix.shape == (n, n) and np.isfinite(result.estimate.matrix).all()
+    if grouping is not None:  # every candidate trained as the user would: one transformer per group and fold
+        assert result.advice["selection"] == "outcome"
+        assert all(np.isfinite(c["predicted_val_loss"]) for c in result.advice["candidates"])
+        assert result.advice["recommendation"] in ("together", "groups", "separately")
