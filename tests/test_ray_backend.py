@@ -169,3 +169,20 @@ def test_a_service_worker_runs_a_job_on_ray_with_lease_and_progress(cluster, tmp
     assert done.manifest["compute"]["backend"] == "local"  # the stored manifest; the server setting chose Ray
     assert done.summary["backend"] == "ray"
     assert beats and all(0 <= b["progress"] <= 1 for b in beats)  # the lease heartbeat carried progress
+
+
+def test_a_text_job_on_ray_gives_the_local_result(cluster, tmp_path):
+    # a transformer with LoRA (the text kind) through the same backend: its projected gradients sharded over the
+    # cluster's workers, the matrix and groups those of the local backend
+    from test_text import TINY
+
+    def text(backend):
+        m = copy.deepcopy(TINY)
+        m["compute"] = {"backend": backend, "shard_pairs": 20, **({"address": cluster.address} if backend == "ray" else {})}
+        return parse_manifest(m)
+
+    local = run_job(text("local"), tmp_path / "local")
+    remote = run_job(text("ray"), tmp_path / "ray")
+    np.testing.assert_allclose(remote.gradients.features, local.gradients.features, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(remote.estimate.matrix, local.estimate.matrix, rtol=1e-4, atol=1e-6)
+    assert remote.grouping.groups == local.grouping.groups
