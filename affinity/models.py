@@ -18,7 +18,10 @@ The interface the rest of the engine relies on (any ``nn.Module`` that has it wo
 - optionally ``compact_inputs(x)``: a batch of inputs in the shortest form the model gives the
   same outputs for (a transformer cuts token ids to the batch's longest text); the per-sample
   gradients call it once per chunk, before ``torch.func.vmap`` fixes the shapes;
-- optionally ``max_batch_rows``: rows per batch of no-grad evaluation (default 8192).
+- optionally ``max_batch_rows``: rows per batch of no-grad evaluation (default 8192);
+- optionally ``trainable_counts() -> dict[str, int]``: parameter counts by part (``lora``, ``neck``,
+  ``heads``; as the transformer gives them) that the job record and the dashboard show beside the
+  whole model's and the trained ones (api/jobproc.py ``model_summary``).
 
 Parameters with ``requires_grad`` False are frozen: not trained, not differentiated, not projected.
 Which kind of model a manifest builds is affinity/kinds.py's business (``model.kind``).
