@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from service_processes import served
@@ -339,3 +341,47 @@ def test_dashboard_form_uploads_a_graph_as_two_files_and_runs_it(chromium, serve
         job_id = row.get_attribute("data-job-id")
         done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
         expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+
+
+def test_dashboard_form_alone_submits_a_table_job_that_runs(chromium, server, tmp_path):
+    """The form without the JSON box: upload a table, the columns' roles as the page guesses them (labels are tasks,
+    the rest features), k typed in; Submit sends the manifest the form wrote, with every other setting the
+    product's default, and the job runs."""
+    from playwright.sync_api import expect
+
+    base, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(4)])
+    for t in range(3):
+        y = (X[:, t % 2] + 0.3 * rng.normal(size=90) > 0).astype(float)
+        y[rng.random(90) < 0.3] = np.nan  # some rows unlabelled for the task
+        frame[f"label_{t}"] = y
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    with _dashboard_page(chromium, tmp_path) as page:
+        _sign_in(page, base, key)
+        kinds = httpx.get(f"{base}/v1/schema/kinds", timeout=120).json()
+        expect(page.get_by_test_id("data-kind").locator("option")).to_have_count(len(kinds["data"]))
+        page.get_by_test_id("dataset-file").set_input_files(str(path))
+        page.get_by_test_id("dataset-upload").click()
+        expect(page.get_by_test_id("upload-result")).to_contain_text("90 rows")
+        expect(page.get_by_test_id("column-row")).to_have_count(7)
+        expect(page.get_by_test_id("data-kind")).to_have_value("table")
+        expect(page.get_by_test_id("model-kind")).to_have_value("mlp")
+        page.get_by_test_id("k-input").fill("2")
+        page.get_by_test_id("k-input").dispatch_event("change")
+        ds_id = page.get_by_test_id("dataset-id").inner_text()
+        page.get_by_test_id("manifest-submit").click()
+        expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
+        row = page.locator("[data-testid=job-row]").first
+        job_id = row.get_attribute("data-job-id")
+        done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
+        expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=60).json()
+    dataset = job["manifest"]["dataset"]
+    assert dataset["source"] == ds_id and dataset.get("kind", "table") == "table"
+    assert dataset["features"] == ["f0", "f1", "f2", "f3"]
+    assert [t["name"] if isinstance(t, dict) else t for t in dataset["tasks"]] == ["label_0", "label_1", "label_2"]
+    assert job["manifest"]["grouping"]["k"] == 2
