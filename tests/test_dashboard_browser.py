@@ -208,6 +208,18 @@ def test_dashboard_assets_are_served_by_the_app_and_not_in_the_api_schema(tmp_pa
     app.state.store.engine.dispose()
 
 
+def _submit_and_wait(page):
+    """Submit the form; (the new job's id, its row in the jobs list) once the job has succeeded."""
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("manifest-submit").click()
+    expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
+    job_id = page.locator("[data-testid=job-row]").first.get_attribute("data-job-id")
+    done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
+    expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+    return job_id, done
+
+
 def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_path):
     """The submit form as a person uses it: upload a CSV, see its columns, pick the kind (listed by the server),
     the text and task columns, the model and k; the manifest it writes is submitted and runs; the job page shows
@@ -272,13 +284,8 @@ def test_dashboard_form_uploads_texts_and_runs_a_text_job(chromium, server, tmp_
         manifest["estimation"].update({"num_subsets": 6, "subset_size": 2, "projection_dim": 16})
         manifest["grouping"]["selection"] = "affinity"  # no transformer per group and fold
         box.fill(json.dumps(manifest))
-        page.get_by_test_id("manifest-submit").click()
-        expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
-        row = page.locator("[data-testid=job-row]").first
-        job_id = row.get_attribute("data-job-id")
-        expect(row.get_by_test_id("job-model")).to_have_text("transformer")
-        done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
-        expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+        job_id, done = _submit_and_wait(page)
+        expect(done.get_by_test_id("job-model")).to_have_text("transformer")
 
         # the job page: model kind, LoRA and heads against the whole model
         done.get_by_test_id("job-link").click()
@@ -335,12 +342,7 @@ def test_dashboard_form_uploads_a_graph_as_two_files_and_runs_it(chromium, serve
             manifest[section] = {**manifest.get(section, {}), **JOB[section]}
         manifest["model"]["kind"] = "sign"
         box.fill(json.dumps(manifest))
-        page.get_by_test_id("manifest-submit").click()
-        expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
-        row = page.locator("[data-testid=job-row]").first
-        job_id = row.get_attribute("data-job-id")
-        done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
-        expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+        job_id, done = _submit_and_wait(page)
 
 
 def test_dashboard_form_alone_submits_a_table_job_that_runs(chromium, server, tmp_path):
@@ -373,12 +375,7 @@ def test_dashboard_form_alone_submits_a_table_job_that_runs(chromium, server, tm
         page.get_by_test_id("k-input").fill("2")
         page.get_by_test_id("k-input").dispatch_event("change")
         ds_id = page.get_by_test_id("dataset-id").inner_text()
-        page.get_by_test_id("manifest-submit").click()
-        expect(page.get_by_test_id("flash")).to_contain_text("Submitted job")
-        row = page.locator("[data-testid=job-row]").first
-        job_id = row.get_attribute("data-job-id")
-        done = page.locator(f"[data-testid=job-row][data-job-id='{job_id}']")
-        expect(done).to_have_attribute("data-status", "succeeded", timeout=JOB_SECONDS * 1000)
+        job_id, done = _submit_and_wait(page)
     job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=60).json()
     dataset = job["manifest"]["dataset"]
     assert dataset["source"] == ds_id and dataset.get("kind", "table") == "table"
