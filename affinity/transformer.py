@@ -32,8 +32,7 @@ from torch import nn
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import ModelSpec
 from affinity.models import TaskNorm
-from affinity.transformer_folder import (TOKENIZER_FILES, builtin_model_folder, check_max_length,  # noqa: F401
-                                        model_folder)
+from affinity.transformer_folder import check_max_length, model_folder
 from affinity.torchvision_compat import import_torchvision
 
 import_torchvision()  # before transformers (which loads torchvision when it is installed) is imported

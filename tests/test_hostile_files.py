@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from affinity.cli import app
 from affinity.data.table import DataError, TaskTable, check_labels
 from affinity.manifest import ManifestError, load_manifest, parse_manifest
-from affinity.transformer import builtin_model_folder
+from affinity.transformer_folder import builtin_model_folder
 
 runner = CliRunner()
 

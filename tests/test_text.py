@@ -98,7 +98,9 @@ def refuse(*a, **k):
     raise OSError("network disabled in this test")
 socket.socket.connect = refuse
 socket.create_connection = refuse
-from affinity.transformer import builtin_model_folder
+from affinity.torchvision_compat import import_torchvision
+import_torchvision()  # before transformers, as affinity.transformer does
+from affinity.transformer_folder import builtin_model_folder
 from transformers import AutoModel, AutoTokenizer
 folder = builtin_model_folder()
 tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -192,7 +192,7 @@ def test_a_pretrained_folder_must_lie_in_the_data_root(service, tmp_path):
     """A manifest may not make the server read (or unpickle) a model folder elsewhere on its disks."""
     import shutil
 
-    from affinity.transformer import builtin_model_folder
+    from affinity.transformer_folder import builtin_model_folder
     from api.submission import runnable_manifest
 
     client, settings, store, alice, _ = service
