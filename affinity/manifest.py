@@ -303,8 +303,12 @@ class ModelSpec(_Section):
         ),
     )
     max_length: int = Field(64, ge=4, le=8192, description="transformer: tokens per text (longer texts are cut).")
-    pooling: Literal["mean", "cls"] = Field(
-        "mean", description="transformer: the text's vector: mean of its token states, or the first token's."
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto", description=(
+            "transformer: the text's vector: mean of its token states, the first token's (cls) or the last real "
+            "token's (last); auto: last for a decoder (a model whose positions see only the ones before them, "
+            "measured when it loads), mean otherwise."
+        ),
     )
     lora_rank: int = Field(8, ge=1, le=1024, description="transformer: rank r of the LoRA adapters.")
     lora_alpha: float = Field(16.0, gt=0.0, description="transformer: LoRA scaling alpha (updates scaled by alpha/r).")

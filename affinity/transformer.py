@@ -11,6 +11,9 @@ Inputs are the token ids of a dataset tokenized once (:func:`encode_texts`): an 
 the dataset's longest text. A batch is cut to its own longest text before the encoder runs
 (:meth:`TransformerMultiTask.compact_inputs`), so padding costs per batch, not per dataset.
 
+A decoder (GPT-2, Llama: measured when it loads, :func:`_causal`) keeps its causal attention under the padding
+mask, is pooled at its last real token by default (``model.pooling: auto``) and gets no token type ids.
+
 It has the interface of affinity/models.py: ``n_tasks``, ``forward(x) -> (batch, n_tasks)``,
 ``forward_tasks``, ``layers()`` (the LoRA parameters layer by layer, the heads last) and
 ``task_parameters()`` (the heads).
@@ -92,6 +95,12 @@ def encode_texts(data: SplitTable, spec: ModelSpec) -> SplitTable:
     except (OSError, ValueError):
         config = {}  # the model's own loading names what is wrong with it
     check_max_length(spec, config, getattr(tok, "model_max_length", None))
+    if tok.pad_token is None:  # a decoder's tokenizer (GPT-2, Llama) may have none: pad with its end of text
+        if tok.eos_token is None:
+            raise DataError(f"model.pretrained {Path(spec.pretrained).name!r}: its tokenizer has neither a padding "
+                            "nor an end-of-text token; save the tokenizer with a pad_token set")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # pooling and the per-batch cut read the real tokens first (Llama's pad left)
     first = [t[0] for t in data.texts]
     second = [t[1] for t in data.texts] if data.texts and len(data.texts[0]) > 1 else None
     enc = tok(first, second, truncation=True, max_length=spec.max_length, padding="longest",
@@ -116,12 +125,14 @@ class TransformerMultiTask(nn.Module):
     take the plain sum of the task gradients there)."""
 
     def __init__(self, encoder: nn.Module, n_tasks: int, hidden: int, pad_id: int, pooling: str,
-                 task_norm: bool = False) -> None:
+                 task_norm: bool = False, causal: bool = False, token_types: bool = True) -> None:
         super().__init__()
         self.n_tasks = n_tasks
         self.encoder = encoder
         self.pad_id = pad_id
-        self.pooling = pooling
+        self.causal = causal  # a decoder: position i attends to positions ≤ i only
+        self.token_types = token_types  # the encoder embeds token type ids (BERT); a decoder's are not passed
+        self.pooling = ("last" if causal else "mean") if pooling == "auto" else pooling
         self.neck = nn.Linear(hidden, hidden) if task_norm else None
         self.norm = TaskNorm(n_tasks, hidden) if task_norm else None
         self.takes_mask = task_norm  # task_forward passes the label mask (per-task statistics of the norm)
@@ -140,12 +151,21 @@ class TransformerMultiTask(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         x = self.compact_inputs(x)
         ids, types = x[:, 0], x[:, 1]
-        mask = (ids != self.pad_id).long()
-        # An additive 4-D mask, used as given: no data-dependent shortcut (which torch.func's vmap refuses).
-        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-        h = self.encoder(input_ids=ids, attention_mask=bias, token_type_ids=types).last_hidden_state
+        mask = ids != self.pad_id
+        # An additive 4-D mask, used as given: no data-dependent shortcut (which torch.func's vmap refuses). Given
+        # as 4-D it replaces a decoder's own causal mask, so a decoder's is built here: keys ≤ the query's position.
+        allowed = mask[:, None, None, :]
+        if self.causal:
+            length = ids.shape[1]
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        bias = (~allowed).float() * torch.finfo(torch.float32).min
+        h = self.encoder(input_ids=ids, attention_mask=bias,
+                         **({"token_type_ids": types} if self.token_types else {})).last_hidden_state
         if self.pooling == "cls":
             return h[:, 0]
+        if self.pooling == "last":  # the last real token (texts are padded on the right)
+            last = (mask.sum(1) - 1).clamp_min(0)
+            return h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
@@ -267,4 +287,25 @@ def build_transformer(spec: ModelSpec, data: SplitTable, seed: int) -> Transform
         p.requires_grad_("lora_" in name)
     hidden = int(encoder.config.hidden_size)
     pad = int(data.metadata.get("pad_id", 0))
-    return TransformerMultiTask(lora, data.n_tasks, hidden, pad, spec.pooling, spec.task_norm)
+    return TransformerMultiTask(lora, data.n_tasks, hidden, pad, spec.pooling, spec.task_norm,
+                                causal=_causal(folder), token_types=_token_types(encoder))
+
+
+def _token_types(encoder: nn.Module) -> bool:
+    """Whether the encoder embeds token type ids (BERT's segment embeddings). GPT-2 would look a type id up in its
+    word embeddings, Llama takes none: a decoder gets none."""
+    return int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
+
+
+@functools.lru_cache(maxsize=2)
+def _causal(folder: str) -> bool:
+    """Whether the pretrained model is a decoder (each position sees the positions before it only), measured,
+    not read from its architecture's name: the first position's state does not move when the last token changes."""
+    encoder = _pretrained(folder)
+    vocab = int(getattr(encoder.config, "vocab_size", 0) or 0)
+    if vocab < 4:
+        return False
+    ids = torch.tensor([[1, 2, 3], [1, 2, vocab - 1]])
+    with torch.no_grad():
+        h = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    return bool(torch.allclose(h[0, 0], h[1, 0], atol=1e-6)) and not torch.allclose(h[0, 2], h[1, 2], atol=1e-6)

@@ -1,0 +1,129 @@
+"""Model kind transformer on decoders (GPT-2, Llama): causal attention kept, the last real token pooled, no token
+type ids, a tokenizer without a padding token. The models are tiny, randomly initialized and saved to a temporary
+folder with a byte-level BPE tokenizer trained on the built-in sentences (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from affinity.cli import app
+from affinity.gradients import per_sample_gradients, select_parameters, vmap_per_sample_gradients
+from affinity.kinds import load_data, make_model
+from affinity.manifest import parse_manifest
+from affinity.models import task_outputs
+from affinity.torchvision_compat import import_torchvision
+from affinity.training import TensorData
+
+import_torchvision()  # before transformers' model modules are imported
+
+TINY = {
+    "dataset": {"source": "text", "params": {"groups": 2, "per_group": 2, "unrelated": 1, "rows_per_task": 12}},
+    "model": {"max_length": 24, "lora_rank": 4},
+    "training": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "patience": 2},
+    "estimation": {"method": "grad_tag", "params": "encoder", "num_subsets": 6, "subset_size": 3,
+                   "projection_dim": 16, "chunk_rows": 32},
+    "grouping": {"selection": "affinity", "k": 2},
+}
+
+
+def _tokenizer(padding_side: str):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from affinity.data.sentences import make_sentences
+
+    texts = [t[0] for t in make_sentences({"rows_per_task": 12}).texts]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    # a decoder's tokenizer: an end-of-text token, no padding token, no token type ids
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", padding_side=padding_side,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    root = tmp_path_factory.mktemp("decoders")
+    torch.manual_seed(0)
+    made = {}
+    for name, side in (("gpt2", "right"), ("llama", "left")):  # Llama's tokenizers pad on the left
+        tok = _tokenizer(side)
+        vocab = len(tok)
+        model = (GPT2Model(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                      bos_token_id=0, eos_token_id=0))
+                 if name == "gpt2" else
+                 LlamaModel(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                        bos_token_id=0, eos_token_id=0, pad_token_id=None)))
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        made[name] = root / name
+    return made
+
+
+def _job(folder, **model):
+    raw = json.loads(json.dumps(TINY))
+    raw["model"].update(pretrained=str(folder), **model)
+    m = parse_manifest(raw)
+    data = load_data(m)
+    return m, data, make_model(m.model, data, 0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_decoder_keeps_causal_attention_and_pools_the_last_real_token(folders, name):
+    from transformers import AutoModel
+
+    m, data, model = _job(folders[name])
+    assert model.causal and model.pooling == "last" and not model.token_types
+    reference = AutoModel.from_pretrained(folders[name], local_files_only=True).eval()  # as saved: no LoRA, no mask
+    X = torch.as_tensor(data.X[:6])
+    lengths = (X[:, 0] != model.pad_id).sum(1)
+    assert lengths.min() < lengths.max()  # the batch pads its shorter texts (on the right)
+    with torch.no_grad():
+        got = model.pooled(X)
+        for row, n in enumerate(lengths.tolist()):
+            ids = X[row, 0, :n][None]
+            assert int(ids[0, -1]) != model.pad_id and (X[row, 0, n:] == model.pad_id).all()
+            want = reference(input_ids=ids).last_hidden_state[0, -1]  # LoRA's B starts at zero: the same network
+            assert torch.allclose(got[row], want, atol=1e-5)
+
+
+def test_an_encoder_is_not_taken_for_a_decoder():
+    m = parse_manifest(TINY)
+    model = make_model(m.model, load_data(m), 0)
+    assert not model.causal and model.pooling == "mean" and model.token_types
+
+
+def test_decoder_per_sample_lora_gradients_equal_autograd(folders):
+    _, data, model = _job(folders["llama"])
+    with torch.no_grad():  # LoRA's B starts at zero (A's gradients would vanish): move it off zero
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    X = TensorData.from_split(data, torch.device("cpu")).X
+    x, tasks = X[:6], torch.arange(6) % data.n_tasks
+    names = select_parameters(model, "all")
+    params = dict(model.named_parameters())
+    ref = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        task_outputs(model, x[b:b + 1], tasks[b:b + 1]).sum(), [params[n] for n in names])]) for b in range(len(x))])
+    assert float(ref.abs().max()) > 0
+    for fn in (per_sample_gradients, vmap_per_sample_gradients):
+        got = torch.cat(fn(model, names, x, tasks), dim=1)
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), fn.__name__
+
+
+def test_a_job_runs_on_a_decoder(folders, tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    raw["model"]["pretrained"] = str(folders["gpt2"])
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(raw))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    groups = json.loads((tmp_path / "run" / "groups.json").read_text())
+    assert sorted(t for g in groups["groups"] for t in g) == [f"task_{t:02d}" for t in range(5)]
