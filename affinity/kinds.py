@@ -52,8 +52,17 @@ class DataKind:
     read: Callable[[DatasetSpec], TaskTable]
     sized: bool = False  # the server reads its shape (rows, columns, tasks) from the file or built-in params
     # the dataset fields that name a file's input columns, each with whether it takes a list (the dashboard's form
-    # offers them as column roles, next to the task columns)
+    # offers them as column roles, next to the task columns; the service checks them against an upload's columns)
     columns: tuple[tuple[str, bool], ...] = ()
+    # what dataset.source may hold, as the service tells files apart (api/uploads.py): "csv", "parquet" (tables with
+    # named columns: dataset.tasks names the labels), "npz" (arrays X and Y), "images" (an NPZ of images and Y),
+    # "graph" (a node table with its edge list). Empty: the kind makes its data from dataset.params (no file).
+    sources: tuple[str, ...] = ("csv", "parquet")
+
+    @property
+    def named_columns(self) -> bool:
+        """Whether its files name their label columns (CSV, Parquet, a graph's node table): dataset.tasks lists them."""
+        return bool({"csv", "parquet", "graph"} & set(self.sources))
 
 
 def _same(data: SplitTable, spec: ModelSpec) -> SplitTable:
@@ -143,10 +152,12 @@ def _transformer_seconds(manifest: Manifest, shape: DatasetShape) -> TimeEstimat
 
 
 DATA_KINDS: dict[str, DataKind] = {
-    "table": DataKind("table", _read_table, sized=True, columns=(("features", True),)),
+    "table": DataKind("table", _read_table, sized=True, columns=(("features", True),),
+                      sources=("csv", "parquet", "npz")),
     "text": DataKind("text", _read_text, sized=True, columns=(("text", False), ("text_pair", False))),
-    "images": DataKind("images", _read_images, sized=True),
-    "graph": DataKind("graph", _read_graph, sized=True, columns=(("features", True), ("node_column", False))),
+    "images": DataKind("images", _read_images, sized=True, sources=("images",)),
+    "graph": DataKind("graph", _read_graph, sized=True, columns=(("features", True), ("node_column", False)),
+                      sources=("graph",)),
 }
 MODEL_KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind("mlp", ("table",), _build_mlp, memory=mlp_memory, seconds=mlp_seconds,
@@ -224,7 +235,7 @@ def make_model(spec: ModelSpec, data: SplitTable, seed: int) -> nn.Module:
 
 def describe_kinds() -> dict[str, list[dict]]:
     """Every data and model kind (built-in, then installed plug-ins) as the service lists them: a data kind's
-    column fields, a model kind's data kinds, its model fields with their starting values, and the model,
+    column fields and sources, a model kind's data kinds, its model fields with their starting values, and the model,
     training, estimation and grouping sections of the first built-in job that uses it (settings known to run;
     empty for a plug-in). A plug-in that fails to load
     is listed with its error."""
@@ -240,7 +251,7 @@ def describe_kinds() -> dict[str, list[dict]]:
         try:
             kind = data_kind(name)
             data.append({"name": name, "columns": [{"field": f, "many": many} for f, many in kind.columns],
-                         "estimated": kind.sized})
+                         "sources": list(kind.sources), "estimated": kind.sized})
         except DataError as exc:
             data.append({"name": name, "error": str(exc)})
     for name in model_kind_names():

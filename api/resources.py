@@ -237,7 +237,7 @@ def builtin_shape(spec: Any, tasks: int, model: Any = None) -> DatasetShape | No
     fraction = params.get("label_fraction", 1.0)
     if spec.source == "digits":
         return DatasetShape(DIGITS_ROWS, DIGITS_FEATURES, tasks, math.ceil(DIGITS_ROWS * tasks * fraction),
-                            image=(1, 8, 8) if spec.kind == "images" else None)
+                            image=(1, 8, 8) if "images" in _kind_sources(spec) else None)
     if spec.source == "yeast":
         return DatasetShape(YEAST_ROWS, YEAST_FEATURES, tasks, math.ceil(YEAST_ROWS * tasks * fraction))
     return None
@@ -247,8 +247,19 @@ _PLANTED_FIELDS = ("dataset.params.tasks", "dataset.params.rows_per_task", "data
 _TEXT_FIELDS = ("dataset.params.rows_per_task", "dataset.params.groups", "dataset.params.per_group")
 
 
+def _kind_sources(spec: Any) -> tuple[str, ...]:
+    from affinity.kinds import data_kind
+
+    return data_kind(spec.kind).sources
+
+
 def _hops(model: Any) -> int:
-    return int(getattr(model, "hops", 0)) if model is not None and getattr(model, "kind", None) == "sign" else 0
+    """The hops of a graph propagation before the model (``model.hops``, a field of the kinds that propagate)."""
+    if model is None:
+        return 0
+    from affinity.kinds import model_kind
+
+    return int(model.hops) if "hops" in model_kind(model.kind).fields else 0
 
 
 def edge_count(path: Any) -> int:

@@ -78,6 +78,8 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                                            "list; remove it, or give a node table as dataset.source")])
         tasks = builtin_tasks(spec)
         shape = builtin_shape(spec, tasks.n, manifest.model) if tasks is not None else None
+    elif _made_from_params(spec):  # no file to check
+        tasks = None
     else:
         if spec.params:
             raise SubmissionError([problem("dataset.params", spec.params, "applies to built-in datasets only "
@@ -88,9 +90,9 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
                 raise SubmissionError([problem("dataset.source", source, "no uploaded dataset with this id; "
                                                "upload one with POST /v1/datasets and use the id it returns")])
             dataset_id = ds.id
-            _check_graph_upload(manifest, ds.format)
+            _check_kind_reads(spec, ds.format)
             npz_nodes = ds.format == "graph" and Path(ds.path).suffix == ".npz"  # arrays, not named columns
-            _check_columns(manifest, ds.columns, "npz" if npz_nodes else ds.format)
+            _check_columns(spec, ds.columns, "npz" if npz_nodes else ds.format)
             if ds.format == "images":
                 tasks = _npz_tasks(spec, sum(c.startswith("task_") for c in ds.columns))
                 shape = images_shape(spec, Path(ds.path), tasks.n)
@@ -271,10 +273,10 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) \
                 from None
     if spec.tasks is None:
-        if spec.kind in ("table", "text", "graph"):  # a CSV or Parquet file names its label columns nowhere else
-            raise SubmissionError([problem("dataset.tasks", None, f"is required for a {spec.kind} read from a CSV or "
-                                           "Parquet file; list the label columns, e.g. \"tasks\": [\"label_a\", "
-                                           "\"label_b\"]")])
+        if _data_kind(spec).named_columns:  # a CSV or Parquet file names its label columns nowhere else
+            raise SubmissionError([problem("dataset.tasks", None, f"is required for dataset.kind {spec.kind!r} read "
+                                           "from a CSV or Parquet file; list the label columns, e.g. \"tasks\": "
+                                           "[\"label_a\", \"label_b\"]")])
         return None
     return TaskCount(len(spec.tasks), "dataset.tasks")
 
@@ -346,42 +348,83 @@ def _check_edge_list(spec: Any, nodes: Path, edges: Path, values: bool) -> None:
         raise SubmissionError([{"field": field, "value": value, "message": message}]) from None
 
 
-def _check_graph_upload(manifest: Manifest, fmt: str) -> None:
-    """An uploaded graph (nodes + edges) is read by dataset.kind graph, and only a graph is."""
-    spec = manifest.dataset
-    if fmt == "graph" and spec.kind != "graph":
-        raise SubmissionError([problem("dataset.kind", spec.kind, f"the uploaded dataset {spec.source} is a graph "
-                                       "(nodes and edges); set dataset.kind to 'graph'")])
-    if fmt != "graph" and spec.kind == "graph":
-        raise SubmissionError([problem("dataset.source", spec.source, "is an uploaded table, not a graph; upload the "
-                                       "node table and the edge list as the parts 'nodes' and 'edges' of one "
-                                       "POST /v1/datasets")])
-    if fmt == "graph" and spec.edges is not None:
-        raise SubmissionError([problem("dataset.edges", spec.edges, f"the uploaded graph {spec.source} holds its "
-                                       "edge list; remove dataset.edges")])
+# What an uploaded dataset holds, by its format (api/uploads.py), and how to upload what a kind reads.
+HOLDS = {"csv": "a CSV table", "parquet": "a Parquet table", "npz": "an NPZ of arrays X and Y",
+         "images": "images (an NPZ of 'images' and 'Y')", "graph": "a graph (a node table and its edge list)"}
+UPLOAD = {"csv": "upload a CSV or Parquet table", "parquet": "upload a CSV or Parquet table",
+          "npz": "upload an NPZ of arrays X and Y", "images": "upload an NPZ of 'images' and 'Y'",
+          "graph": "upload the node table and the edge list as the parts 'nodes' and 'edges' of one POST /v1/datasets"}
 
 
-def _check_columns(manifest: Manifest, columns: list[str], fmt: str) -> None:
-    spec = manifest.dataset
-    if (fmt == "images") != (spec.kind == "images"):
-        holds = "images (an NPZ of 'images' and 'Y')" if fmt == "images" else f"a table ({fmt.upper()})"
-        raise SubmissionError([problem("dataset.kind", spec.kind, f"the uploaded dataset holds {holds}; set "
-                                       f"dataset.kind to {'images' if fmt == 'images' else 'table'!r}")])
+def _data_kind(spec: Any) -> Any:
+    from affinity.kinds import data_kind
+
+    try:
+        return data_kind(spec.kind)
+    except DataError as exc:  # a plug-in that fails to load
+        raise SubmissionError([problem("dataset.kind", spec.kind, str(exc).splitlines()[0])]) from None
+
+
+def _made_from_params(spec: Any) -> bool:
+    """A plug-in data kind that makes its data from dataset.params (no ``sources``): dataset.source names no file
+    (an uploaded dataset's id named as its source is still looked up, and refused by :func:`_check_kind_reads`)."""
+    return not _data_kind(spec).sources and not spec.source.startswith("ds_")
+
+
+def _readers(fmt: str) -> list[str]:
+    """The data kinds (built-in, then installed plug-ins that load) whose sources include ``fmt``."""
+    from affinity.kinds import data_kind, data_kind_names
+
+    found = []
+    for name in data_kind_names():
+        try:
+            if fmt in data_kind(name).sources:
+                found.append(name)
+        except DataError:
+            continue
+    return found
+
+
+def _check_kind_reads(spec: Any, fmt: str) -> None:
+    """The uploaded dataset is of a format its data kind reads (the kind's ``sources``). When the manifest names the
+    kind, the upload is what is wrong; when the kind is the default, the kind is."""
+    kind = _data_kind(spec)
+    if fmt in kind.sources:
+        if fmt == "graph" and spec.edges is not None:
+            raise SubmissionError([problem("dataset.edges", spec.edges, f"the uploaded graph {spec.source} holds its "
+                                           "edge list; remove dataset.edges")])
+        return
+    readers = _readers(fmt)
+    reads = (" or ".join(dict.fromkeys(HOLDS[f] for f in kind.sources if f in HOLDS))
+             or "no file (it makes its data from dataset.params)")
+    instead = f"set dataset.kind to {' or '.join(repr(r) for r in readers)}" if readers else "no data kind reads it"
+    how = "; ".join(dict.fromkeys(UPLOAD[f] for f in kind.sources if f in UPLOAD))
+    if "kind" in spec.model_fields_set:
+        raise SubmissionError([problem("dataset.source", spec.source, f"the uploaded dataset holds {HOLDS[fmt]}; "
+                                       f"dataset.kind {kind.name!r} reads {reads}: "
+                                       f"{how or 'give the source it names'}, or {instead}")])
+    raise SubmissionError([problem("dataset.kind", spec.kind, f"the uploaded dataset {spec.source} holds "
+                                   f"{HOLDS[fmt]}, which dataset.kind {kind.name!r} does not read; {instead}")])
+
+
+def _check_columns(spec: Any, columns: list[str], fmt: str) -> None:
+    """The label columns (dataset.tasks) and the input columns the data kind names (its ``columns`` fields) are
+    columns of the uploaded table (an NPZ names none)."""
     if fmt in ("npz", "images"):
         return
     if spec.tasks is None:
-        raise SubmissionError([problem("dataset.tasks", None, "is required for a table; list the label columns "
-                                       f"(the dataset's columns are {columns[:20]})")])
-    problems = [problem(f"dataset.tasks[{i}].name", t.name, f"is not a column of the dataset; its columns are "
+        raise SubmissionError([problem("dataset.tasks", None, f"is required for dataset.kind {spec.kind!r}; list the "
+                                       f"label columns (the dataset's columns are {columns[:20]})")])
+    table = "the node table" if fmt == "graph" else "the dataset"
+    problems = [problem(f"dataset.tasks[{i}].name", t.name, f"is not a column of {table}; its columns are "
                         f"{columns[:20]}") for i, t in enumerate(spec.tasks) if t.name not in columns]
-    problems += [problem(f"dataset.features[{i}]", c, "is not a column of the dataset")
-                 for i, c in enumerate(spec.features or []) if c not in columns]
-    problems += [problem(f"dataset.{name}", getattr(spec, name), f"is not a column of the dataset; its columns are "
-                         f"{columns[:20]}") for name in ("text", "text_pair")
-                 if getattr(spec, name, None) is not None and getattr(spec, name) not in columns]
-    if fmt == "graph" and spec.node_column not in columns:
-        problems.append(problem("dataset.node_column", spec.node_column, f"is not a column of the node table; its "
-                                f"columns are {columns[:20]}"))
+    for field, many in _data_kind(spec).columns:
+        value = getattr(spec, field, None)
+        if value is None:
+            continue
+        named = [(f"dataset.{field}[{i}]", c) for i, c in enumerate(value)] if many else [(f"dataset.{field}", value)]
+        problems += [problem(where, c, f"is not a column of {table}; its columns are {columns[:20]}")
+                     for where, c in named if c not in columns]
     if problems:
         raise SubmissionError(problems)
 
@@ -474,6 +517,11 @@ def runnable_manifest(manifest_json: dict[str, Any], owner: str, store: JobStore
         if manifest.dataset.edges is not None:
             raise ValueError("dataset.edges: a built-in dataset has no edge list; remove it")
         return manifest
+    try:
+        if _made_from_params(manifest.dataset):
+            return manifest
+    except SubmissionError as exc:
+        raise ValueError(str(exc)) from None
     if source.startswith("ds_"):
         ds = store.get_dataset(owner, source)
         if ds is None:

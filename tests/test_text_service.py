@@ -317,6 +317,16 @@ def test_a_text_csv_uploads_and_runs_like_a_table(service):
     bad = {**job, "dataset": {**job["dataset"], "text": "body"}}
     p = problem_of(client.post("/v1/jobs", json=bad, headers=alice))
     assert fields_of(p) == ["dataset.text"] and "sentence" in p["detail"]
+    # an NPZ of arrays is not a table of texts: refused at submit (the text kind reads CSV or Parquet tables)
+    import io
+
+    npz = io.BytesIO()
+    np.savez(npz, X=np.zeros((36, 2)), Y=np.zeros((36, 3)))
+    arrays = client.post("/v1/datasets", files={"file": ("arrays.npz", npz.getvalue())}, headers=alice).json()
+    p = problem_of(client.post("/v1/jobs", json={**job, "dataset": {**job["dataset"], "source": arrays["id"]}},
+                               headers=alice))
+    assert fields_of(p) == ["dataset.source"] and "a CSV table or a Parquet table" in p["detail"] \
+        and "set dataset.kind to 'table'" in p["detail"], p
     # 4096 tokens per text: more than the encoder's 512 positions (its config), refused at submit
     long = {**job, "model": {**job["model"], "max_length": 4096}}
     p = problem_of(client.post("/v1/jobs", json=long, headers=alice))

@@ -559,6 +559,12 @@ function applyModelKind(m, name) {
   m.grouping.k = kValue();
 }
 
+// Whether a data kind's source is a graph upload (a node table and its edge list: two files).
+function readsGraphs(name) {
+  const kind = dataKind(name);
+  return !!(kind && (kind.sources || []).includes("graph"));
+}
+
 function defaultRoles(kind, columns) {
   const out = {};
   const fields = (kind && kind.columns) || [];
@@ -659,7 +665,7 @@ async function showSubmit() {
     }
     $("data-kind").onchange = () => {
       const data = $("data-kind").value;
-      $("edges-box").hidden = data !== "graph";
+      $("edges-box").hidden = !readsGraphs(data);
       const keep = modelsFor(data).some((k) => k.name === $("model-kind").value);
       renderModelKinds(data, $("model-kind").value);
       if (upload) roles = defaultRoles(dataKind(data), upload.columns);
@@ -727,7 +733,7 @@ async function uploadDataset() {
     return;
   }
   const form = new FormData();
-  if ($("data-kind").value === "graph") { // a graph is two files in one request: its node table and edge list
+  if (readsGraphs($("data-kind").value)) { // a graph is two files in one request: its node table and edge list
     const edges = $("edges-file").files[0];
     if (!edges) {
       out.className = "small error";

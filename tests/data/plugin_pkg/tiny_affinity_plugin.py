@@ -1,5 +1,6 @@
-"""A plug-in's own data kind (`rings`: points in the plane, tasks on their radius or their side) and
-model kind (`probe`: one tanh layer and a linear head per task), registered by entry points."""
+"""A plug-in's own data kinds (`rings`: points in the plane made from dataset.params, tasks on their radius or their
+side; `centered`: a CSV or Parquet table whose feature columns are centered and scaled) and model kind (`probe`: one
+tanh layer and a linear head per task), registered by entry points."""
 
 import numpy as np
 import torch
@@ -25,6 +26,16 @@ def read_rings(spec):
                      feature_names=["x", "y"], truth_groups=[[f"ring_{t}" for t in range(s, tasks, 2)] for s in (0, 1)])
 
 
+def read_centered(spec):
+    from dataclasses import replace
+
+    from affinity.data import read_table
+
+    table = read_table(spec)
+    X = table.X - table.X.mean(0)
+    return replace(table, X=X / np.where(X.std(0) > 0, X.std(0), 1.0))
+
+
 class Probe(nn.Module):
     def __init__(self, n_features: int, n_tasks: int, width: int) -> None:
         super().__init__()
@@ -41,5 +52,6 @@ def build_probe(spec, data, seed):
     return Probe(data.X.shape[1], data.n_tasks, int(spec.params.get("width", 8)))
 
 
-RINGS = DataKind("rings", read_rings)
-PROBE = ModelKind("probe", ("rings", "table"), build_probe)
+RINGS = DataKind("rings", read_rings, sources=())  # no file: made from dataset.params
+CENTERED = DataKind("centered", read_centered, columns=(("features", True),))  # a CSV or Parquet table
+PROBE = ModelKind("probe", ("rings", "table", "centered"), build_probe)
