@@ -116,7 +116,7 @@ def check_manifest(body: Any, owner: str, store: JobStore, settings: Settings) -
             path = resolve_data_path(source, settings)
             tasks = _path_tasks(spec, path)
             shape = path_shape(spec, path, tasks.n if tasks is not None else None)
-            if spec.kind == "graph" and spec.edges is None:
+            if "graph" in _data_kind(spec).sources and spec.edges is None:
                 raise SubmissionError([problem("dataset.edges", None, "is required for a graph read from files; give "
                                                "the path of the edge list (dataset.source is the node table)")])
             if spec.edges is not None:  # a graph's edge list: inside the data root too
