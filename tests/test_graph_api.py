@@ -116,6 +116,8 @@ def test_graph_jobs_are_estimated_and_refused_by_name(service, tmp_path):
     outside = {"dataset": {"kind": "graph", "source": "nodes.csv", "edges": str(tmp_path / "outside.csv"),
                            "tasks": ["a", "b"]}, **JOB}
     assert_problem(client.post("/v1/jobs", json=outside, headers=alice), 422, "dataset.edges", "outside")
+    without = {"dataset": {"kind": "graph", "source": "nodes.csv", "tasks": ["a", "b"]}, **JOB}
+    assert_problem(client.post("/v1/jobs", json=without, headers=alice), 422, "dataset.edges", "is required")
     (settings.data_root / "edges.csv").write_bytes(edges)
     inside = {"dataset": {"kind": "graph", "source": "nodes.csv", "edges": "edges.csv", "tasks": ["a", "b"]}, **JOB}
     r = client.post("/v1/jobs", json=inside, headers=alice)
