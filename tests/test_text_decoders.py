@@ -127,3 +127,23 @@ def test_a_job_runs_on_a_decoder(folders, tmp_path):
     assert result.exit_code == 0, result.output
     groups = json.loads((tmp_path / "run" / "groups.json").read_text())
     assert sorted(t for g in groups["groups"] for t in g) == [f"task_{t:02d}" for t in range(5)]
+
+
+def test_a_tokenizer_without_padding_or_end_of_text_is_a_one_line_error(folders, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "nopad"
+    shutil.copytree(folders["gpt2"], folder)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tok.eos_token = tok.bos_token = None
+    tok.save_pretrained(folder)
+    raw = json.loads(json.dumps(TINY))
+    raw["model"]["pretrained"] = str(folder)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(raw))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.pretrained 'nopad'" in errors[0] and "pad_token" in errors[0], result.output
