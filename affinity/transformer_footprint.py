@@ -227,7 +227,7 @@ def transformer_memory(manifest: Manifest, shape: DatasetShape) -> MemoryEstimat
         stage["task gradients"] = 8 * T * trainable + _activations(a, R, s) + min(64, T) * _layer(a, R, s)
         fields["task gradients"] = ("model.max_length",) + data_fields
     if manifest.grouping.selection == "outcome":
-        # Measured: the built-in text job with its check (3 folds, 11 tasks) peaks at 1,427 MB; the check's
+        # Measured: the built-in text job with its check (3 folds, 11 tasks) peaks at 1,448 MB; the check's
         # stacked group models run beside what the job holds from base training and the estimate (one more
         # batch's activations for it).
         stage["group models"] = stacked(min(est.exact_batch, T)) + _activations(a, batch, s) + (
