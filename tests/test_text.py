@@ -38,22 +38,22 @@ def tiny():
     torch.manual_seed(0)
     m = parse_manifest(TINY)
     data = load_data(m)
-    model = make_model(m.model, data, 0)
-    with torch.no_grad():  # LoRA's B starts at zero (A's gradients would vanish): move it off zero
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05)
+    model = lora_off_zero(make_model(m.model, data, 0))
     model.eval()
     return m, data, model
 
 
-def test_defaults_pick_text_and_transformer():
-    m = parse_manifest({"dataset": "text"})
-    assert (m.dataset.kind, m.model.kind, m.model.pretrained) == ("text", "transformer", "all-MiniLM-L6-v2")
+def lora_off_zero(model):
+    """``model`` with LoRA's B moved off zero, where it starts (A's gradients would vanish)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    return model
 
 
-def test_lora_per_sample_gradients_equal_autograd(tiny):
-    _, data, model = tiny
+def assert_per_sample_gradients_equal_autograd(model, data):
+    """Both per-sample gradient implementations equal one autograd call per row, over the LoRA and the heads."""
     X = TensorData.from_split(data, torch.device("cpu")).X
     x, tasks = X[:6], torch.arange(6) % data.n_tasks
     names = select_parameters(model, "all")  # LoRA and heads
@@ -67,6 +67,16 @@ def test_lora_per_sample_gradients_equal_autograd(tiny):
     for fn in (per_sample_gradients, vmap_per_sample_gradients):
         got = torch.cat(fn(model, names, x, tasks), dim=1)
         assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), fn.__name__
+
+
+def test_defaults_pick_text_and_transformer():
+    m = parse_manifest({"dataset": "text"})
+    assert (m.dataset.kind, m.model.kind, m.model.pretrained) == ("text", "transformer", "all-MiniLM-L6-v2")
+
+
+def test_lora_per_sample_gradients_equal_autograd(tiny):
+    _, data, model = tiny
+    assert_per_sample_gradients_equal_autograd(model, data)
 
 
 def test_frozen_parameters_get_no_gradient_and_are_not_projected(tiny):

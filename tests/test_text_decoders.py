@@ -11,23 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from affinity.cli import app
-from affinity.gradients import per_sample_gradients, select_parameters, vmap_per_sample_gradients
 from affinity.kinds import load_data, make_model
 from affinity.manifest import parse_manifest
-from affinity.models import task_outputs
 from affinity.torchvision_compat import import_torchvision
-from affinity.training import TensorData
+from test_text import TINY as ENCODER_TINY
+from test_text import assert_per_sample_gradients_equal_autograd, lora_off_zero
 
 import_torchvision()  # before transformers' model modules are imported
 
-TINY = {
-    "dataset": {"source": "text", "params": {"groups": 2, "per_group": 2, "unrelated": 1, "rows_per_task": 12}},
-    "model": {"max_length": 24, "lora_rank": 4},
-    "training": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "patience": 2},
-    "estimation": {"method": "grad_tag", "params": "encoder", "num_subsets": 6, "subset_size": 3,
-                   "projection_dim": 16, "chunk_rows": 32},
-    "grouping": {"selection": "affinity", "k": 2},
-}
+TINY = {**ENCODER_TINY, "model": {**ENCODER_TINY["model"], "max_length": 24}}  # byte-level BPE: more tokens per text
 
 
 def _tokenizer(padding_side: str):
@@ -102,20 +94,7 @@ def test_an_encoder_is_not_taken_for_a_decoder():
 
 def test_decoder_per_sample_lora_gradients_equal_autograd(folders):
     _, data, model = _job(folders["llama"])
-    with torch.no_grad():  # LoRA's B starts at zero (A's gradients would vanish): move it off zero
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0.0, 0.05)
-    X = TensorData.from_split(data, torch.device("cpu")).X
-    x, tasks = X[:6], torch.arange(6) % data.n_tasks
-    names = select_parameters(model, "all")
-    params = dict(model.named_parameters())
-    ref = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-        task_outputs(model, x[b:b + 1], tasks[b:b + 1]).sum(), [params[n] for n in names])]) for b in range(len(x))])
-    assert float(ref.abs().max()) > 0
-    for fn in (per_sample_gradients, vmap_per_sample_gradients):
-        got = torch.cat(fn(model, names, x, tasks), dim=1)
-        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), fn.__name__
+    assert_per_sample_gradients_equal_autograd(lora_off_zero(model), data)
 
 
 def test_a_job_runs_on_a_decoder(folders, tmp_path):
