@@ -54,7 +54,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from affinity import agreement
-from affinity.choice import choose, fold_gains, random_control, random_partitions, selection_gain, size_of
+from affinity.choice import (choose, fold_gains, random_control, random_partitions, selection_gain, size_of,
+                             split_over_alone)
 from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
@@ -205,6 +206,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     crossfit: dict[str, Any] | None = None
     control: dict[str, Any] | None = None
     agreement_check: dict[str, Any] | None = None
+    over_alone: dict[str, Any] | None = None
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
@@ -239,6 +241,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "fold_gains": fold_gains(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
         k = choose(scores, groupings, spec)
+        over_alone = split_over_alone(scores, groupings, spec, n)
         honest = selection_gain(scores, groupings, spec)
         gain = honest["gain"] if k != 1 else 0.0
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
@@ -291,8 +294,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     splits = [c for c in candidates if c["k"] != 1 and "fold_gains" in c]
     best_split = min(splits, key=lambda c: c["predicted_val_loss"]) if splits else None
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
+    if over_alone is not None and k != n:  # overruled later (the choice's selection check): not the reason
+        over_alone = None
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
-                                   source=chosen_from)
+                                   source=chosen_from, over_alone=over_alone)
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,
@@ -312,8 +317,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
         "crossfit": crossfit,
         "random_control": control,
+        "split_over_alone": over_alone,
         "agreement_check": agreement_check,
-        "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone, "tolerance": spec.tolerance,
+        "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone, "split_vs_alone_se": spec.split_vs_alone_se,
+        "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "
                         "the training rows; predicted_gain: its reduction relative to one model for all tasks"),

@@ -2,7 +2,8 @@
 
 ``choose_k_from``: the lowest predicted summed loss among the splits predicted to pay (``grouping.min_gain``,
 ``min_gain_se`` standard errors of the per-fold gains read as a Student t bar for few folds, ``se_bar``;
-``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it; works from
+``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it, and one model
+per task instead of a split that does not beat it by ``grouping.split_vs_alone_se`` standard errors; works from
 the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the gain of choosing this
 way, read on folds the choice was not made on. ``random_control``: the chosen split against random partitions
 of its group sizes.
@@ -40,7 +41,8 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
     ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
     a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
-    ``min_gain_alone`` where that is set. Keys are k, or (k, source) for a second source's grouping at k
+    ``min_gain_alone`` where that is set, and a split chosen where one model per task is eligible must beat it by
+    ``split_vs_alone_se`` standard errors of their per-fold differences, else one model per task. Keys are k, or (k, source) for a second source's grouping at k
     (``size_of``); among candidates of as many groups, the lower total. Works from the numbers a
     ``groups.json`` records, so a choice rule can be replayed."""
     if 1 in totals:
@@ -48,8 +50,22 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
         if not totals:
             return 1
     best = min(totals.values())
-    return min((kk for kk, v in totals.items() if v <= best + spec.tolerance * reference),
-               key=lambda kk: (size_of(kk), totals[kk]))
+    chosen = min((kk for kk, v in totals.items() if v <= best + spec.tolerance * reference),
+                 key=lambda kk: (size_of(kk), totals[kk]))
+    if n is not None and n in totals and 1 < size_of(chosen) < n and not _beats_alone(per_fold[chosen], per_fold[n], spec):
+        return n
+    return chosen
+
+
+def _beats_alone(split: list[float], alone: list[float], spec: GroupingSpec) -> bool:
+    """A split beats one model per task by ``split_vs_alone_se`` standard errors of their per-fold differences
+    (``se_bar``; 0: any positive difference, or off). Which tasks a split puts together is advice only where it
+    beats training each task on its own, which needs no choice of groups: a split that gains over one model
+    for all no more than one model per task does gains from its group sizes (smaller models), not its tasks."""
+    if spec.split_vs_alone_se <= 0:
+        return True
+    diffs = np.asarray(split, dtype=float) - np.asarray(alone, dtype=float)
+    return bool(diffs.mean() > 0 and diffs.mean() >= se_bar(spec.split_vs_alone_se, len(diffs)) * standard_error(diffs))
 
 
 def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
@@ -60,6 +76,21 @@ def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingS
     if alone and spec.min_gain_alone is not None:
         return bool(gain > spec.min_gain_alone)
     return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
+
+
+def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int) -> dict[str, Any] | None:
+    """Where the choice is one model per task because the best split did not beat it (``split_vs_alone_se``): that
+    split and its predicted gain over one model per task (mean of the per-fold differences, relative to one model
+    for all, and their standard error); else None."""
+    if spec.split_vs_alone_se <= 0 or n not in scores:
+        return None
+    split = choose(scores, groupings, spec.model_copy(update={"split_vs_alone_se": 0.0}))
+    if not 1 < size_of(split) < n or choose(scores, groupings, spec) != n:
+        return None
+    diffs = np.asarray(fold_gains(scores[split], scores[1])) - np.asarray(fold_gains(scores[n], scores[1]))
+    return {"instead_of": size_of(split), "gain_over_alone": float(diffs.mean()), "se": standard_error(diffs.tolist()),
+            "description": "the best split's predicted loss below one model per task's, relative to one model for "
+                           "all (mean over the folds), and its standard error"}
 
 
 def se_bar(standard_errors: float, folds: int) -> float:
@@ -136,4 +167,4 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
 
 
 __all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "selection_gain",
-           "size_of", "standard_error"]
+           "size_of", "split_over_alone", "standard_error"]

@@ -584,6 +584,15 @@ class GroupingSpec(_Section):
             "train on 9 of 10 folds, underrates it). null: held to min_gain and min_gain_se like any split."
         ),
     )
+    split_vs_alone_se: float = Field(
+        0.0, ge=0.0, le=10.0,
+        description=(
+            "outcome: where one model per task is eligible (min_gain_alone), a split is chosen over it only if it "
+            "is predicted to beat it by this many standard errors of their per-fold differences (a Student t bar "
+            "over the folds, as min_gain_se), else: one model per task. A split of tasks without structure gains "
+            "over one model for all from its smaller models, as one model per task does, and no more (0: off)."
+        ),
+    )
     tolerance: float = Field(
         0.005, ge=0.0, lt=1.0,
         description="outcome: among candidates within this share of the best predicted loss, the fewest groups.",

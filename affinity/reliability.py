@@ -104,12 +104,13 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             fold_range: tuple[float, float] | None = None,
             best_split: dict[str, Any] | None = None,
             control: dict[str, Any] | None = None, unheld: float | None = None,
-            source: str | None = None) -> tuple[str, str]:
+            source: str | None = None, over_alone: dict[str, Any] | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
-    split that was therefore overruled), when the chosen groups are not stable under
+    split that was therefore overruled; ``over_alone``: the best split, no better than one model per task), when the
+    chosen groups are not stable under
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
     the output agreement (``source`` "outputs") are judged by ``stable`` alone: the base model retrained from
@@ -142,6 +143,10 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             text += f", but choosing a split this way gains {unheld:+.1%} on folds the choice was not made on"
         return "together", text
     if k == n:
+        if over_alone is not None:
+            # the best split gained over one model for all about as much as training each task alone does
+            sizes_only += (f"; the best split ({over_alone['instead_of']} groups) is predicted no better than one "
+                           f"model per task ({over_alone['gain_over_alone']:+.1%} ± {over_alone['se']:.1%} over it)")
         return "separately", f"no reliable structure: train each task on its own ({gain_text}){sizes_only}"
     if control is not None:
         gain_text += (f"; {control['gain_over_random']:+.1%} against random partitions of the same sizes "

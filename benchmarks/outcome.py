@@ -234,7 +234,8 @@ def main() -> None:
                 raise SystemExit(f"--replay {' '.join(args.replay)}: only grouping settings can be replayed")
             spec = GroupingSpec(**rule.get("grouping", {}))
             print(f"replayed choice rule: min_gain {spec.min_gain}, min_gain_se {spec.min_gain_se}, "
-                  f"min_gain_alone {spec.min_gain_alone}, tolerance {spec.tolerance}")
+                  f"min_gain_alone {spec.min_gain_alone}, split_vs_alone_se {spec.split_vs_alone_se}, "
+                  f"tolerance {spec.tolerance}")
             rows = [replayed(r, spec) for r in rows]
         for r in rows:
             print(line(r))

@@ -211,3 +211,40 @@ def test_a_choice_that_loses_on_the_folds_it_was_not_made_on_is_overruled():
                         best_split={"k": 3, "predicted_gain": 0.038, "fold_gains": [0.12, 0.1, -0.02, -0.02, 0.01]},
                         unheld=honest["gain"])
     assert rec == "together" and "gains -0.8% on folds the choice was not made on" in text
+
+
+def _scores_of(fold_totals, tasks):
+    """FoldScores of ``tasks`` tasks whose per-fold summed losses are ``fold_totals`` (spread evenly)."""
+    from affinity.group_check import FoldScores
+
+    loss = np.repeat(np.asarray(fold_totals, dtype=float)[:, None] / tasks, tasks, axis=1)
+    return FoldScores(loss, np.ones_like(loss))
+
+
+def test_a_split_no_better_than_one_model_per_task_gives_way_to_it():
+    from affinity.choice import choose, split_over_alone
+
+    n = 4
+    together = _scores_of([1.0] * 10, n)
+    alone = _scores_of([0.97, 0.975] * 5, n)  # 2.75% below one model for all on average, steadily
+    # 5% on average, but only 2.25 pp above one model per task with a spread that one fold's luck can make
+    unsteady = _scores_of([0.88, 1.0, 0.93, 0.97, 0.92, 0.98, 0.94, 0.96, 0.95, 0.97], n)
+    steady = _scores_of([0.94, 0.945] * 5, n)  # 3.25 pp above one model per task on every fold
+    scores = {1: together, 2: unsteady, n: alone}
+    off = GroupingSpec()  # the rule off: the lowest predicted loss among the eligible
+    on = GroupingSpec(split_vs_alone_se=2.0)
+    assert choose(scores, [1, 2, n], off) == 2
+    assert choose(scores, [1, 2, n], on) == n
+    record = split_over_alone(scores, [1, 2, n], on, n)
+    assert record["instead_of"] == 2 and record["gain_over_alone"] == pytest.approx(0.0225)
+    assert 0 < record["gain_over_alone"] < 2.4 * record["se"]
+    assert split_over_alone(scores, [1, 2, n], off, n) is None
+    # a split that beats one model per task on every fold stays
+    assert choose({1: together, 2: steady, n: alone}, [1, 2, n], on) == 2
+    assert split_over_alone({1: together, 2: steady, n: alone}, [1, 2, n], on, n) is None
+    # one model per task not eligible (predicted no better than one model for all): the rule does not apply
+    poor = _scores_of([1.0, 1.0] * 5, n)
+    assert choose({1: together, 2: unsteady, n: poor}, [1, 2, n], on) == 2
+    # the verdict names the split and what it gains over one model per task
+    rec, text = verdict(n, n, 0.0275, {"spearman_brown": 0.9}, None, over_alone=record)
+    assert rec == "separately" and "the best split (2 groups) is predicted no better than one model per task" in text
