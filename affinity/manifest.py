@@ -585,7 +585,7 @@ class GroupingSpec(_Section):
         ),
     )
     split_vs_alone_se: float = Field(
-        0.0, ge=0.0, le=10.0,
+        2.0, ge=0.0, le=10.0,
         description=(
             "outcome: where one model per task is eligible (min_gain_alone), a split is chosen over it only if it "
             "is predicted to beat it by this many standard errors of their per-fold differences (a Student t bar "

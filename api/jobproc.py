@@ -227,11 +227,13 @@ def advice_summary(advice: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     rel = advice.get("reliability") or {}
     control = advice.get("random_control") or {}
+    over_alone = advice.get("split_over_alone") or {}
     return {"verdict": advice["verdict"], "recommendation": advice["recommendation"],
             "predicted_gain": advice.get("predicted_gain"),
             "reliability": {"split_half": (rel.get("split_half") or {}).get("spearman_brown"),
                             "stability_ari": (rel.get("stability") or {}).get("mean_ari"),
-                            "vs_random_partitions": control.get("gain_over_random")}}
+                            "vs_random_partitions": control.get("gain_over_random"),
+                            "best_split_vs_one_model_per_task": over_alone.get("gain_over_alone")}}
 
 
 def model_summary(result: Any) -> dict[str, Any]:

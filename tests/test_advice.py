@@ -231,8 +231,8 @@ def test_a_split_no_better_than_one_model_per_task_gives_way_to_it():
     unsteady = _scores_of([0.88, 1.0, 0.93, 0.97, 0.92, 0.98, 0.94, 0.96, 0.95, 0.97], n)
     steady = _scores_of([0.94, 0.945] * 5, n)  # 3.25 pp above one model per task on every fold
     scores = {1: together, 2: unsteady, n: alone}
-    off = GroupingSpec()  # the rule off: the lowest predicted loss among the eligible
-    on = GroupingSpec(split_vs_alone_se=2.0)
+    off = GroupingSpec(split_vs_alone_se=0.0)  # the rule off: the lowest predicted loss among the eligible
+    on = GroupingSpec()  # the default: 2 standard errors
     assert choose(scores, [1, 2, n], off) == 2
     assert choose(scores, [1, 2, n], on) == n
     record = split_over_alone(scores, [1, 2, n], on, n)

@@ -55,9 +55,14 @@ def test_one_model_per_task_against_min_gain_alone():
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=0.02), n=6) == 1
     # without n the rule cannot tell one model per task: every split is held to min_gain
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=0.005)) == 1
-    # a split that pays and one model per task within tolerance of it: the fewest groups
+    # a split that pays and one model per task within tolerance of it: the fewest groups (without the bar a split
+    # must clear over one model per task)
     assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
-                         GroupingSpec(min_gain_alone=0.005), n=6) == 3
+                         GroupingSpec(min_gain_alone=0.005, split_vs_alone_se=0.0), n=6) == 3
+    # with it (the default, 2 standard errors): the split's folds beat one model per task's by 2 pp on average
+    # (−2 to +6) over 4 folds, short of the bar: one model per task
+    assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
+                         GroupingSpec(min_gain_alone=0.005), n=6) == 6
 
 
 def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
