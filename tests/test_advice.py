@@ -248,3 +248,21 @@ def test_a_split_no_better_than_one_model_per_task_gives_way_to_it():
     # the verdict names the split and what it gains over one model per task
     rec, text = verdict(n, n, 0.0275, {"spearman_brown": 0.9}, None, over_alone=record)
     assert rec == "separately" and "the best split (2 groups) is predicted no better than one model per task" in text
+
+
+def test_a_split_of_unrelated_tasks_gives_way_to_one_model_per_task():
+    from api.jobproc import advice_summary
+
+    params = {"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 3}
+    # the rule off: 5 groups of the output agreement, predicted to gain over one model for all
+    off = job(params, grouping={"split_vs_alone_se": 0.0}).advice
+    assert off["recommendation"] == "groups" and off["k"] == 5 and off["split_over_alone"] is None
+    # by default the 5 groups must beat one model per task (eligible here) by 2 standard errors: they do not
+    advice = job(params).advice
+    assert advice["recommendation"] == "separately" and advice["k"] == 10
+    record = advice["split_over_alone"]
+    assert record["instead_of"] == 5 and 0 < record["gain_over_alone"] < 2.4 * record["se"]
+    assert advice["verdict"].startswith("no reliable structure: train each task on its own")
+    assert "the best split (5 groups) is predicted no better than one model per task" in advice["verdict"]
+    summary = advice_summary(advice)  # the API's job record
+    assert summary["reliability"]["best_split_vs_one_model_per_task"] == pytest.approx(record["gain_over_alone"])
