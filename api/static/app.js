@@ -294,6 +294,9 @@ function renderAdvice(groups) {
       + ` ± ${pct(a.random_control.se)} (${a.random_control.passed ? "beats them"
         : a.random_control.instead_of !== undefined ? "no better: not advised" : "no better"})`
       : undefined],
+    ["best split against one model per task", a.split_over_alone ? `${a.split_over_alone.instead_of} groups: `
+      + `${pct(a.split_over_alone.gain_over_alone)} ± ${pct(a.split_over_alone.se)} (no better: not advised)`
+      : undefined],
     ["candidates (k: predicted gain)", (a.candidates || []).filter((c) => c.predicted_gain !== undefined)
       .map((c) => `${c.k}${c.source === "outputs" ? " (outputs)" : ""}: ${pct(c.predicted_gain)}`).join(", ") || undefined],
   ];
