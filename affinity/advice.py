@@ -240,9 +240,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
-        k = choose(scores, groupings, spec)
-        over_alone = split_over_alone(scores, groupings, spec, n)
-        honest = selection_gain(scores, groupings, spec)
+        outputs = {kk for kk in groupings if source_of(kk, first, n) == "outputs"}
+        k = choose(scores, groupings, spec, outputs=outputs)
+        over_alone = split_over_alone(scores, groupings, spec, n, outputs)
+        honest = selection_gain(scores, groupings, spec, outputs)
         gain = honest["gain"] if k != 1 else 0.0
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
         if free and k != 1 and honest["gain"] <= 0:

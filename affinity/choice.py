@@ -3,7 +3,8 @@
 ``choose_k_from``: the lowest predicted summed loss among the splits predicted to pay (``grouping.min_gain``,
 ``min_gain_se`` standard errors of the per-fold gains read as a Student t bar for few folds, ``se_bar``;
 ``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it, and one model
-per task instead of a split that does not beat it by ``grouping.split_vs_alone_se`` standard errors; works from
+per task instead of a split of the output agreement that does not beat it by ``grouping.split_vs_alone_se``
+standard errors; works from
 the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the gain of choosing this
 way, read on folds the choice was not made on. ``random_control``: the chosen split against random partitions
 of its group sizes.
@@ -11,6 +12,7 @@ of its group sizes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -25,24 +27,27 @@ def size_of(key: Any) -> int:
     return key[0] if isinstance(key, tuple) else int(key)
 
 
-def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, folds: list[int] | None = None) -> int:
+def choose(scores: dict[int, FoldScores], candidates: Any, spec: GroupingSpec, folds: list[int] | None = None,
+           outputs: Collection[Any] = ()) -> int:
     """Among ``candidates`` (k values; ``scores`` also holds k = 1, the reference), the choice of
-    ``choose_k_from`` on their predicted totals over ``folds`` (all by default)."""
+    ``choose_k_from`` on their predicted totals over ``folds`` (all by default); ``outputs``: the keys of the
+    output agreement's groupings."""
     folds = list(range(scores[1].loss.shape[0])) if folds is None else folds
     totals = {k: scores[k].total(folds) for k in candidates}
     per_fold = {k: fold_gains(scores[k], scores[1], folds) for k in candidates}
-    return choose_k_from(totals, scores[1].total(folds), per_fold, spec, n=scores[1].loss.shape[1])
+    return choose_k_from(totals, scores[1].total(folds), per_fold, spec, n=scores[1].loss.shape[1], outputs=outputs)
 
 
 def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int, list[float]],
-                  spec: GroupingSpec, n: int | None = None) -> int:
+                  spec: GroupingSpec, n: int | None = None, outputs: Collection[Any] = ()) -> int:
     """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
     it. Where one model for all (k = 1) is a candidate, only splits predicted to pay are eligible: a
     gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
     ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
     a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
-    ``min_gain_alone`` where that is set, and a split chosen where one model per task is eligible must beat it by
-    ``split_vs_alone_se`` standard errors of their per-fold differences, else one model per task. Keys are k, or (k, source) for a second source's grouping at k
+    ``min_gain_alone`` where that is set, and a split of the output agreement (its key in ``outputs``) chosen where
+    one model per task is eligible must beat it by ``split_vs_alone_se`` standard errors of their per-fold
+    differences, else one model per task. Keys are k, or (k, source) for a second source's grouping at k
     (``size_of``); among candidates of as many groups, the lower total. Works from the numbers a
     ``groups.json`` records, so a choice rule can be replayed."""
     if 1 in totals:
@@ -52,16 +57,20 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     best = min(totals.values())
     chosen = min((kk for kk, v in totals.items() if v <= best + spec.tolerance * reference),
                  key=lambda kk: (size_of(kk), totals[kk]))
-    if n is not None and n in totals and 1 < size_of(chosen) < n and not _beats_alone(per_fold[chosen], per_fold[n], spec):
+    if n is not None and n in totals and chosen in outputs and 1 < size_of(chosen) < n and \
+            not _beats_alone(per_fold[chosen], per_fold[n], spec):
         return n
     return chosen
 
 
 def _beats_alone(split: list[float], alone: list[float], spec: GroupingSpec) -> bool:
     """A split beats one model per task by ``split_vs_alone_se`` standard errors of their per-fold differences
-    (``se_bar``; 0: any positive difference, or off). Which tasks a split puts together is advice only where it
-    beats training each task on its own, which needs no choice of groups: a split that gains over one model
-    for all no more than one model per task does gains from its group sizes (smaller models), not its tasks."""
+    (``se_bar``; 0: off). Which tasks a split puts together is advice only where it beats training each task on its
+    own, which needs no choice of groups: a split that gains over one model for all no more than one model per task
+    does gains from its group sizes (smaller models), not its tasks. Asked of the output agreement's splits: θ*
+    fitted the rows the check's folds score, so their fold gains are flattered where tasks have no structure
+    (benchmarks/README.md, "The agreement on the validation rows"); T's groups come from validation losses the
+    check never scores."""
     if spec.split_vs_alone_se <= 0:
         return True
     diffs = np.asarray(split, dtype=float) - np.asarray(alone, dtype=float)
@@ -78,14 +87,15 @@ def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingS
     return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
 
 
-def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int) -> dict[str, Any] | None:
+def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int,
+                     outputs: Collection[Any] = ()) -> dict[str, Any] | None:
     """Where the choice is one model per task because the best split did not beat it (``split_vs_alone_se``): that
     split and its predicted gain over one model per task (mean of the per-fold differences, relative to one model
     for all, and their standard error); else None."""
     if spec.split_vs_alone_se <= 0 or n not in scores:
         return None
     split = choose(scores, groupings, spec.model_copy(update={"split_vs_alone_se": 0.0}))
-    if not 1 < size_of(split) < n or choose(scores, groupings, spec) != n:
+    if not 1 < size_of(split) < n or choose(scores, groupings, spec, outputs=outputs) != n:
         return None
     diffs = np.asarray(fold_gains(scores[split], scores[1])) - np.asarray(fold_gains(scores[n], scores[1]))
     return {"instead_of": size_of(split), "gain_over_alone": float(diffs.mean()), "se": standard_error(diffs.tolist()),
@@ -115,7 +125,8 @@ def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | No
     return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in folds]
 
 
-def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec) -> dict[str, Any]:
+def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec,
+                   outputs: Collection[Any] = ()) -> dict[str, Any]:
     """The gain over one model for all that choosing k this way buys, free of the winner's curse.
 
     The lowest of several noisy predicted losses is optimistic. So, for every fold, k is chosen on
@@ -125,7 +136,7 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
     out = []
     for f in range(n_folds):
         rest = [g for g in range(n_folds) if g != f]
-        k = choose(scores, groupings, spec, rest)
+        k = choose(scores, groupings, spec, rest, outputs)
         ref = scores[1].total([f])
         out.append({"k": size_of(k), **({"source": k[1]} if isinstance(k, tuple) else {}),
                     "gain": (ref - scores[k].total([f])) / ref})

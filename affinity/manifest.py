@@ -587,10 +587,12 @@ class GroupingSpec(_Section):
     split_vs_alone_se: float = Field(
         2.0, ge=0.0, le=10.0,
         description=(
-            "outcome: where one model per task is eligible (min_gain_alone), a split is chosen over it only if it "
-            "is predicted to beat it by this many standard errors of their per-fold differences (a Student t bar "
-            "over the folds, as min_gain_se), else: one model per task. A split of tasks without structure gains "
-            "over one model for all from its smaller models, as one model per task does, and no more (0: off)."
+            "outcome: where one model per task is eligible (min_gain_alone), a split of the output agreement is "
+            "chosen over it only if it is predicted to beat it by this many standard errors of their per-fold "
+            "differences (a Student t bar over the folds, as min_gain_se), else: one model per task. A split of "
+            "tasks without structure gains over one model for all from its smaller models, as one model per task "
+            "does, and no more; the agreement's groups come from θ*, which fitted the rows the folds score, so their "
+            "fold gains are flattered there (T's groups, from validation losses, are not held to it). 0: off."
         ),
     )
     tolerance: float = Field(

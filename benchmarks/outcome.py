@@ -122,7 +122,8 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     cands = keyed(row["candidates"])
     reference = cands[1]["predicted_val_loss"]
     k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
-                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"))
+                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"),
+                      outputs={kk for kk, c in cands.items() if c.get("source") == "outputs"})
     rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]
     best = min(v for v in (together, alone, row["planted"]) if v is not None)
     out = {**row, "k": k, "test_loss": rec, "regret": (rec - best) / best,

@@ -59,10 +59,12 @@ def test_one_model_per_task_against_min_gain_alone():
     # must clear over one model per task)
     assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
                          GroupingSpec(min_gain_alone=0.005, split_vs_alone_se=0.0), n=6) == 3
-    # with it (the default, 2 standard errors): the split's folds beat one model per task's by 2 pp on average
-    # (−2 to +6) over 4 folds, short of the bar: one model per task
+    # with it (the default, 2 standard errors) and the split of the output agreement: the split's folds beat one
+    # model per task's by 2 pp on average (−2 to +6) over 4 folds, short of the bar: one model per task
     assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
-                         GroupingSpec(min_gain_alone=0.005), n=6) == 6
+                         GroupingSpec(min_gain_alone=0.005), n=6, outputs={3}) == 6
+    assert choose_k_from({1: 10.0, 3: 9.7, 6: 9.68}, 10.0, {**folds, 3: [0.03] * 4},
+                         GroupingSpec(min_gain_alone=0.005), n=6) == 3  # T's split: not held to it
 
 
 def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
