@@ -242,7 +242,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "from_criterion": k == criterion_k})
         outputs = {kk for kk in groupings if source_of(kk, first, n) == "outputs"}
         k = choose(scores, groupings, spec, outputs=outputs)
-        over_alone = split_over_alone(scores, groupings, spec, n, outputs)
+        over_alone = split_over_alone(scores, groupings, spec, k, n)
         honest = selection_gain(scores, groupings, spec, outputs)
         gain = honest["gain"] if k != 1 else 0.0
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)

@@ -73,8 +73,13 @@ def _beats_alone(split: list[float], alone: list[float], spec: GroupingSpec) -> 
     check never scores."""
     if spec.split_vs_alone_se <= 0:
         return True
-    diffs = np.asarray(split, dtype=float) - np.asarray(alone, dtype=float)
+    diffs = _differences(split, alone)
     return bool(diffs.mean() > 0 and diffs.mean() >= se_bar(spec.split_vs_alone_se, len(diffs)) * standard_error(diffs))
+
+
+def _differences(split: list[float], alone: list[float]) -> np.ndarray:
+    """Per fold, a split's gain over one model for all minus one model per task's."""
+    return np.asarray(split, dtype=float) - np.asarray(alone, dtype=float)
 
 
 def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
@@ -87,17 +92,17 @@ def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingS
     return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
 
 
-def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int,
-                     outputs: Collection[Any] = ()) -> dict[str, Any] | None:
-    """Where the choice is one model per task because the best split did not beat it (``split_vs_alone_se``): that
-    split and its predicted gain over one model per task (mean of the per-fold differences, relative to one model
-    for all, and their standard error); else None."""
-    if spec.split_vs_alone_se <= 0 or n not in scores:
+def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, chosen: Any,
+                     n: int) -> dict[str, Any] | None:
+    """Where the choice (``chosen``, ``choose``'s) is one model per task because the best split did not beat it
+    (``split_vs_alone_se``): that split and its predicted gain over one model per task (mean of the per-fold
+    differences, relative to one model for all, and their standard error); else None."""
+    if spec.split_vs_alone_se <= 0 or chosen != n:
         return None
     split = choose(scores, groupings, spec.model_copy(update={"split_vs_alone_se": 0.0}))
-    if not 1 < size_of(split) < n or choose(scores, groupings, spec, outputs=outputs) != n:
+    if not 1 < size_of(split) < n:
         return None
-    diffs = np.asarray(fold_gains(scores[split], scores[1])) - np.asarray(fold_gains(scores[n], scores[1]))
+    diffs = _differences(fold_gains(scores[split], scores[1]), fold_gains(scores[n], scores[1]))
     return {"instead_of": size_of(split), "gain_over_alone": float(diffs.mean()), "se": standard_error(diffs.tolist()),
             "description": "the best split's predicted loss below one model per task's, relative to one model for "
                            "all (mean over the folds), and its standard error"}

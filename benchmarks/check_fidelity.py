@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from outcome import keyed, manifest_for, settings  # noqa: E402
+from outcome import keyed, manifest_for, output_keys, settings  # noqa: E402
 
 from affinity.choice import choose, fold_gains, standard_error  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     old_a = np.array([c["predicted_gain"] for c in cands])
     print(f"mean |predicted − measured|: {np.mean(abs(new_a - meas_a)):.1%} (recorded check: "
           f"{np.mean(abs(old_a - meas_a)):.1%}); check {seconds:.0f} s")
-    chosen = choose(scores, list(by_key), m.grouping, outputs={kk for kk, c in by_key.items() if c.get("source") == "outputs"})
+    chosen = choose(scores, list(by_key), m.grouping, outputs=output_keys(by_key))
     print(f"chosen k = {chosen}: measured gain {(test_ref - by_key[chosen]['test_loss']) / test_ref:+.1%} "
           f"(recorded choice k = {advice['k']}; "
           f"best candidate on test {max(measured):+.1%})")

@@ -110,6 +110,11 @@ def keyed(candidates: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
             for c in candidates}
 
 
+def output_keys(candidates: dict[Any, dict[str, Any]]) -> set[Any]:
+    """The keys (``keyed``) of the output agreement's candidates: the splits ``grouping.split_vs_alone_se`` holds."""
+    return {kk for kk, c in candidates.items() if c.get("source") == "outputs"}
+
+
 def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
     losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
@@ -123,7 +128,7 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     reference = cands[1]["predicted_val_loss"]
     k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
                       {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"),
-                      outputs={kk for kk, c in cands.items() if c.get("source") == "outputs"})
+                      outputs=output_keys(cands))
     rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]
     best = min(v for v in (together, alone, row["planted"]) if v is not None)
     out = {**row, "k": k, "test_loss": rec, "regret": (rec - best) / best,

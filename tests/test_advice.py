@@ -236,15 +236,15 @@ def test_a_split_no_better_than_one_model_per_task_gives_way_to_it():
     outputs = {2}  # the split is the output agreement's
     assert choose(scores, [1, 2, n], off, outputs=outputs) == 2
     assert choose(scores, [1, 2, n], on, outputs=outputs) == n
-    record = split_over_alone(scores, [1, 2, n], on, n, outputs)
+    record = split_over_alone(scores, [1, 2, n], on, choose(scores, [1, 2, n], on, outputs=outputs), n)
     assert record["instead_of"] == 2 and record["gain_over_alone"] == pytest.approx(0.0225)
     assert 0 < record["gain_over_alone"] < 2.4 * record["se"]
-    assert split_over_alone(scores, [1, 2, n], off, n, outputs) is None
+    assert split_over_alone(scores, [1, 2, n], off, choose(scores, [1, 2, n], off, outputs=outputs), n) is None
     # T's split (built from validation losses the folds never score) is not held to the bar
-    assert choose(scores, [1, 2, n], on) == 2 and split_over_alone(scores, [1, 2, n], on, n) is None
+    assert choose(scores, [1, 2, n], on) == 2 and split_over_alone(scores, [1, 2, n], on, 2, n) is None
     # a split that beats one model per task on every fold stays
     assert choose({1: together, 2: steady, n: alone}, [1, 2, n], on, outputs=outputs) == 2
-    assert split_over_alone({1: together, 2: steady, n: alone}, [1, 2, n], on, n, outputs) is None
+    assert split_over_alone({1: together, 2: steady, n: alone}, [1, 2, n], on, 2, n) is None
     # one model per task not eligible (predicted no better than one model for all): the rule does not apply
     poor = _scores_of([1.0, 1.0] * 5, n)
     assert choose({1: together, 2: unsteady, n: poor}, [1, 2, n], on, outputs=outputs) == 2
