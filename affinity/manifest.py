@@ -563,16 +563,17 @@ class GroupingSpec(_Section):
         ),
     )
     min_gain: float = Field(
-        0.02, ge=0.0, lt=1.0,
+        0.015, ge=0.0, lt=1.0,
         description="outcome: a split must be predicted to lower the summed loss by this share, else: train together.",
     )
     min_gain_se: float = Field(
-        1.0, ge=0.0, le=10.0,
+        0.5, ge=0.0, le=10.0,
         description=(
             "outcome: a split must also be predicted to gain at least this many standard errors of its "
             "per-fold gains (0: the mean alone decides), else: train together. Read at the confidence it has under a "
-            "normal and turned into a Student t bar over the folds (1 is 1.06 standard errors with 10 folds, 1.32 "
-            "with 3): the standard error of a few folds is itself uncertain."
+            "normal and turned into a Student t bar over the folds (0.5 is 0.52 standard errors with 10 folds, 0.59 "
+            "with 3; 1 is 1.06 and 1.32): the standard error of a few folds is itself uncertain. The random control "
+            "(random_control) is held to the same bar."
         ),
     )
     min_gain_alone: float | None = Field(

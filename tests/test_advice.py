@@ -131,7 +131,10 @@ def test_a_split_one_fold_carries_is_not_advised():
     together = _scores([1.0] * 5)
     steady = _scores([0.96, 0.97, 0.96, 0.97, 0.96])  # gains 3–4% on every fold
     lucky = _scores([0.85, 1.0, 1.0, 1.02, 0.99])  # mean gain 2.8%, carried by fold 0
-    spec = GroupingSpec()
+    # a gain one fold carries is about one standard error of the per-fold gains: a bar of 1 excludes it; the
+    # default bar (0.5) leaves it to the selection check (test_selection_check_overrules_a_split_one_fold_carries)
+    spec = GroupingSpec(min_gain_se=1.0)
+    assert choose({1: together, 3: lucky}, [1, 3], GroupingSpec()) == 3
     assert choose({1: together, 3: steady}, [1, 3], spec) == 3
     assert choose({1: together, 3: lucky}, [1, 3], spec) == 1
     assert choose({1: together, 3: lucky}, [1, 3], GroupingSpec(min_gain_se=0.0)) == 3
@@ -156,11 +159,12 @@ def test_the_standard_error_bar_widens_for_few_folds():
     three = [0.88, 0.98, 1.005]  # gains 12%, 2%, −0.5%
     gains = [1 - v for v in three]
     assert 1.0 < np.mean(gains) / standard_error(gains) < se_bar(1.0, 3)
-    assert choose({1: _scores([1.0] * 3), 3: _scores(three)}, [1, 3], GroupingSpec()) == 1
+    one = GroupingSpec(min_gain_se=1.0)
+    assert choose({1: _scores([1.0] * 3), 3: _scores(three)}, [1, 3], one) == 1
     se = standard_error(gains)
     ten = 1 - (np.mean(gains) + se * np.sqrt(10) * np.array([1, -1] * 5) * np.sqrt(9 / 10))
     assert standard_error(list(1 - ten)) == pytest.approx(se)
-    assert choose({1: _scores([1.0] * 10), 3: _scores(ten)}, [1, 3], GroupingSpec()) == 3
+    assert choose({1: _scores([1.0] * 10), 3: _scores(ten)}, [1, 3], one) == 3
 
 
 def test_random_partitions_keep_the_group_sizes_and_cover_every_task():
@@ -200,10 +204,10 @@ def test_a_choice_that_loses_on_the_folds_it_was_not_made_on_is_overruled():
     from affinity.choice import choose, selection_gain
 
     together = _scores([1.0] * 5)
-    # clears 2% and the standard-error bar over all five folds (+3.8%, 1.26 SE; the bar: 1.14 SE of 5 folds), but
+    # clears 2% and a bar of 1 standard error over all five folds (+3.8%, 1.26 SE; the bar: 1.14 SE of 5 folds), but
     # chosen on four folds it lands on the losing folds
     split = _scores([0.88, 0.90, 1.02, 1.02, 0.99])
-    spec = GroupingSpec()
+    spec = GroupingSpec(min_gain=0.02, min_gain_se=1.0)
     assert choose({1: together, 3: split}, [1, 3], spec) == 3
     honest = selection_gain({1: together, 3: split}, {1: None, 3: None}, spec)
     assert honest["gain"] == pytest.approx(-0.008)
@@ -211,6 +215,19 @@ def test_a_choice_that_loses_on_the_folds_it_was_not_made_on_is_overruled():
                         best_split={"k": 3, "predicted_gain": 0.038, "fold_gains": [0.12, 0.1, -0.02, -0.02, 0.01]},
                         unheld=honest["gain"])
     assert rec == "together" and "gains -0.8% on folds the choice was not made on" in text
+
+
+def test_selection_check_overrules_a_split_one_fold_carries():
+    from affinity.choice import choose, selection_gain
+
+    together = _scores([1.0] * 5)
+    lucky = _scores([0.85, 1.0, 1.0, 1.02, 0.99])  # mean gain 2.8%, carried by fold 0: clears the default bar
+    spec = GroupingSpec()
+    assert choose({1: together, 3: lucky}, [1, 3], spec) == 3
+    # without fold 0 the split is not eligible (together, 0 on fold 0); with it, it is chosen and reads 0, 0, -2%, +1%
+    honest = selection_gain({1: together, 3: lucky}, {1: None, 3: None}, spec)
+    assert [f["k"] for f in honest["folds"]] == [1, 3, 3, 3, 3]
+    assert honest["gain"] == pytest.approx(-0.002) and honest["gain"] <= 0  # advise() then answers together
 
 
 def _scores_of(fold_totals, tasks):

@@ -45,7 +45,7 @@ def test_one_model_per_task_against_min_gain_alone():
     # 6 tasks: one model per task predicted 1% better than one model for all, its folds noisy
     totals = {1: 10.0, 3: 9.9, 6: 9.9}
     folds = {1: [0.0] * 4, 3: [0.01] * 4, 6: [0.05, -0.03, 0.04, -0.02]}
-    # held to min_gain (2%) and its standard error like any split: together
+    # held to min_gain (1.5%) and its standard error like any split: together
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=None), n=6) == 1
     # held to min_gain_alone only (the default, 0.5%): separately; a split of 3 with the same gain is still
     # held to min_gain
