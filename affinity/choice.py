@@ -43,8 +43,9 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     """The candidate k with the lowest predicted total loss, the fewest groups within ``tolerance`` of
     it. Where one model for all (k = 1) is a candidate, only splits predicted to pay are eligible: a
     gain over ``reference`` (one model for all's total) of at least ``min_gain``, and of at least
-    ``min_gain_se`` standard errors of its per-fold gains (a gain that one fold's luck carries is not
-    a gain); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
+    ``min_gain_se`` standard errors of its per-fold gains (a gain small against its spread over the folds is
+    not a gain; one that a single fold carries is about one standard error, which the default bar, 0.5, leaves
+    to ``selection_gain``); with none eligible, k = 1. One model per task (k = ``n``) is held instead to
     ``min_gain_alone`` where that is set, and a split of the output agreement (its key in ``outputs``) chosen where
     one model per task is eligible must beat it by ``split_vs_alone_se`` standard errors of their per-fold
     differences, else one model per task. Keys are k, or (k, source) for a second source's grouping at k
