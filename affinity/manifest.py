@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from affinity.messages import first_line
+
 MANIFEST_VERSION = 1
 
 BUILTIN_DATASETS = ("planted", "digits", "synthetic", "yeast", "text", "graph")
@@ -894,7 +896,7 @@ def load_manifest(path: str | Path) -> Manifest:
         else:
             data = json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise ManifestError(f"manifest {path.name} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {first}") from None
     except RecursionError:
         raise ManifestError(f"manifest {path.name} nests arrays or objects too deeply to read; a manifest nests a "

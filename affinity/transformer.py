@@ -34,6 +34,7 @@ from torch import nn
 
 from affinity.data.table import DataError, SplitTable
 from affinity.manifest import ModelSpec
+from affinity.messages import first_line
 from affinity.models import TaskNorm
 from affinity.transformer_folder import check_max_length, model_folder
 from affinity.torchvision_compat import import_torchvision
@@ -57,7 +58,7 @@ def _tokenizer(folder: str):
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - a malformed tokenizer file (any error type): one line naming the field
         raise DataError(
-            f"model.pretrained {folder!r}: no usable tokenizer ({str(exc).splitlines()[0]}); give a folder that "
+            f"model.pretrained {folder!r}: no usable tokenizer ({first_line(exc)}); give a folder that "
             "holds the model's tokenizer files"
         ) from None
 
@@ -78,7 +79,7 @@ def _pretrained(folder: str) -> nn.Module:
         model = AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation="eager")
     except Exception as exc:  # noqa: BLE001 - a malformed config, a truncated or Git LFS pointer weight file, ...
         raise DataError(
-            f"model.pretrained {folder!r}: cannot load the model ({str(exc).splitlines()[0]}); give a folder "
+            f"model.pretrained {folder!r}: cannot load the model ({first_line(exc)}); give a folder "
             "with config.json and the weights"
         ) from None
     return model.eval()

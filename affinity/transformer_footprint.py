@@ -48,6 +48,7 @@ from pathlib import Path
 from affinity.data.table import DataError
 from affinity.footprint import (EVAL_ROWS, FEATURE_COPIES, MB, STACKED_COPY_PARAMS, VAL_ROWS, DatasetShape,
                                 MemoryEstimate, TimeEstimate, checkpoint_count, job_seconds)
+from affinity.messages import first_line
 from affinity.manifest import Manifest, ModelSpec
 
 PROCESS_BYTES = 700 * MB  # measured: 705 MB peak RSS once torch, transformers, peft, the tokenizer and texts are loaded
@@ -120,7 +121,7 @@ def architecture(spec: ModelSpec) -> Architecture:
         shapes = _tensor_shapes(folder)
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise DataError(f"model.pretrained {spec.pretrained!r}: cannot read its config.json or weights "
-                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); give a Hugging Face "
+                        f"({first_line(exc)}); give a Hugging Face "
                         "model folder") from None
     h = _first(config, "hidden_size", "d_model", "n_embd", "dim")
     layers = _first(config, "num_hidden_layers", "num_layers", "n_layer", "n_layers")

@@ -19,6 +19,7 @@ from affinity.data import BUILTINS, DataError
 from affinity.data.files import sniff_format
 from affinity.data.planted import planted_params
 from affinity.manifest import BUILTIN_TRANSFORMER, GRAPH_BUILTINS, Manifest, validation_problems
+from affinity.messages import first_line
 from api.problems import MAX_NESTING
 from api.resources import (DatasetShape, builtin_shape, check_estimable, check_memory, check_time, graph_shape,
                            images_shape, path_shape, table_shape)
@@ -237,7 +238,7 @@ def builtin_tasks(spec: Any) -> TaskCount | None:
             yeast_params(params)
             return TaskCount(len(LABELS), "dataset.source")
     except (DataError, TypeError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         match = _PARAM_FIELD.search(message)
         field = match.group(0) if match else "dataset.params"
         value = params.get(match.group(1)) if match else params
@@ -270,7 +271,7 @@ def _path_tasks(spec: Any, path: Path) -> TaskCount | None:
             return _npz_tasks(spec, npz_tasks(members["Y"].shape))
         except (BadUpload, OSError, ValueError, zipfile.BadZipFile) as exc:
             raise SubmissionError([problem("dataset.source", spec.source, f"cannot be read as an NPZ dataset: "
-                                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]) \
+                                           f"{first_line(exc)}")]) \
                 from None
     if spec.tasks is None:
         if _data_kind(spec).named_columns:  # a CSV or Parquet file names its label columns nowhere else
@@ -338,7 +339,7 @@ def _check_edge_list(spec: Any, nodes: Path, edges: Path, values: bool) -> None:
         if values:
             check_edge_list(local)
     except (DataError, OSError, zipfile.BadZipFile) as exc:
-        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         match = _DATA_FIELD.match(message)
         if match is None:
             raise SubmissionError([problem("dataset.edges", spec.edges, f"cannot read the edge list: {message}")]) \
@@ -362,7 +363,7 @@ def _data_kind(spec: Any) -> Any:
     try:
         return data_kind(spec.kind)
     except DataError as exc:  # a plug-in that fails to load
-        raise SubmissionError([problem("dataset.kind", spec.kind, str(exc).splitlines()[0])]) from None
+        raise SubmissionError([problem("dataset.kind", spec.kind, first_line(exc))]) from None
 
 
 def _made_from_params(spec: Any) -> bool:

@@ -231,3 +231,24 @@ def test_row_estimate_is_not_fooled_by_a_long_first_text(tmp_path):
     with path.open("w") as f:
         f.write("sentence,a\n" + "word " * 20_000 + ",1\n" + "".join(f"short {i},{i % 2}\n" for i in range(30_000)))
     assert csv_rows(path) == 30_001
+
+
+def test_a_library_error_without_a_message_still_gives_one_line(tmp_path, monkeypatch):
+    """Some libraries raise with an empty message (or one that starts with a blank line); the one-line error quotes
+    the first line that says something, or the exception's type, instead of failing on the quote."""
+    from affinity.messages import first_line
+
+    assert first_line(ValueError()) == "ValueError"
+    assert first_line(ValueError("\n  \nbad header\nmore")) == "bad header"
+    (tmp_path / "t.csv").write_text("a,x\n1,2\n")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"dataset": {"source": "t.csv", "tasks": ["a"], "features": ["x"]}}))
+
+    def broken(*args, **kwargs):
+        raise pd.errors.ParserError()
+
+    monkeypatch.setattr(pd, "read_csv", broken)
+    result = runner.invoke(app, ["run", str(job), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "cannot read t.csv as CSV: ParserError" in result.output
+    assert "Traceback" not in result.output

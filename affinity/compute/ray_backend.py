@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from affinity.messages import first_line
 from affinity.manifest import ComputeSpec
 from affinity.progress import Cancelled, Progress
 
@@ -42,7 +43,7 @@ def connect(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
         raise RuntimeError(f"compute.backend='ray': cannot connect to {where}: "
-                           f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; check compute.address / "
+                           f"{first_line(exc)}; check compute.address / "
                            "RAY_ADDRESS") from None
     finally:
         for sig, handler in saved.items():

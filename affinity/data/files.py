@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from affinity.data.table import DataError, TaskTable
+from affinity.messages import first_line
 from affinity.manifest import DatasetSpec
 
 PARQUET_MAGIC = b"PAR1"
@@ -40,7 +41,7 @@ def _read_frame_file(path: Path, fmt: str) -> pd.DataFrame:
         raise DataError(f"cannot read {path.name} as CSV: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
                         f"position {exc.start}); save it as UTF-8") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {path.name} as {fmt.upper()}: {first_line(exc)}") from None
 
 
 def read_table_file(spec: DatasetSpec) -> TaskTable:
@@ -146,7 +147,7 @@ def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
             Y = np.asarray(npz["Y"], dtype=np.float64)
             stored_names = [str(s) for s in npz["task_names"]] if "task_names" in keys else None
     except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path.name} as NPZ: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {path.name} as NPZ: {first_line(exc)}") from None
     if X.ndim != 2:
         raise DataError(f"{path.name}: X must be 2-D (rows × features), got shape {X.shape}")
     if Y.ndim == 1:

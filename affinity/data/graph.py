@@ -44,6 +44,7 @@ import scipy.sparse as sp
 
 from affinity.data.files import sniff_format, task_labels
 from affinity.data.table import DataError, TaskTable, check_table
+from affinity.messages import first_line
 from affinity.manifest import DatasetSpec
 
 RANDOM_FEATURES = 32  # feature_fallback "random": standard normal features per node
@@ -123,7 +124,7 @@ def _read_frame(path: Path, field: str, columns: list[str] | None = None) -> pd.
     try:
         frame = pd.read_parquet(path, columns=columns) if fmt == "parquet" else pd.read_csv(path, usecols=columns)
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{field}: cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{field}: cannot read {path.name} as {fmt.upper()}: {first_line(exc)}") from None
     frame.columns = [str(c) for c in frame.columns]
     return frame
 
@@ -139,7 +140,7 @@ def file_header(path: Path, field: str) -> list[str]:
     except DataError:
         raise
     except Exception as exc:  # pandas and pyarrow raise their own types for unreadable files
-        raise DataError(f"{field}: cannot read the columns of {path.name}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{field}: cannot read the columns of {path.name}: {first_line(exc)}") from None
 
 
 def _existing(path_text: str, field: str, what: str) -> Path:
@@ -160,7 +161,7 @@ def edge_column_problems(spec: DatasetSpec, path: Path) -> list[tuple[str, Any, 
             with zipfile.ZipFile(path) as zf:
                 header = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
         except (OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
+            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         wanted = [("dataset.edges", "edges")]
     else:
         header = file_header(path, "dataset.edges")
@@ -172,9 +173,6 @@ def edge_column_problems(spec: DatasetSpec, path: Path) -> list[tuple[str, Any, 
              else f"{name!r} is not {'an array' if npz else 'a column'} of {path.name}; {has}")
             for field, name in wanted if name not in header]
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _edge_chunks(spec: DatasetSpec, path: Path, rows: int) -> Iterator[tuple[Any, Any, np.ndarray | None]]:
@@ -188,7 +186,7 @@ def _edge_chunks(spec: DatasetSpec, path: Path, rows: int) -> Iterator[tuple[Any
                 edges = np.asarray(npz["edges"])
                 weight = None if spec.edge_weight is None else np.asarray(npz[spec.edge_weight], dtype=np.float64)
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
+            raise DataError(f"dataset.edges: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         if edges.ndim != 2 or edges.shape[1] != 2:
             raise DataError(f"dataset.edges {path.name}: 'edges' must have shape (edges, 2), got {edges.shape}")
         if weight is not None and weight.shape != (len(edges),):
@@ -212,7 +210,7 @@ def _edge_chunks(spec: DatasetSpec, path: Path, rows: int) -> Iterator[tuple[Any
                     pd.to_numeric(frame[spec.edge_weight], errors="coerce").to_numpy(dtype=np.float64)
                 yield frame[src_col].to_numpy(), frame[dst_col].to_numpy(), weight
     except Exception as exc:  # pandas and pyarrow raise their own types for unreadable files
-        raise DataError(f"dataset.edges: cannot read {path.name} as {fmt.upper()}: {_first_line(exc)}") from None
+        raise DataError(f"dataset.edges: cannot read {path.name} as {fmt.upper()}: {first_line(exc)}") from None
 
 
 @dataclass
@@ -321,7 +319,7 @@ def node_ids(spec: DatasetSpec) -> tuple[np.ndarray, str]:
                                 else np.lib.format.read_array_header_2_0)
                         y_shape = read(f)[0]
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {_first_line(exc)}") from None
+            raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         if ids is None and y_shape is None:
             raise DataError(f"dataset.source {path.name} must hold 'Y' (nodes × tasks, NaN = not labelled) and "
                             f"optionally 'X' and {spec.node_column!r}; it holds {sorted(keys)}")
@@ -351,7 +349,7 @@ def _node_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, list[
                 X = np.asarray(npz["X"], dtype=np.float64) if "X" in keys else None
                 ids = np.asarray(npz[spec.node_column]) if spec.node_column in keys else np.arange(len(Y))
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {str(exc).splitlines()[0]}") from None
+            raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         if Y.ndim != 2 or (X is not None and (X.ndim != 2 or len(X) != len(Y))) or len(ids) != len(Y):
             raise DataError(f"dataset.source {path.name}: X must be nodes × features, Y nodes × tasks and "
                             f"{spec.node_column!r} one id per node; got X {None if X is None else X.shape}, "

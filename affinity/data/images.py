@@ -29,6 +29,7 @@ import pandas as pd
 from affinity.data.digits import make_digits
 from affinity.data.files import npz_task_names, sniff_format, task_labels
 from affinity.data.table import DataError, TaskTable, check_labels
+from affinity.messages import first_line
 from affinity.manifest import DatasetSpec
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -115,7 +116,7 @@ def _read_npz(path: Path, spec: DatasetSpec) -> TaskTable:
     except (ValueError, OSError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"cannot read {path.name} as NPZ: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {path.name} as NPZ: {first_line(exc)}") from None
     n = X.shape[0]
     if Y is not None and spec.labels is not None:
         raise DataError(f"dataset.labels is given but {path.name} holds 'Y' too; give the labels once (remove one)")
@@ -162,7 +163,7 @@ def _label_frame(spec: DatasetSpec) -> tuple[pd.DataFrame, str]:
     try:
         frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"dataset.labels: cannot read {path.name} as {fmt.upper()}: {str(exc).splitlines()[0]}") \
+        raise DataError(f"dataset.labels: cannot read {path.name} as {fmt.upper()}: {first_line(exc)}") \
             from None
     frame.columns = [str(c) for c in frame.columns]
     return frame, path.name
