@@ -382,3 +382,37 @@ def test_dashboard_form_alone_submits_a_table_job_that_runs(chromium, server, tm
     assert dataset["features"] == ["f0", "f1", "f2", "f3"]
     assert [t["name"] if isinstance(t, dict) else t for t in dataset["tasks"]] == ["label_0", "label_1", "label_2"]
     assert job["manifest"]["grouping"]["k"] == 2
+
+
+def test_dashboard_shows_why_a_split_gave_way_to_one_model_per_task(chromium, server, tmp_path):
+    """A job of unrelated tasks whose best split (the output agreement's 5 groups) does not beat one model per task
+    (tests/test_advice.py has the same job through the engine): the job page's advice names that split, its gain over
+    one model per task and that it is not advised, beside the verdict the API records."""
+    from playwright.sync_api import expect
+
+    base, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    manifest = {"dataset": {"source": "synthetic",
+                            "params": {"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 3}},
+                "estimation": {"num_subsets": 80}}
+    with _dashboard_page(chromium, tmp_path) as page:
+        _sign_in(page, base, key)
+        page.get_by_test_id("expert-toggle").click()
+        box = page.get_by_test_id("manifest-input")
+        expect(box).not_to_have_value("", timeout=60_000)  # the kinds load with the engine
+        box.fill(json.dumps(manifest))
+        job_id, done = _submit_and_wait(page)
+        done.get_by_test_id("job-link").click()
+        expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
+        advice = httpx.get(f"{base}/v1/jobs/{job_id}/groups", headers=auth, timeout=60).json()["advice"]
+        over = advice["split_over_alone"]
+        assert advice["recommendation"] == "separately" and over["instead_of"] == 5
+        expect(page.get_by_test_id("job-verdict")).to_have_text(advice["verdict"])
+        shown = page.get_by_test_id("job-advice")
+        expect(shown).to_contain_text("best split against one model per task")
+        expect(shown).to_contain_text(f"{over['instead_of']} groups: ")
+        expect(shown).to_contain_text("(no better: not advised)")
+        record = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=60).json()
+        assert record["summary"]["reliability"]["best_split_vs_one_model_per_task"] == \
+            pytest.approx(over["gain_over_alone"])
+        page.screenshot(path=str(tmp_path / "dashboard-over-alone.png"), full_page=True)
