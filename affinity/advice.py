@@ -297,8 +297,9 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     unheld = honest["gain"] if honest is not None and "instead_of" in honest else None
     if over_alone is not None and k != n:  # overruled later (the choice's selection check): not the reason
         over_alone = None
+    alone = next((c for c in splits if c["k"] == n), None)
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
-                                   source=chosen_from, over_alone=over_alone)
+                                   source=chosen_from, over_alone=over_alone, alone=alone)
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,

@@ -104,7 +104,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             fold_range: tuple[float, float] | None = None,
             best_split: dict[str, Any] | None = None,
             control: dict[str, Any] | None = None, unheld: float | None = None,
-            source: str | None = None, over_alone: dict[str, Any] | None = None) -> tuple[str, str]:
+            source: str | None = None, over_alone: dict[str, Any] | None = None,
+            alone: dict[str, Any] | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -114,7 +115,10 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
     the output agreement (``source`` "outputs") are judged by ``stable`` alone: the base model retrained from
-    other seeds (T's reliability says nothing about them)."""
+    other seeds (T's reliability says nothing about them). ``alone``: the candidate one model per task (its
+    ``predicted_gain`` and ``fold_gains``); where the answer is one model for all, the sentence says what it was
+    predicted to gain and its standard error over the folds, so that a user reads when the rows could not tell the
+    two apart."""
     outputs = source == "outputs"
     informative = outputs or reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
@@ -132,16 +136,24 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                       f"{control['se']:.1%} over them)")
     if k == 1:
         text = "no reliable structure: train these tasks together (one model for all)"
+        alone_text = ""
+        if alone is not None and len(alone["fold_gains"]) > 1:
+            # training each task on its own claims nothing about which tasks go together; how close it came, and
+            # how little the folds can tell, is the user's to weigh (one model per task costs n models)
+            se = float(np.std(alone["fold_gains"], ddof=1) / np.sqrt(len(alone["fold_gains"])))
+            alone_text = f"; one model per task is predicted {alone['predicted_gain']:+.1%} ± {se:.1%}"
         if sizes_only:
-            return "together", text + sizes_only
+            return "together", text + sizes_only + alone_text
         if best_split is not None:
             # what the best split would have bought, and how much the folds disagree: the reason for "together"
             lo, hi = min(best_split["fold_gains"]), max(best_split["fold_gains"])
-            text += (f"; the best split ({best_split['k']} groups) is predicted {best_split['predicted_gain']:+.1%} "
-                     f"(per fold {lo:+.1%} to {hi:+.1%})")
+            what = f"the best split ({best_split['k']} groups)"
+            if best_split["k"] == n:
+                what, alone_text = "one model per task", ""
+            text += f"; {what} is predicted {best_split['predicted_gain']:+.1%} (per fold {lo:+.1%} to {hi:+.1%})"
         if unheld is not None:
             text += f", but choosing a split this way gains {unheld:+.1%} on folds the choice was not made on"
-        return "together", text
+        return "together", text + alone_text
     if k == n:
         if over_alone is not None:
             # the best split gained over one model for all about as much as training each task alone does

@@ -72,6 +72,14 @@ def test_verdict_texts():
     best = {"k": 4, "predicted_gain": 0.025, "fold_gains": [0.15, -0.02, 0.0, 0.01, -0.015]}
     rec, text = verdict(1, 8, 0.0, reliable, None, best_split=best)
     assert rec == "together" and "the best split (4 groups) is predicted +2.5% (per fold -2.0% to +15.0%)" in text
+    # where the answer is together, how close one model per task came and how little the folds can tell
+    alone = {"k": 8, "predicted_gain": 0.004, "fold_gains": [0.03, -0.02, 0.01, -0.004]}
+    text = verdict(1, 8, 0.0, reliable, None, best_split=best, alone=alone)[1]
+    assert text.endswith("the best split (4 groups) is predicted +2.5% (per fold -2.0% to +15.0%); one model per "
+                         "task is predicted +0.4% ± 1.1%")
+    text = verdict(1, 8, 0.0, reliable, None, best_split=alone, alone=alone)[1]  # the best split is one per task
+    assert text.endswith("; one model per task is predicted +0.4% (per fold -2.0% to +3.0%)")
+    assert text.count("one model per task") == 1
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
     assert unstable.startswith("no reliable structure") and "not stable" in unstable and "+12.0%" in unstable
 
@@ -115,6 +123,9 @@ def test_pooling_groups_are_recovered():
 def test_unrelated_tasks_read_no_reliable_structure():
     result = job({"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 0})
     assert result.advice["verdict"].startswith("no reliable structure"), result.advice["verdict"]
+    if result.advice["recommendation"] == "together":  # and says how one model per task was predicted
+        alone = next(c for c in result.advice["candidates"] if c["k"] == 10)
+        assert f"one model per task is predicted {alone['predicted_gain']:+.1%}" in result.advice["verdict"]
 
 
 def _scores(fold_totals):
