@@ -23,8 +23,9 @@ allows. ``grouping.selection``:
   the one with the lowest predicted loss, or the one with fewest groups within
   ``grouping.tolerance`` of it. The
   predicted gain reported is read without the winner's curse (``selection_gain``); where that
-  cross-validated gain of the choice is not positive, the split is not advised (train together):
-  it gained only on the folds it was chosen on.
+  cross-validated gain of the choice is not positive, the split is not advised (one model per task if
+  that pays, else train together, as after the random control): it gained only on the folds it was
+  chosen on.
   With ``grouping.random_control`` the chosen split is checked, on the same folds, against that many
   random partitions of its group sizes (``random_control``): smaller models can gain over one model for
   all whichever tasks they hold (each stops at its own best epoch, none shares capacity with tasks it
@@ -55,7 +56,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from affinity import agreement
 from affinity.choice import (choose, fold_gains, random_control, random_partitions, selection_gain, size_of,
-                             split_over_alone)
+                             split_over_alone, without_split)
 from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
@@ -248,9 +249,11 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
         if free and k != 1 and honest["gain"] <= 0:
             # choosing this way does not gain on folds the choice was not made on: the split's gain where it
-            # was chosen is those folds' luck
+            # was chosen is those folds' luck. As after the random control: one model per task if that pays (it is
+            # no choice of which tasks go together), else one model for all
             honest["instead_of"] = size_of(k)
-            k, gain = 1, 0.0
+            k = without_split(scores, groupings, spec, n, k)
+            gain = (reference - scores[k].total()) / reference
         if spec.random_control and crossfit is None and 1 < size_of(k) < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
@@ -266,7 +269,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
             if free and not control["passed"]:
                 # the split's gain is its sizes', not its tasks': one model per task if that pays, else together
                 control["instead_of"] = size_of(k)
-                k = choose(scores, [kk for kk in (1, n) if kk in groupings], spec)
+                k = without_split(scores, groupings, spec, n, k)
                 gain = (reference - scores[k].total()) / reference
     else:
         reference = float(np.sum(base_val_loss))
@@ -286,7 +289,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         stable = stability(estimate, grouping.labels, spec, spec.seed)
     in_sample = ((reference - float(predicted[k].sum())) / reference) if k in predicted else None
     spread = None
-    if control is not None and "instead_of" in control:
+    if any(check is not None and "instead_of" in check for check in (control, honest)):  # overruled: k's own spread
         per_fold = fold_gains(scores[k], scores[1]) if k != 1 else []
         spread = (min(per_fold), max(per_fold)) if per_fold else None
     elif honest is not None:

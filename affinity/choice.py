@@ -4,7 +4,7 @@
 ``min_gain_se`` standard errors of the per-fold gains read as a Student t bar for few folds, ``se_bar``;
 ``min_gain_alone`` for one model per task), the fewest groups within ``grouping.tolerance`` of it, and one model
 per task instead of a split of the output agreement that does not beat it by ``grouping.split_vs_alone_se``
-standard errors; works from
+standard errors (``without_split``: the answer where a choice is overruled); works from
 the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the gain of choosing this
 way, read on folds the choice was not made on. ``random_control``: the chosen split against random partitions
 of its group sizes.
@@ -91,6 +91,15 @@ def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingS
     if alone and spec.min_gain_alone is not None:
         return bool(gain > spec.min_gain_alone)
     return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
+
+
+def without_split(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int, overruled: Any) -> Any:
+    """The answer where a choice (``overruled``) is not advised — the selection check read no gain for it on folds
+    it was not chosen on, or the chosen split did not beat random partitions of its sizes: one model per task if it
+    pays (``choose`` between the two trivial groupings; it claims nothing about which tasks go together, so there is
+    no choice among groups to have been lucky in), else one model for all. One model per task overruled itself: one
+    model for all."""
+    return choose(scores, [kk for kk in (1, n) if kk in groupings and kk != overruled], spec)
 
 
 def split_over_alone(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, chosen: Any,
@@ -184,4 +193,4 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
 
 
 __all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "selection_gain",
-           "size_of", "split_over_alone", "standard_error"]
+           "size_of", "split_over_alone", "standard_error", "without_split"]

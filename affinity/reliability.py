@@ -110,7 +110,7 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
-    split that was therefore overruled; ``over_alone``: the best split, no better than one model per task), when the
+    split that was therefore overruled, for one model per task if that pays, else one model for all; ``over_alone``: the best split, no better than one model per task), when the
     chosen groups are not stable under
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
@@ -155,6 +155,9 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             text += f", but choosing a split this way gains {unheld:+.1%} on folds the choice was not made on"
         return "together", text + alone_text
     if k == n:
+        if unheld is not None:
+            # the split chosen first gained only on the folds it was chosen on
+            sizes_only += f"; choosing a split gains {unheld:+.1%} on folds the choice was not made on"
         if over_alone is not None:
             # the best split gained over one model for all about as much as training each task alone does
             sizes_only += (f"; the best split ({over_alone['instead_of']} groups) is predicted no better than one "

@@ -241,6 +241,25 @@ def test_selection_check_overrules_a_split_one_fold_carries():
     assert honest["gain"] == pytest.approx(-0.002) and honest["gain"] <= 0  # advise() then answers together
 
 
+def test_an_overruled_split_gives_way_to_one_model_per_task_where_that_pays():
+    """Where the selection check or the random control overrules a split, the answer is the better of the two
+    trivial groupings by the same rule as any choice: one model per task where it clears ``min_gain_alone``."""
+    from affinity.choice import without_split
+
+    n = 4
+    together = _scores_of([1.0] * 10, n)
+    groupings = {1: None, 2: None, n: None}
+    pays = _scores_of([0.99, 0.995] * 5, n)  # one model per task 0.75% below one model for all
+    barely = _scores_of([0.997, 0.998] * 5, n)  # 0.25%: below min_gain_alone (0.5%)
+    split = _scores_of([0.9] * 10, n)
+    assert without_split({1: together, 2: split, n: pays}, groupings, GroupingSpec(), n, 2) == n
+    assert without_split({1: together, 2: split, n: barely}, groupings, GroupingSpec(), n, 2) == 1
+    assert without_split({1: together, 2: split, n: pays}, groupings, GroupingSpec(), n, n) == 1  # alone overruled
+    assert without_split({1: together, 2: split, n: pays}, {1: None, 2: None}, GroupingSpec(), n, 2) == 1
+    rec, text = verdict(n, n, 0.0075, {"spearman_brown": 0.9}, None, unheld=-0.004)
+    assert rec == "separately" and "choosing a split gains -0.4% on folds the choice was not made on" in text
+
+
 def _scores_of(fold_totals, tasks):
     """FoldScores of ``tasks`` tasks whose per-fold summed losses are ``fold_totals`` (spread evenly)."""
     from affinity.group_check import FoldScores
