@@ -302,7 +302,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         over_alone = None
     alone = next((c for c in splits if c["k"] == n), None)
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
-                                   source=chosen_from, over_alone=over_alone, alone=alone)
+                                   source=chosen_from, over_alone=over_alone, alone=alone,
+                                   unheld_of=honest.get("instead_of") if honest is not None else None)
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,

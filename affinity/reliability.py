@@ -105,12 +105,13 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             best_split: dict[str, Any] | None = None,
             control: dict[str, Any] | None = None, unheld: float | None = None,
             source: str | None = None, over_alone: dict[str, Any] | None = None,
-            alone: dict[str, Any] | None = None) -> tuple[str, str]:
+            alone: dict[str, Any] | None = None, unheld_of: int | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
-    split that was therefore overruled, for one model per task if that pays, else one model for all; ``over_alone``: the best split, no better than one model per task), when the
+    split that was therefore overruled, for one model per task if that pays, else one model for all
+    (``unheld_of``: the overruled choice's number of groups); ``over_alone``: the best split, no better than one model per task), when the
     chosen groups are not stable under
     resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
@@ -152,7 +153,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                 what, alone_text = "one model per task", ""
             text += f"; {what} is predicted {best_split['predicted_gain']:+.1%} (per fold {lo:+.1%} to {hi:+.1%})"
         if unheld is not None:
-            text += f", but choosing a split this way gains {unheld:+.1%} on folds the choice was not made on"
+            what = "this way (here: one model per task)" if unheld_of == n else "a split this way"
+            text += f", but choosing {what} gains {unheld:+.1%} on folds the choice was not made on"
         return "together", text + alone_text
     if k == n:
         if unheld is not None:
