@@ -111,9 +111,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
     split that was therefore overruled, for one model per task if that pays, else one model for all
-    (``unheld_of``: the overruled choice's number of groups); ``over_alone``: the best split, no better than one model per task), when the
-    chosen groups are not stable under
-    resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
+    (``unheld_of``: the overruled choice's number of groups); ``over_alone``: the best split, no better than one
+    model per task), when the chosen groups are not stable under resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
     the output agreement (``source`` "outputs") are judged by ``stable`` alone: the base model retrained from
     other seeds (T's reliability says nothing about them). ``alone``: the candidate one model per task (its
