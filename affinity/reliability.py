@@ -16,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from affinity import agreement
 from affinity.affinities import pairwise_affinity
+from affinity.choice import standard_error
 from affinity.estimators.base import AffinityEstimate
 from affinity.manifest import GroupingSpec
 
@@ -112,7 +113,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     pay reliably: k = 1; or each task alone: k = n; ``unheld``: the cross-validated gain of the choice of a
     split that was therefore overruled, for one model per task if that pays, else one model for all
     (``unheld_of``: the overruled choice's number of groups); ``over_alone``: the best split, no better than one
-    model per task), when the chosen groups are not stable under resampling of the subsets (mean ARI below STABLE_ARI), and whenever the affinity's pair-specific
+    model per task), when the chosen groups are not stable under resampling of the subsets (mean ARI below
+    STABLE_ARI), and whenever the affinity's pair-specific
     part does not replicate across halves of the subsets (then which tasks go together is noise). Groups of
     the output agreement (``source`` "outputs") are judged by ``stable`` alone: the base model retrained from
     other seeds (T's reliability says nothing about them). ``alone``: the candidate one model per task (its
@@ -140,8 +142,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
         if alone is not None and len(alone["fold_gains"]) > 1:
             # training each task on its own claims nothing about which tasks go together; how close it came, and
             # how little the folds can tell, is the user's to weigh (one model per task costs n models)
-            se = float(np.std(alone["fold_gains"], ddof=1) / np.sqrt(len(alone["fold_gains"])))
-            alone_text = f"; one model per task is predicted {alone['predicted_gain']:+.1%} ± {se:.1%}"
+            alone_text = (f"; one model per task is predicted {alone['predicted_gain']:+.1%} ± "
+                          f"{standard_error(alone['fold_gains']):.1%}")
         if sizes_only:
             return "together", text + sizes_only + alone_text
         if best_split is not None:

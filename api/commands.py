@@ -14,6 +14,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revok
 
 
 def _store():
+    from affinity.messages import first_line
     from api.db import engine_for
     from api.settings import get_settings
     from api.store import JobStore
@@ -32,7 +33,7 @@ def _store():
         _fail(f"DATABASE_URL {settings.db_url!r} is not a usable SQLAlchemy URL ({exc}); e.g. "
               "postgresql+psycopg://user:pass@host/db")
     except (DBAPIError, OSError) as exc:
-        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        first = first_line(getattr(exc, "orig", exc)).strip()
         _fail(f"cannot open the database {settings.db_url.split('@')[-1]!r}: {first}")
 
 
