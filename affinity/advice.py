@@ -18,8 +18,9 @@ allows. ``grouping.selection``:
   gain where tasks have little structure.
   Only splits predicted to gain at least ``grouping.min_gain`` over one model for all, and at
   least ``grouping.min_gain_se`` standard errors of their per-fold gains, are eligible (none: train
-  together); one model per task needs only a gain above ``grouping.min_gain_alone`` (it is no choice
-  of which tasks go together, and the check, training on 9 of 10 folds, underrates it); among them
+  together); one model per task needs a gain above ``grouping.min_gain_alone`` instead of ``min_gain``
+  (it is no choice of which tasks go together, and the check, training on 9 of 10 folds, underrates
+  it) and the same standard-error bar; among them
   the one with the lowest predicted loss, or the one with fewest groups within
   ``grouping.tolerance`` of it. The
   predicted gain reported is read without the winner's curse (``selection_gain``); where that

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from affinity.choice import choose_k_from, fold_gains, size_of
+from affinity.choice import choose_k_from, fold_gains, selection_gain, size_of
+from affinity.group_check import FoldScores
 from affinity.defaults import BUILTIN_JOBS
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.outcome import ESTIMATOR_ORDER, evaluate
@@ -118,17 +119,26 @@ def output_keys(candidates: dict[Any, dict[str, Any]]) -> set[Any]:
 def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
     losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
-    own (over all folds; the selection check is not replayed, nor are the advice's overrulings that need models
-    the record does not hold: a choice that loses on the folds it was not made on, a split no better than the
-    check's random partitions of its sizes); the percentile among random partitions is kept only when the
+    own (over all folds). The selection check (``selection_gain``: a choice that loses on the folds it was not made
+    on gives way to ``without_split``'s answer) is replayed from the per-fold gains, the folds weighted equally
+    (the check weights them by their rows, which differ by at most one row per task); the random control, which
+    needs models the record does not hold, is not. The percentile among random partitions is kept only when the
     replayed k is the recorded one (the random partitions have the recorded sizes)."""
     if "candidates" not in row:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
     cands = keyed(row["candidates"])
     reference = cands[1]["predicted_val_loss"]
-    k = choose_k_from({kk: c["predicted_val_loss"] for kk, c in cands.items()}, reference,
-                      {kk: c["fold_gains"] for kk, c in cands.items()}, spec, n=row.get("n_tasks"),
-                      outputs=output_keys(cands))
+    totals = {kk: c["predicted_val_loss"] for kk, c in cands.items()}
+    per_fold = {kk: c["fold_gains"] for kk, c in cands.items()}
+    n, outputs = row.get("n_tasks"), output_keys(cands)
+    k = choose_k_from(totals, reference, per_fold, spec, n=n, outputs=outputs)
+    if k != 1:
+        folds = len(per_fold[1])
+        scores = {kk: FoldScores(1.0 - np.asarray(g, dtype=float)[:, None], np.ones((folds, 1)))
+                  for kk, g in per_fold.items()}
+        if selection_gain(scores, cands, spec, outputs)["gain"] <= 0:
+            k = choose_k_from({kk: totals[kk] for kk in (1, n) if kk in totals and kk != k}, reference, per_fold,
+                              spec, n=n, outputs=outputs)
     rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]
     best = min(v for v in (together, alone, row["planted"]) if v is not None)
     out = {**row, "k": k, "test_loss": rec, "regret": (rec - best) / best,
