@@ -292,3 +292,19 @@ def test_every_estimator_an_aggregator_and_the_check_run_on_a_transformer(method
         assert result.advice["selection"] == "outcome"
         assert all(np.isfinite(c["predicted_val_loss"]) for c in result.advice["candidates"])
         assert result.advice["recommendation"] in ("together", "groups", "separately")
+
+
+def test_built_in_sentences_draw_test_rows_apart():
+    """test_rows_per_task: more sentences per task from a stream of their own, marked as test rows; the job's own
+    rows are those drawn without them (what the outcome suite scores the text job's advice on)."""
+    from affinity.data.sentences import make_sentences
+
+    plain = make_sentences({"seed": 4})
+    more = make_sentences({"seed": 4, "test_rows_per_task": 7})
+    n, tasks = plain.Y.shape
+    assert plain.test_rows is None and more.Y.shape == (n + 7 * tasks, tasks)
+    assert more.texts[:n] == plain.texts and np.array_equal(more.Y[:n], plain.Y, equal_nan=True)
+    assert more.test_rows.tolist() == [False] * n + [True] * (7 * tasks)
+    assert (~np.isnan(more.Y[n:])).sum(axis=0).tolist() == [7] * tasks  # every task labels 7 of them
+    with pytest.raises(DataError, match="test_rows_per_task"):
+        make_sentences({"test_rows_per_task": -1})

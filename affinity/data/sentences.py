@@ -11,6 +11,9 @@ in this order) — the tasks of one group ask the same question of different sen
 task on each of the ``unrelated`` next attributes (time, count), each alone. ``truth`` is the
 groups, the unrelated tasks as singletons. Task names say nothing about the group
 (``task_00`` ...; task t of the grouped ones belongs to group t mod groups).
+
+``test_rows_per_task`` (default 0) more sentences per task, drawn from a stream of their own, are marked
+as test rows (``TaskTable.test_rows``), as in ``planted``: the other rows are those drawn without them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ATTRIBUTES = tuple(WORDS)
 TEMPLATE = "{count} {color} {thing}s, {mood}, {place} at {time}"
 
 DEFAULTS: dict[str, Any] = {"groups": 3, "per_group": 3, "unrelated": 2, "rows_per_task": 30, "noise": 0.05,
-                            "seed": 0}
+                            "seed": 0, "test_rows_per_task": 0}
 
 
 def sentence_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +44,7 @@ def sentence_params(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise DataError(f"dataset.params {sorted(unknown)} are not parameters of text; accepted: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **params}
-    for key in ("groups", "per_group", "unrelated", "rows_per_task", "seed"):
+    for key in ("groups", "per_group", "unrelated", "rows_per_task", "seed", "test_rows_per_task"):
         if not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0:
             raise DataError(f"dataset.params.{key}={p[key]!r} must be a whole number ≥ 0")
     if p["groups"] + p["unrelated"] > len(ATTRIBUTES):
@@ -64,7 +67,31 @@ def make_sentences(params: dict[str, Any]) -> TaskTable:
     grouped = p["groups"] * p["per_group"]
     n_tasks = grouped + p["unrelated"]
     attribute_of = [t % p["groups"] for t in range(grouped)] + [p["groups"] + u for u in range(p["unrelated"])]
-    rows = p["rows_per_task"]
+    texts, Y = _draw(rng, p["rows_per_task"], attribute_of, p["noise"])
+    test_rows = None
+    if p["test_rows_per_task"]:
+        # more sentences of the same tasks from a stream of their own: the other rows are those without them
+        extra_texts, extra_Y = _draw(np.random.default_rng([p["seed"], 0x7E57]), p["test_rows_per_task"],
+                                     attribute_of, p["noise"])
+        test_rows = np.arange(len(Y) + len(extra_Y)) >= len(Y)
+        texts, Y = texts + extra_texts, np.concatenate([Y, extra_Y])
+    n = len(Y)
+    names = [f"task_{t:02d}" for t in range(n_tasks)]
+    truth = [[names[t] for t in range(grouped) if attribute_of[t] == g] for g in range(p["groups"])]
+    truth += [[names[grouped + u]] for u in range(p["unrelated"])]
+    return TaskTable(
+        X=np.zeros((n, 0)), Y=Y, task_names=names, task_types=["binary"] * n_tasks, feature_names=["text"],
+        truth_groups=truth, texts=texts,
+        metadata={"source": "text", "params": p,
+                  "attributes": {names[t]: ATTRIBUTES[attribute_of[t]] for t in range(n_tasks)}},
+        test_rows=test_rows,
+    )
+
+
+def _draw(rng: np.random.Generator, rows: int, attribute_of: list[int],
+          noise: float) -> tuple[list[tuple[str]], np.ndarray]:
+    """``rows`` sentences for every task (task t's block labelled for t alone) and their labels."""
+    n_tasks = len(attribute_of)
     n = n_tasks * rows
     classes = rng.integers(0, 2, size=(n, len(ATTRIBUTES)))
     texts = []
@@ -75,14 +102,6 @@ def make_sentences(params: dict[str, Any]) -> TaskTable:
     for t in range(n_tasks):
         sl = slice(t * rows, (t + 1) * rows)
         y = classes[sl, attribute_of[t]].astype(np.float64)
-        flip = rng.random(rows) < p["noise"]
+        flip = rng.random(rows) < noise
         Y[sl, t] = np.where(flip, 1.0 - y, y)
-    names = [f"task_{t:02d}" for t in range(n_tasks)]
-    truth = [[names[t] for t in range(grouped) if attribute_of[t] == g] for g in range(p["groups"])]
-    truth += [[names[grouped + u]] for u in range(p["unrelated"])]
-    return TaskTable(
-        X=np.zeros((n, 0)), Y=Y, task_names=names, task_types=["binary"] * n_tasks, feature_names=["text"],
-        truth_groups=truth, texts=texts,
-        metadata={"source": "text", "params": p,
-                  "attributes": {names[t]: ATTRIBUTES[attribute_of[t]] for t in range(n_tasks)}},
-    )
+    return texts, Y
