@@ -84,6 +84,28 @@ def test_a_gain_of_one_model_per_task_that_the_folds_noise_makes_does_not_displa
     assert choose_k_from(totals, 10.0, steady, GroupingSpec(), n=11, outputs={4}) == 11
 
 
+def test_replay_overrules_a_choice_that_loses_on_the_folds_it_was_not_made_on():
+    """The replay re-runs the selection check from the recorded per-fold gains: a split that one fold carries is
+    chosen on every three folds that include it and gains nothing on the fold left out, so it gives way to one
+    model for all (one model per task does not pay)."""
+    suite = _suite()
+
+    def cand(k, total, gains, test, source="affinity"):
+        return {"k": k, "source": source, "predicted_val_loss": total, "fold_gains": gains, "test_loss": test}
+
+    row = {"dataset": "unrelated", "seed": 0, "n_tasks": 4, "k": 2, "test_loss": 10.4, "one_model_for_all": 10.0,
+           "one_model_per_task": 10.6, "planted": None, "random_median": None, "percentile": None,
+           "candidates": [cand(1, 10.0, [0.0] * 4, 10.0, None), cand(2, 9.5, [0.2, 0.0, 0.0, 0.0], 10.4),
+                          cand(4, 10.5, [-0.05] * 4, 10.6, None)]}
+    assert choose_k_from({1: 10.0, 2: 9.5, 4: 10.5}, 10.0, {1: [0.0] * 4, 2: [0.2, 0, 0, 0], 4: [-0.05] * 4},
+                         GroupingSpec(), n=4) == 2  # the choice alone: the split
+    out = suite.replayed(row, GroupingSpec())
+    assert out["k"] == 1 and out["recommendation"] == "together" and out["test_loss"] == 10.0
+    # steady folds: the split stands
+    row["candidates"][1]["fold_gains"] = [0.06, 0.04, 0.05, 0.05]
+    assert suite.replayed(row, GroupingSpec())["k"] == 2
+
+
 def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
     m = parse_manifest({"dataset": {"source": "synthetic", "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
                                                                         "rows_per_task": 40, "seed": 0}},
