@@ -2,12 +2,12 @@
 
 ``choose_k_from``: the lowest predicted summed loss among the splits predicted to pay (``grouping.min_gain``,
 ``min_gain_se`` standard errors of the per-fold gains read as a Student t bar for few folds, ``se_bar``;
-``min_gain_alone`` instead of ``min_gain`` for one model per task), the fewest groups within ``grouping.tolerance`` of it, and one model
-per task instead of a split of the output agreement that does not beat it by ``grouping.split_vs_alone_se``
-standard errors (``without_split``: the answer where a choice is overruled); works from
-the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the gain of choosing this
-way, read on folds the choice was not made on. ``random_control``: the chosen split against random partitions
-of its group sizes.
+``min_gain_alone`` instead of ``min_gain`` for one model per task), the fewest groups within
+``grouping.tolerance`` of it, and one model per task instead of a split of the output agreement that does not
+beat it by ``grouping.split_vs_alone_se`` standard errors (``without_split``: the answer where a choice is
+overruled); works from the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the
+gain of choosing this way, read on folds the choice was not made on. ``random_control``: the chosen split
+against random partitions of its group sizes.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def choose_k_from(totals: dict[int, float], reference: float, per_fold: dict[int
     ``min_gain_se`` standard errors of its per-fold gains (a gain small against its spread over the folds is
     not a gain; one that a single fold carries is about one standard error, which the default bar, 0.5, leaves
     to ``selection_gain``); with none eligible, k = 1. One model per task (k = ``n``) is held to ``min_gain_alone``
-    instead of ``min_gain`` where that is set (and to the same standard-error bar), and a split of the output agreement (its key in ``outputs``) chosen where
-    one model per task is eligible must beat it by ``split_vs_alone_se`` standard errors of their per-fold
-    differences, else one model per task. Keys are k, or (k, source) for a second source's grouping at k
-    (``size_of``); among candidates of as many groups, the lower total. Works from the numbers a
-    ``groups.json`` records, so a choice rule can be replayed."""
+    instead of ``min_gain`` where that is set (and to ``min_gain_alone_se`` standard errors), and a split of the
+    output agreement (its key in ``outputs``) chosen where one model per task is eligible must beat it by
+    ``split_vs_alone_se`` standard errors of their per-fold differences, else one model per task. Keys are k, or
+    (k, source) for a second source's grouping at k (``size_of``); among candidates of as many groups, the lower
+    total. Works from the numbers a ``groups.json`` records, so a choice rule can be replayed."""
     if 1 in totals:
         totals = {k: v for k, v in totals.items() if k != 1 and _pays(v, reference, per_fold[k], spec, k == n)}
         if not totals:
@@ -86,12 +86,12 @@ def _differences(split: list[float], alone: list[float]) -> np.ndarray:
 def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingSpec, alone: bool = False) -> bool:
     """A split's predicted gain clears ``min_gain`` and ``min_gain_se`` standard errors of its fold gains (as
     ``se_bar`` reads them for that many folds); one model per task (``alone``) clears ``min_gain_alone`` instead of
-    ``min_gain`` where that is set, and the same standard-error bar."""
+    ``min_gain`` where that is set, and ``min_gain_alone_se`` standard errors (by default ``min_gain_se``'s)."""
     gain = (reference - total) / reference
-    steady = gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold)
     if alone and spec.min_gain_alone is not None:
-        return bool(gain > spec.min_gain_alone and steady)
-    return bool(gain >= spec.min_gain and steady)
+        bar = spec.min_gain_se if spec.min_gain_alone_se is None else spec.min_gain_alone_se
+        return bool(gain > spec.min_gain_alone and gain >= se_bar(bar, len(per_fold)) * standard_error(per_fold))
+    return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
 
 
 def without_split(scores: dict[Any, FoldScores], groupings: Any, spec: GroupingSpec, n: int, overruled: Any) -> Any:

@@ -582,11 +582,19 @@ class GroupingSpec(_Section):
         0.005, ge=0.0, lt=1.0,
         description=(
             "outcome: one model per task is eligible where it is predicted to lower the summed loss by more than "
-            "this share of one model for all's, and by min_gain_se standard errors of its per-fold gains, as a "
-            "split (no min_gain: it claims nothing about which tasks go together, so there is no choice among "
-            "groupings to be lucky in, and the check, whose models train on 9 of 10 folds, underrates it; the "
-            "standard-error bar keeps a gain that the folds' noise makes, which few folds show, from displacing a "
-            "split that does pay, through split_vs_alone_se). null: held to min_gain like any split."
+            "this share of one model for all's, and by min_gain_se standard errors of its per-fold gains "
+            "(min_gain_alone_se), as a split (no min_gain: it claims nothing about which tasks go together, so "
+            "there is no choice among groupings to be lucky in, and the check, whose models train on 9 of 10 "
+            "folds, underrates it; the standard-error bar keeps a gain that the folds' noise makes, which few "
+            "folds show, from displacing a split that does pay, through split_vs_alone_se). null: held to "
+            "min_gain like any split."
+        ),
+    )
+    min_gain_alone_se: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description=(
+            "outcome: the standard errors of its per-fold gains one model per task must gain where min_gain_alone "
+            "is set (read as min_gain_se is). null: min_gain_se; 0: none (the mean above min_gain_alone decides)."
         ),
     )
     split_vs_alone_se: float = Field(

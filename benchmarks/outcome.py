@@ -135,8 +135,9 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     k = choose_k_from(totals, reference, per_fold, spec, n=n, outputs=outputs)
     if k != 1:
         folds = len(per_fold[1])
-        scores = {kk: FoldScores(1.0 - np.asarray(g, dtype=float)[:, None], np.ones((folds, 1)))
-                  for kk, g in per_fold.items()}
+        # each fold's total loss relative to one model for all's, spread over the n tasks (choose reads n there)
+        scores = {kk: FoldScores(np.repeat((1.0 - np.asarray(g, dtype=float))[:, None] / n, n, axis=1),
+                                 np.ones((folds, n))) for kk, g in per_fold.items()}
         if selection_gain(scores, cands, spec, outputs)["gain"] <= 0:
             k = choose_k_from({kk: totals[kk] for kk in (1, n) if kk in totals and kk != k}, reference, per_fold,
                               spec, n=n, outputs=outputs)
@@ -251,7 +252,8 @@ def main() -> None:
                 raise SystemExit(f"--replay {' '.join(args.replay)}: only grouping settings can be replayed")
             spec = GroupingSpec(**rule.get("grouping", {}))
             print(f"replayed choice rule: min_gain {spec.min_gain}, min_gain_se {spec.min_gain_se}, "
-                  f"min_gain_alone {spec.min_gain_alone}, split_vs_alone_se {spec.split_vs_alone_se}, "
+                  f"min_gain_alone {spec.min_gain_alone} (standard errors {spec.min_gain_alone_se}), "
+                  f"split_vs_alone_se {spec.split_vs_alone_se}, "
                   f"tolerance {spec.tolerance}")
             rows = [replayed(r, spec) for r in rows]
         for r in rows:

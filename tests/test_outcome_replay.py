@@ -50,6 +50,8 @@ def test_one_model_per_task_against_min_gain_alone():
     # held to min_gain_alone (the default, 0.5%) and min_gain_se: 1% over folds from −3% to +5% is 0.49
     # standard errors, short of the 0.55 that 0.5 reads as over 4 folds: together
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(), n=6) == 1
+    # min_gain_alone_se 0: the mean above min_gain_alone decides: separately
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone_se=0), n=6) == 6
     # the same 1% over steadier folds: separately; a split of 3 with the same gain is still held to min_gain
     steady = {**folds, 6: [0.03, -0.01, 0.02, 0.0]}
     assert choose_k_from(totals, 10.0, steady, GroupingSpec(), n=6) == 6
