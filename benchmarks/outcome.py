@@ -117,13 +117,13 @@ def output_keys(candidates: dict[Any, dict[str, Any]]) -> set[Any]:
     return {kk for kk, c in candidates.items() if c.get("source") == "outputs"}
 
 
-def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
+def replayed(row: dict[str, Any], spec: GroupingSpec, selection: bool = True) -> dict[str, Any]:
     """The row as the choice rule ``spec`` would have had it, from its recorded candidates (their predicted
     losses, per-fold gains and test losses: ``--candidates``). The predicted gain is the chosen candidate's
     own (over all folds). The selection check (``selection_gain``: a choice that loses on the folds it was not made
     on gives way to ``without_split``'s answer) is replayed from the per-fold gains, the folds weighted equally
     (the check weights them by their rows, which differ by at most one row per task); the random control, which
-    needs models the record does not hold, is not. The percentile among random partitions is kept only when the
+    needs models the record does not hold, is not (``selection`` False: neither). The percentile among random partitions is kept only when the
     replayed k is the recorded one (the random partitions have the recorded sizes)."""
     if "candidates" not in row:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
@@ -133,7 +133,7 @@ def replayed(row: dict[str, Any], spec: GroupingSpec) -> dict[str, Any]:
     per_fold = {kk: c["fold_gains"] for kk, c in cands.items()}
     n, outputs = row.get("n_tasks"), output_keys(cands)
     k = choose_k_from(totals, reference, per_fold, spec, n=n, outputs=outputs)
-    if k != 1:
+    if selection and k != 1:
         folds = len(per_fold[1])
         # each fold's total loss relative to one model for all's, spread over the n tasks (choose reads n there)
         scores = {kk: FoldScores(np.repeat((1.0 - np.asarray(g, dtype=float))[:, None] / n, n, axis=1),
@@ -224,6 +224,8 @@ def main() -> None:
                     help="also train and score every candidate grouping the advice checked (for --replay)")
     ap.add_argument("--replay", nargs="*", default=None, metavar="grouping.KEY=JSON",
                     help="with --merge: re-choose k from the recorded candidates with these grouping settings")
+    ap.add_argument("--replay-without-selection", action="store_true",
+                    help="with --replay: re-choose k from the candidates alone, without re-running the selection check")
     ap.add_argument("--recheck", action="store_true",
                     help="with --merge DIRS: check every row's recorded candidates again with --set's settings "
                          "(same training and validation rows; trains only the check's models) and re-choose k")
@@ -255,7 +257,7 @@ def main() -> None:
                   f"min_gain_alone {spec.min_gain_alone} (standard errors {spec.min_gain_alone_se}), "
                   f"split_vs_alone_se {spec.split_vs_alone_se}, "
                   f"tolerance {spec.tolerance}")
-            rows = [replayed(r, spec) for r in rows]
+            rows = [replayed(r, spec, selection=not args.replay_without_selection) for r in rows]
         for r in rows:
             print(line(r))
     else:

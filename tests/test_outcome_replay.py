@@ -103,6 +103,7 @@ def test_replay_overrules_a_choice_that_loses_on_the_folds_it_was_not_made_on():
                          GroupingSpec(), n=4) == 2  # the choice alone: the split
     out = suite.replayed(row, GroupingSpec())
     assert out["k"] == 1 and out["recommendation"] == "together" and out["test_loss"] == 10.0
+    assert suite.replayed(row, GroupingSpec(), selection=False)["k"] == 2  # --replay-without-selection
     # steady folds: the split stands
     row["candidates"][1]["fold_gains"] = [0.06, 0.04, 0.05, 0.05]
     assert suite.replayed(row, GroupingSpec())["k"] == 2
