@@ -123,8 +123,9 @@ def replayed(row: dict[str, Any], spec: GroupingSpec, selection: bool = True) ->
     own (over all folds). The selection check (``selection_gain``: a choice that loses on the folds it was not made
     on gives way to ``without_split``'s answer) is replayed from the per-fold gains, the folds weighted equally
     (the check weights them by their rows, which differ by at most one row per task); the random control, which
-    needs models the record does not hold, is not (``selection`` False: neither). The percentile among random partitions is kept only when the
-    replayed k is the recorded one (the random partitions have the recorded sizes)."""
+    needs models the record does not hold, is not (``selection`` False: neither). The percentile among random
+    partitions is kept only when the replayed k is the recorded one (the random partitions have the recorded
+    sizes)."""
     if "candidates" not in row:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no candidate test losses recorded (run with --candidates)")
     cands = keyed(row["candidates"])
