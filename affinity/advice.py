@@ -327,7 +327,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "split_over_alone": over_alone,
         "agreement_check": agreement_check,
         "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone,
-        "min_gain_alone_se": spec.min_gain_se if spec.min_gain_alone_se is None else spec.min_gain_alone_se,
+        "min_gain_alone_se": spec.alone_se(),
         "split_vs_alone_se": spec.split_vs_alone_se,
         "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,

@@ -89,8 +89,8 @@ def _pays(total: float, reference: float, per_fold: list[float], spec: GroupingS
     ``min_gain`` where that is set, and ``min_gain_alone_se`` standard errors (by default ``min_gain_se``'s)."""
     gain = (reference - total) / reference
     if alone and spec.min_gain_alone is not None:
-        bar = spec.min_gain_se if spec.min_gain_alone_se is None else spec.min_gain_alone_se
-        return bool(gain > spec.min_gain_alone and gain >= se_bar(bar, len(per_fold)) * standard_error(per_fold))
+        return bool(gain > spec.min_gain_alone and
+                    gain >= se_bar(spec.alone_se(), len(per_fold)) * standard_error(per_fold))
     return bool(gain >= spec.min_gain and gain >= se_bar(spec.min_gain_se, len(per_fold)) * standard_error(per_fold))
 
 

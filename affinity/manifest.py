@@ -667,6 +667,11 @@ class GroupingSpec(_Section):
     )
     seed: int = Field(0, ge=0)
 
+    def alone_se(self) -> float:
+        """The standard errors one model per task's gain must clear where ``min_gain_alone`` is set:
+        ``min_gain_alone_se``, or ``min_gain_se`` where that is null. Read by the choice and echoed by the advice."""
+        return self.min_gain_se if self.min_gain_alone_se is None else self.min_gain_alone_se
+
     def sources(self) -> tuple[str, ...]:
         """Where the candidate groupings come from (``candidates_from``); the affinity alone without the outcome
         check or with cross-fitting (which rebuilds T's groups). Read by the advice and by the time estimate."""
