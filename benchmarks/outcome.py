@@ -19,6 +19,11 @@ holds" over the suite.
     # or the recorded candidates checked again under other check settings (trains only the check's models):
     python benchmarks/outcome.py --merge runs/outcome/0 --recheck --set grouping.folds=5 'grouping.check_stop="fold"' \
         --out runs/recheck/0
+    # or the recorded advice, candidates and baselines trained again on the run's rows and scored on more test
+    # rows drawn apart (generated sources; the job is not rerun), then replayed:
+    python benchmarks/outcome.py --merge runs/outcome_text/1 --rescore --test-rows 300 --train-seeds 1 --random 5 \
+        --out runs/rescore/1
+    python benchmarks/outcome.py --merge runs/rescore/1 --replay
 """
 
 from __future__ import annotations
@@ -184,6 +189,63 @@ def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
     return out
 
 
+def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int, train_seeds: int,
+             save: Path) -> dict[str, Any]:
+    """The row with its recorded advice (choice and candidates) and its baselines trained again and scored on
+    ``test_rows`` more test rows per task drawn apart (generated sources only): the job's training and
+    validation rows are the recorded run's, so only the test side changes. Writes save/DATASET_SEED/evaluation.json
+    (for --replay and --recheck)."""
+    from check_fidelity import evaluation_path
+
+    from affinity.compute import make_backend
+    from affinity.devices import resolve_device
+    from affinity.kinds import load_data
+    from affinity.outcome import _scored, held_out, outcome_summary, random_groups
+    from affinity.pipeline import Prepared
+    from affinity.progress import Progress
+    from affinity.training import TensorData
+
+    path = next((p for p in (evaluation_path(run, row["dataset"], row["seed"]) for run in runs) if p.exists()), None)
+    if path is None:
+        raise SystemExit(f"{row['dataset']} seed {row['seed']}: no evaluation.json under {[str(r) for r in runs]}")
+    m = held_out(manifest_for(row["dataset"], row["seed"], {}, test_rows))
+    if not (m.dataset.params or {}).get("test_rows_per_task"):
+        raise SystemExit(f"--rescore: {row['dataset']} does not draw test rows apart (sources {GENERATED}); "
+                         "give --test-rows N > 0")
+    t0 = time.perf_counter()
+    report = json.loads(path.read_text())
+    name, advice = next(iter(report["advice"].items()))
+    data = load_data(m)
+    device = resolve_device(m.training.device)
+    prep = Prepared(data, TensorData.from_split(data, device), None, None, [], device, None, {},
+                    make_backend(m.compute))
+    index, n, progress = {t: i for i, t in enumerate(data.task_names)}, data.n_tasks, Progress()
+    trained: dict[frozenset, Any] = {}
+
+    def scored(groups: list[list[str]], stage: str) -> dict[str, Any]:
+        return _scored(prep, m, [[index[t] for t in g] for g in groups], progress, stage, trained, train_seeds)
+
+    rows = {name: scored(report["groupings"][name]["groups"], "recommendation"),
+            "one_model_for_all": scored([data.task_names], "one model for all"),
+            "one_model_per_task": scored([[t] for t in data.task_names], "one model per task")}
+    if data.truth_groups:
+        rows["planted"] = scored(data.truth_groups, "planted groups")
+    for c in advice["candidates"]:
+        c["test_loss"] = scored(c["groups"], f"candidate k = {c['k']}")["sum_test_loss"]
+    sizes = sorted((len(g) for g in rows[name]["groups"]), reverse=True)
+    randoms = [_scored(prep, m, random_groups(sizes, n, seed=m.grouping.seed + 1000 + s), progress,
+                       f"random partition {s + 1}/{random}", train_seeds=train_seeds)["sum_test_loss"]
+               for s in range(random)] if 1 < len(sizes) < n else []
+    out_dir = save / f"{row['dataset']}_{row['seed']}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(
+        {**report, "groupings": rows, "advice": {name: advice}, "random_test_losses": randoms,
+         "test_fraction": m.dataset.test_fraction, "train_seeds": train_seeds}, indent=1))
+    summary = outcome_summary(rows, name, randoms, advice)
+    return {"dataset": row["dataset"], "seed": row["seed"], "n_tasks": n, "extra_test_rows": test_rows, **summary,
+            "seconds": time.perf_counter() - t0}
+
+
 def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The done-when criteria of the advice, over all (dataset, seed) rows."""
     within_all = [r["vs_one_for_all"] <= 0.01 for r in rows]
@@ -230,13 +292,16 @@ def main() -> None:
     ap.add_argument("--recheck", action="store_true",
                     help="with --merge DIRS: check every row's recorded candidates again with --set's settings "
                          "(same training and validation rows; trains only the check's models) and re-choose k")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --merge DIRS: train every row's recorded advice, candidates and baselines again and "
+                         "score them on --test-rows more test rows per task (generated sources; the job is not rerun)")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
     ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
                          "run side by side) instead of running")
     args = ap.parse_args()
-    if (args.recheck or args.replay is not None) and not args.merge:
-        ap.error("--recheck and --replay work on recorded runs: give them with --merge DIR [DIR ...]")
+    if (args.recheck or args.rescore or args.replay is not None) and not args.merge:
+        ap.error("--recheck, --rescore and --replay work on recorded runs: give them with --merge DIR [DIR ...]")
     overrides = settings(args.set)
     if args.estimator:
         overrides.setdefault("estimation", {})["method"] = args.estimator
@@ -247,6 +312,8 @@ def main() -> None:
         for path in args.merge:
             rows += json.loads((path / "outcome.json").read_text())["rows"]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
+        if args.rescore:
+            rows = [rescored(r, args.merge, args.test_rows, args.random, args.train_seeds, args.out) for r in rows]
         if args.recheck:
             rows = [rechecked(r, args.merge, overrides, args.out) for r in rows]
         if args.replay is not None:

@@ -1,6 +1,7 @@
 """The outcome suite's candidate scores and its replay of a choice rule (benchmarks/outcome.py --replay)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,37 @@ def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatc
     assert all(cands[k]["test_loss"] == recorded[k] for k in cands)
     saved = np.load(tmp_path / "saved" / "pooling_0_scores.npz")
     assert saved["loss_1"].shape == (4, 6)
+
+
+def test_recorded_advice_rescored_on_more_test_rows(tmp_path, monkeypatch):
+    """--rescore: the recorded advice, candidates and baselines trained again on the run's own rows and scored on
+    more test rows; with the run's own test rows it reproduces the recorded row."""
+    def manifest(test_rows):
+        return parse_manifest({"dataset": {"source": "synthetic", "params": {
+            "mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 0,
+            "test_rows_per_task": test_rows}}, "estimation": {"num_subsets": 30}, "training": {"epochs": 20},
+            "grouping": {"candidates": 2, "min_gain_se": 0, "min_gain_alone": None}})
+
+    report = evaluate(manifest(10), tmp_path / "pooling_0", random_seeds=2, score_candidates=True)
+    s = report["summary"]["scratch"]
+    row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, "extra_test_rows": 10, **s}
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    suite = _suite()
+    monkeypatch.setattr(suite, "manifest_for", lambda name, seed, overrides, test_rows: manifest(test_rows))
+    same = suite.rescored(row, [tmp_path], 10, 2, 1, tmp_path / "same")
+    for key in ("k", "test_loss", "one_model_for_all", "one_model_per_task", "random_median", "percentile"):
+        assert same[key] == pytest.approx(s[key]), key
+    assert [c["test_loss"] for c in same["candidates"]] == pytest.approx([c["test_loss"] for c in s["candidates"]])
+    more = suite.rescored(row, [tmp_path], 60, 2, 1, tmp_path / "more")
+    assert more["k"] == s["k"] and more["extra_test_rows"] == 60
+    assert more["one_model_for_all"] != pytest.approx(s["one_model_for_all"])
+    rescored = json.loads((tmp_path / "more" / "pooling_0" / "evaluation.json").read_text())
+    recorded = report["groupings"]["one_model_for_all"]
+    # the same models (the run's training and validation rows), scored on more test rows
+    assert rescored["groupings"]["one_model_for_all"]["sum_val_loss"] == pytest.approx(recorded["sum_val_loss"])
+    assert suite.replayed(more, GroupingSpec(min_gain_se=0, min_gain_alone=None))["k"] == s["k"]
+    with pytest.raises(SystemExit, match="does not draw test rows apart"):
+        suite.rescored(row, [tmp_path], 0, 2, 1, tmp_path / "none")
 
 
 def test_suite_scores_generated_datasets_on_extra_test_rows():
