@@ -75,6 +75,45 @@ def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progres
             "per_task_test_loss": dict(zip(names, test.tolist())), "train_seeds": train_seeds}
 
 
+def score_candidates_of(prep: Prepared, manifest: Manifest, candidates: list[dict[str, Any]], progress: Progress,
+                        trained: dict[frozenset, tuple[np.ndarray, np.ndarray]], train_seeds: int,
+                        name: str) -> None:
+    """Every candidate grouping the advice checked, trained and scored on the test rows: each record gains
+    ``test_loss``."""
+    index = {t: i for i, t in enumerate(prep.data.task_names)}
+    for c in candidates:
+        c["test_loss"] = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
+                                 f"candidate k = {c['k']} of {name}", trained, train_seeds)["sum_test_loss"]
+
+
+def baselines(prep: Prepared, manifest: Manifest, progress: Progress,
+              trained: dict[frozenset, tuple[np.ndarray, np.ndarray]], train_seeds: int) -> dict[str, Any]:
+    """One model for all, one model per task and (where the data has one) the planted grouping, scored."""
+    data, n = prep.data, prep.data.n_tasks
+    index = {t: i for i, t in enumerate(data.task_names)}
+    rows = {"one_model_for_all": _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained,
+                                         train_seeds),
+            "one_model_per_task": _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
+                                          trained, train_seeds)}
+    if data.truth_groups:
+        rows["planted"] = _scored(prep, manifest, [[index[t] for t in g] for g in data.truth_groups], progress,
+                                  "planted groups", trained, train_seeds)
+    return rows
+
+
+def random_losses(prep: Prepared, manifest: Manifest, groups: list[list[str]], progress: Progress,
+                  random_seeds: int, train_seeds: int) -> list[float]:
+    """Summed test losses of ``random_seeds`` random partitions of the sizes of ``groups`` (none for one model
+    for all or one per task)."""
+    n = prep.data.n_tasks
+    sizes = sorted((len(g) for g in groups), reverse=True)
+    if not 1 < len(sizes) < n:
+        return []
+    return [_scored(prep, manifest, random_groups(sizes, n, seed=manifest.grouping.seed + 1000 + s), progress,
+                    f"random partition {s + 1}/{random_seeds}", train_seeds=train_seeds)["sum_test_loss"]
+            for s in range(random_seeds)]
+
+
 def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress | None = None,
              random_seeds: int = 20, estimators: tuple[str, ...] | None = None,
              train_seeds: int = 1, score_candidates: bool = False) -> dict[str, Any]:
@@ -91,7 +130,6 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     ctx = context(prep, manifest, progress)
     data = prep.data
     names, n = data.task_names, data.n_tasks
-    index = {t: i for i, t in enumerate(names)}
     rows: dict[str, Any] = {}
     trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
     advice: dict[str, Any] = {}
@@ -112,24 +150,9 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
                              trained, train_seeds)
         rows[name]["truth"] = truth_report(names, np.asarray(grouping.labels), data.truth_groups)
         if score_candidates:
-            for c in advice[name]["candidates"]:
-                c["test_loss"] = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
-                                         f"candidate k = {c['k']} of {name}", trained, train_seeds)["sum_test_loss"]
-    rows["one_model_for_all"] = _scored(prep, manifest, [list(range(n))], progress, "one model for all", trained,
-                                        train_seeds)
-    rows["one_model_per_task"] = _scored(prep, manifest, [[i] for i in range(n)], progress, "one model per task",
-                                         trained, train_seeds)
-    if data.truth_groups:
-        rows["planted"] = _scored(prep, manifest, [[index[t] for t in g] for g in data.truth_groups], progress,
-                                  "planted groups", trained, train_seeds)
-    first = estimators[0]
-    sizes = sorted((len(g) for g in rows[first]["groups"]), reverse=True)
-    randoms: list[float] = []
-    if 1 < len(sizes) < n:
-        for s in range(random_seeds):
-            r = _scored(prep, manifest, random_groups(sizes, n, seed=manifest.grouping.seed + 1000 + s), progress,
-                        f"random partition {s + 1}/{random_seeds}", train_seeds=train_seeds)
-            randoms.append(r["sum_test_loss"])
+            score_candidates_of(prep, manifest, advice[name]["candidates"], progress, trained, train_seeds, name)
+    rows.update(baselines(prep, manifest, progress, trained, train_seeds))
+    randoms = random_losses(prep, manifest, rows[estimators[0]]["groups"], progress, random_seeds, train_seeds)
     report = {"tasks": names, "test_fraction": manifest.dataset.test_fraction, "train_seeds": train_seeds,
               "groupings": rows, "advice": advice, "estimator_seconds": estimator_seconds,
               "random_test_losses": randoms, "truth": data.truth_groups,

@@ -163,16 +163,23 @@ def replayed(row: dict[str, Any], spec: GroupingSpec, selection: bool = True) ->
     return out
 
 
-def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
-              save: Path | None = None) -> dict[str, Any]:
-    """The row with its candidates checked again under ``overrides`` (benchmarks/check_fidelity.py) and k
-    re-chosen by that check's own choice rule; test losses are the recorded ones."""
-    from check_fidelity import evaluation_path, recheck
+def recorded_evaluation(row: dict[str, Any], runs: list[Path]) -> Path:
+    """The evaluation.json of ``row`` in the first of ``runs`` that holds it."""
+    from check_fidelity import evaluation_path
 
     path = next((p for p in (evaluation_path(run, row["dataset"], row["seed"]) for run in runs) if p.exists()), None)
     if path is None:
         raise SystemExit(f"{row['dataset']} seed {row['seed']}: no evaluation.json under {[str(r) for r in runs]}")
-    advice, m, scores, _ = recheck(path, row["dataset"], row["seed"], overrides)
+    return path
+
+
+def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
+              save: Path | None = None) -> dict[str, Any]:
+    """The row with its candidates checked again under ``overrides`` (benchmarks/check_fidelity.py) and k
+    re-chosen by that check's own choice rule; test losses are the recorded ones."""
+    from check_fidelity import recheck
+
+    advice, m, scores, _ = recheck(recorded_evaluation(row, runs), row["dataset"], row["seed"], overrides)
     cands = advice["candidates"]
     if save is not None:  # every candidate's per-fold task losses, for choice rules that need more than totals
         save.mkdir(parents=True, exist_ok=True)
@@ -195,19 +202,16 @@ def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int,
     ``test_rows`` more test rows per task drawn apart (generated sources only): the job's training and
     validation rows are the recorded run's, so only the test side changes. Writes save/DATASET_SEED/evaluation.json
     (for --replay and --recheck)."""
-    from check_fidelity import evaluation_path
-
     from affinity.compute import make_backend
     from affinity.devices import resolve_device
     from affinity.kinds import load_data
-    from affinity.outcome import _scored, held_out, outcome_summary, random_groups
+    from affinity.outcome import (_scored, baselines, held_out, outcome_summary, random_losses,
+                                  score_candidates_of)
     from affinity.pipeline import Prepared
     from affinity.progress import Progress
     from affinity.training import TensorData
 
-    path = next((p for p in (evaluation_path(run, row["dataset"], row["seed"]) for run in runs) if p.exists()), None)
-    if path is None:
-        raise SystemExit(f"{row['dataset']} seed {row['seed']}: no evaluation.json under {[str(r) for r in runs]}")
+    path = recorded_evaluation(row, runs)
     m = held_out(manifest_for(row["dataset"], row["seed"], {}, test_rows))
     if not (m.dataset.params or {}).get("test_rows_per_task"):
         raise SystemExit(f"--rescore: {row['dataset']} does not draw test rows apart (sources {GENERATED}); "
@@ -217,33 +221,24 @@ def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int,
     name, advice = next(iter(report["advice"].items()))
     data = load_data(m)
     device = resolve_device(m.training.device)
+    # the data alone: the scoring trains each grouping from scratch and reads neither θ* nor the subsets
     prep = Prepared(data, TensorData.from_split(data, device), None, None, [], device, None, {},
                     make_backend(m.compute))
-    index, n, progress = {t: i for i, t in enumerate(data.task_names)}, data.n_tasks, Progress()
+    index, progress = {t: i for i, t in enumerate(data.task_names)}, Progress()
     trained: dict[frozenset, Any] = {}
-
-    def scored(groups: list[list[str]], stage: str) -> dict[str, Any]:
-        return _scored(prep, m, [[index[t] for t in g] for g in groups], progress, stage, trained, train_seeds)
-
-    rows = {name: scored(report["groupings"][name]["groups"], "recommendation"),
-            "one_model_for_all": scored([data.task_names], "one model for all"),
-            "one_model_per_task": scored([[t] for t in data.task_names], "one model per task")}
-    if data.truth_groups:
-        rows["planted"] = scored(data.truth_groups, "planted groups")
-    for c in advice["candidates"]:
-        c["test_loss"] = scored(c["groups"], f"candidate k = {c['k']}")["sum_test_loss"]
-    sizes = sorted((len(g) for g in rows[name]["groups"]), reverse=True)
-    randoms = [_scored(prep, m, random_groups(sizes, n, seed=m.grouping.seed + 1000 + s), progress,
-                       f"random partition {s + 1}/{random}", train_seeds=train_seeds)["sum_test_loss"]
-               for s in range(random)] if 1 < len(sizes) < n else []
+    recommended = [[index[t] for t in g] for g in report["groupings"][name]["groups"]]
+    rows = {name: _scored(prep, m, recommended, progress, "recommendation", trained, train_seeds),
+            **baselines(prep, m, progress, trained, train_seeds)}
+    score_candidates_of(prep, m, advice["candidates"], progress, trained, train_seeds, name)
+    randoms = random_losses(prep, m, rows[name]["groups"], progress, random, train_seeds)
     out_dir = save / f"{row['dataset']}_{row['seed']}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(
         {**report, "groupings": rows, "advice": {name: advice}, "random_test_losses": randoms,
          "test_fraction": m.dataset.test_fraction, "train_seeds": train_seeds}, indent=1))
     summary = outcome_summary(rows, name, randoms, advice)
-    return {"dataset": row["dataset"], "seed": row["seed"], "n_tasks": n, "extra_test_rows": test_rows, **summary,
-            "seconds": time.perf_counter() - t0}
+    return {"dataset": row["dataset"], "seed": row["seed"], "n_tasks": data.n_tasks, "extra_test_rows": test_rows,
+            **summary, "seconds": time.perf_counter() - t0}
 
 
 def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
