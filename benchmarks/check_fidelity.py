@@ -22,11 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from outcome import keyed, manifest_for, output_keys, settings  # noqa: E402
+from outcome import keyed, output_keys, run_manifest, settings  # noqa: E402
 
 from affinity.choice import choose, fold_gains, standard_error  # noqa: E402
 from affinity.group_check import check_groupings  # noqa: E402
-from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import prepare  # noqa: E402
 from affinity.progress import Progress  # noqa: E402
 
@@ -41,11 +40,12 @@ def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[dict,
     """The recorded advice of one row (its candidates with their test losses), the manifest of the new check,
     its scores of those candidates (``check_groupings`` on the same training and validation rows) and its
     seconds."""
-    advice = next(iter(json.loads(path.read_text())["advice"].values()))
+    report = json.loads(path.read_text())
+    advice = next(iter(report["advice"].values()))
     cands = advice["candidates"]
     if not all("test_loss" in c for c in cands):
         raise SystemExit(f"{path}: no candidate test losses (run benchmarks/outcome.py with --candidates)")
-    m = held_out(manifest_for(dataset, seed, overrides))
+    m = run_manifest(report, dataset, seed, overrides)
     prep = prepare(m, Progress())
     index = {t: i for i, t in enumerate(prep.data.task_names)}
     t0 = time.perf_counter()
@@ -60,8 +60,8 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
-                    help="settings of the new check over the defaults (e.g. grouping.folds=10); give the run's own "
-                         "settings too (e.g. grouping.check_seeds=3) where it had any")
+                    help="settings of the new check over the run's own (its evaluation.json's manifest; the "
+                         "suite's defaults where it has none), e.g. grouping.folds=10")
     args = ap.parse_args()
     overrides = settings(args.set)
     advice, m, scores, seconds = recheck(evaluation_path(args.run, args.dataset, args.seed), args.dataset, args.seed,

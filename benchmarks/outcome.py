@@ -196,28 +196,46 @@ def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
     return out
 
 
+def run_manifest(report: dict[str, Any], dataset: str, seed: int, overrides: dict[str, Any],
+                 test_rows: int | None = None) -> Any:
+    """The manifest a recorded run was evaluated under (its evaluation.json's "manifest"; the suite's manifest of the
+    row where the file has none), with ``overrides`` on top and, unless None, ``test_rows`` more test rows per task."""
+    from affinity.outcome import held_out
+
+    recorded = report.get("manifest")
+    if recorded is None:
+        print(f"  {dataset} seed {seed}: no manifest recorded; the suite's defaults with --set", flush=True)
+        return held_out(manifest_for(dataset, seed, overrides, test_rows or 0))
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in recorded.items()}
+    if test_rows is not None and raw["dataset"]["source"] in GENERATED:
+        raw["dataset"]["params"] = {**(raw["dataset"].get("params") or {}), "test_rows_per_task": test_rows}
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return held_out(parse_manifest(raw))
+
+
 def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int, train_seeds: int,
-             save: Path) -> dict[str, Any]:
+             save: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The row with its recorded advice (choice and candidates) and its baselines trained again and scored on
     ``test_rows`` more test rows per task drawn apart (generated sources only): the job's training and
-    validation rows are the recorded run's, so only the test side changes. Writes save/DATASET_SEED/evaluation.json
-    (for --replay and --recheck)."""
+    validation rows are the recorded run's, so only the test side changes; the settings are the run's own
+    (``run_manifest``), ``overrides`` on top. Writes save/DATASET_SEED/evaluation.json (for --replay and
+    --recheck)."""
     from affinity.compute import make_backend
     from affinity.devices import resolve_device
     from affinity.kinds import load_data
-    from affinity.outcome import (_scored, baselines, held_out, outcome_summary, random_losses,
-                                  score_candidates_of)
+    from affinity.outcome import _scored, baselines, outcome_summary, random_losses, score_candidates_of
     from affinity.pipeline import Prepared
     from affinity.progress import Progress
     from affinity.training import TensorData
 
     path = recorded_evaluation(row, runs)
-    m = held_out(manifest_for(row["dataset"], row["seed"], {}, test_rows))
+    report = json.loads(path.read_text())
+    m = run_manifest(report, row["dataset"], row["seed"], overrides or {}, test_rows)
     if not (m.dataset.params or {}).get("test_rows_per_task"):
         raise SystemExit(f"--rescore: {row['dataset']} does not draw test rows apart (sources {GENERATED}); "
                          "give --test-rows N > 0")
     t0 = time.perf_counter()
-    report = json.loads(path.read_text())
     name, advice = next(iter(report["advice"].items()))
     data = load_data(m)
     device = resolve_device(m.training.device)
@@ -234,7 +252,7 @@ def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int,
     out_dir = save / f"{row['dataset']}_{row['seed']}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(
-        {**report, "groupings": rows, "advice": {name: advice}, "random_test_losses": randoms,
+        {**report, "manifest": m.model_dump(mode="json"), "groupings": rows, "advice": {name: advice}, "random_test_losses": randoms,
          "test_fraction": m.dataset.test_fraction, "train_seeds": train_seeds}, indent=1))
     summary = outcome_summary(rows, name, randoms, advice)
     return {"dataset": row["dataset"], "seed": row["seed"], "n_tasks": data.n_tasks, "extra_test_rows": test_rows,
@@ -285,11 +303,13 @@ def main() -> None:
     ap.add_argument("--replay-without-selection", action="store_true",
                     help="with --replay: re-choose k from the candidates alone, without re-running the selection check")
     ap.add_argument("--recheck", action="store_true",
-                    help="with --merge DIRS: check every row's recorded candidates again with --set's settings "
-                         "(same training and validation rows; trains only the check's models) and re-choose k")
+                    help="with --merge DIRS: check every row's recorded candidates again under the run's recorded "
+                         "settings with --set's on top (same training and validation rows; trains only the check's "
+                         "models) and re-choose k")
     ap.add_argument("--rescore", action="store_true",
                     help="with --merge DIRS: train every row's recorded advice, candidates and baselines again and "
-                         "score them on --test-rows more test rows per task (generated sources; the job is not rerun)")
+                         "score them on --test-rows more test rows per task (generated sources; the job is not rerun), "
+                         "under the run's recorded settings with --set's on top")
     ap.add_argument("--out", type=Path, default=Path("runs/outcome"))
     ap.add_argument("--merge", nargs="*", type=Path, default=None, metavar="DIR",
                     help="print the table and criteria of earlier runs' DIR/outcome.json (e.g. one per seed, "
@@ -308,7 +328,8 @@ def main() -> None:
             rows += json.loads((path / "outcome.json").read_text())["rows"]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
         if args.rescore:
-            rows = [rescored(r, args.merge, args.test_rows, args.random, args.train_seeds, args.out) for r in rows]
+            rows = [rescored(r, args.merge, args.test_rows, args.random, args.train_seeds, args.out, overrides)
+                    for r in rows]
         if args.recheck:
             rows = [rechecked(r, args.merge, overrides, args.out) for r in rows]
         if args.replay is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from affinity.choice import choose_k_from
 from affinity.manifest import GroupingSpec, parse_manifest
-from affinity.outcome import evaluate
+from affinity.outcome import evaluate, held_out
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,8 +136,8 @@ def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
 
 
 def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatch):
-    """--recheck: the recorded candidates checked again (same rows) with other check settings, k re-chosen by
-    that check, test losses the recorded ones, the per-fold scores saved."""
+    """--recheck: the recorded candidates checked again (same rows, the run's recorded settings) with other check
+    settings on top, k re-chosen by that check, test losses the recorded ones, the per-fold scores saved."""
     m = parse_manifest({"dataset": {"source": "synthetic", "params": {"mechanism": "pooling", "tasks": 6, "groups": 2,
                                                                         "rows_per_task": 40, "seed": 0}},
                         "estimation": {"num_subsets": 30}, "training": {"epochs": 20}, "grouping": {"candidates": 2}})
@@ -146,17 +146,8 @@ def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatc
     row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     suite = _suite()
-    import check_fidelity
-
-    seen = {}
-
-    def tiny(name, seed, overrides):  # the suite's pooling set is larger; recheck the run's own manifest
-        seen["overrides"] = overrides
-        return m.model_copy(update={"grouping": m.grouping.model_copy(update=overrides.get("grouping", {}))})
-
-    monkeypatch.setattr(check_fidelity, "manifest_for", tiny)
+    # the run's own manifest (evaluation.json's; the suite's pooling set is larger), --set's settings on top
     out = suite.rechecked(row, [tmp_path], {"grouping": {"folds": 4, "check_stop": "fold"}}, tmp_path / "saved")
-    assert seen["overrides"] == {"grouping": {"folds": 4, "check_stop": "fold"}}
     cands = suite.keyed(out["candidates"])
     assert set(cands) == set(suite.keyed(s["candidates"]))
     assert all(len(c["fold_gains"]) == 4 for c in cands.values())
@@ -171,7 +162,8 @@ def test_recorded_candidates_rechecked_under_other_settings(tmp_path, monkeypatc
 
 def test_recorded_advice_rescored_on_more_test_rows(tmp_path, monkeypatch):
     """--rescore: the recorded advice, candidates and baselines trained again on the run's own rows and scored on
-    more test rows; with the run's own test rows it reproduces the recorded row."""
+    more test rows, under the settings recorded in the run's evaluation.json (this manifest is not the suite's
+    "pooling"); with the run's own test rows it reproduces the recorded row; --set's settings go on top."""
     def manifest(test_rows):
         return parse_manifest({"dataset": {"source": "synthetic", "params": {
             "mechanism": "pooling", "tasks": 6, "groups": 2, "rows_per_task": 40, "seed": 0,
@@ -183,7 +175,7 @@ def test_recorded_advice_rescored_on_more_test_rows(tmp_path, monkeypatch):
     row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, "extra_test_rows": 10, **s}
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     suite = _suite()
-    monkeypatch.setattr(suite, "manifest_for", lambda name, seed, overrides, test_rows: manifest(test_rows))
+    assert report["manifest"] == held_out(manifest(10)).model_dump(mode="json")
     same = suite.rescored(row, [tmp_path], 10, 2, 1, tmp_path / "same")
     for key in ("k", "test_loss", "one_model_for_all", "one_model_per_task", "random_median", "percentile"):
         assert same[key] == pytest.approx(s[key]), key
@@ -196,8 +188,13 @@ def test_recorded_advice_rescored_on_more_test_rows(tmp_path, monkeypatch):
     # the same models (the run's training and validation rows), scored on more test rows
     assert rescored["groupings"]["one_model_for_all"]["sum_val_loss"] == pytest.approx(recorded["sum_val_loss"])
     assert suite.replayed(more, GroupingSpec(min_gain_se=0, min_gain_alone=None))["k"] == s["k"]
+    assert rescored["manifest"]["dataset"]["params"]["test_rows_per_task"] == 60
     with pytest.raises(SystemExit, match="does not draw test rows apart"):
         suite.rescored(row, [tmp_path], 0, 2, 1, tmp_path / "none")
+    shorter = suite.rescored(row, [tmp_path], 10, 2, 1, tmp_path / "shorter", {"training": {"epochs": 2}})
+    trained = json.loads((tmp_path / "shorter" / "pooling_0" / "evaluation.json").read_text())
+    assert trained["manifest"]["training"]["epochs"] == 2
+    assert shorter["one_model_for_all"] != pytest.approx(s["one_model_for_all"])
 
 
 def test_suite_scores_generated_datasets_on_extra_test_rows():
