@@ -123,6 +123,34 @@ def test_bad_edge_lists_and_node_tables_get_one_line_errors(tmp_path, edges, nod
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+def test_submit_and_worker_read_the_node_ids_by_the_same_rules(tmp_path):
+    """check_edge_list (the API's check at submit, header only) refuses a node table with the same message as the
+    worker's full read: a CSV without the node id column, an NPZ without Y; an NPZ without ids numbers its rows."""
+    from affinity.data.graph import _node_table, check_edge_list, node_ids
+    from affinity.manifest import load_manifest
+
+    path = _files(tmp_path, node_column="id")
+    with pytest.raises(DataError) as at_submit:
+        check_edge_list(load_manifest(path).dataset)
+    with pytest.raises(DataError) as at_read:
+        _load(path)
+    assert str(at_submit.value) == str(at_read.value) and "dataset.node_column 'id'" in str(at_read.value)
+    np.savez(tmp_path / "nodes.npz", X=np.zeros((24, 2)))
+    spec = json.loads(path.read_text())
+    spec["dataset"].update(source="nodes.npz", node_column="node")
+    spec["dataset"].pop("tasks")
+    path.write_text(json.dumps(spec))
+    with pytest.raises(DataError) as at_submit:
+        check_edge_list(load_manifest(path).dataset)
+    with pytest.raises(DataError) as at_read:
+        _load(path)
+    assert str(at_submit.value) == str(at_read.value) and "must hold 'Y'" in str(at_read.value)
+    np.savez(tmp_path / "nodes.npz", Y=np.zeros((24, 2)))
+    ids, name = node_ids(load_manifest(path).dataset)
+    assert name == "nodes.npz" and list(ids) == list(_node_table(load_manifest(path).dataset)[0])
+    assert len(set(ids)) == 24
+
+
 def test_node_table_without_features_falls_back_to_degree_or_random(tmp_path):
     nodes = pd.DataFrame({"node": [f"n{i}" for i in range(20)], "t1": [0, 1] * 10, "t2": [1, 0, 0, 1] * 5})
     nodes.loc[:2, "node"] = ["a", "b", "c"]

@@ -300,6 +300,16 @@ def check_edge_list(spec: DatasetSpec) -> None:
         pass
 
 
+def _no_labels(spec: DatasetSpec, path: Path, keys: set[str]) -> DataError:
+    return DataError(f"dataset.source {path.name} must hold 'Y' (nodes × tasks, NaN = not labelled) and optionally "
+                     f"'X' and {spec.node_column!r}; it holds {sorted(keys)}")
+
+
+def _no_node_column(spec: DatasetSpec, path: Path, columns: list[str]) -> DataError:
+    return DataError(f"dataset.node_column {spec.node_column!r} is not a column of {path.name}; its columns are "
+                     f"{columns[:20]}; name the column holding the node ids")
+
+
 def node_ids(spec: DatasetSpec) -> tuple[np.ndarray, str]:
     """The node ids of the node table ``dataset.source`` (its id column or array alone; for an NPZ without one,
     the row numbers of its Y, from the array's header) and its file name, as ``_node_table`` finds them."""
@@ -321,15 +331,13 @@ def node_ids(spec: DatasetSpec) -> tuple[np.ndarray, str]:
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         if ids is None and y_shape is None:
-            raise DataError(f"dataset.source {path.name} must hold 'Y' (nodes × tasks, NaN = not labelled) and "
-                            f"optionally 'X' and {spec.node_column!r}; it holds {sorted(keys)}")
+            raise _no_labels(spec, path, keys)
         if ids is None:
             ids = np.arange(y_shape[0] if y_shape else 0)  # a Y of no dimension: the worker names the shape
         return _ids(ids, path.name, "dataset.node_column"), path.name
     header = file_header(path, "dataset.source")
     if spec.node_column not in header:
-        raise DataError(f"dataset.node_column {spec.node_column!r} is not a column of {path.name}; its columns are "
-                        f"{header[:20]}; name the column holding the node ids")
+        raise _no_node_column(spec, path, header)
     frame = _read_frame(path, "dataset.source", [spec.node_column])
     return _ids(frame[spec.node_column], path.name, "dataset.node_column"), path.name
 
@@ -342,12 +350,13 @@ def _node_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, list[
             with np.load(path, allow_pickle=False) as npz:
                 keys = set(npz.files)
                 if "Y" not in keys:
-                    raise DataError(f"dataset.source {path.name} must hold 'Y' (nodes × tasks, NaN = not labelled) "
-                                    f"and optionally 'X' and {spec.node_column!r}; it holds {sorted(keys)}")
+                    raise _no_labels(spec, path, keys)
                 Y = np.asarray(npz["Y"], dtype=np.float64)
                 Y = Y[:, None] if Y.ndim == 1 else Y
                 X = np.asarray(npz["X"], dtype=np.float64) if "X" in keys else None
                 ids = np.asarray(npz[spec.node_column]) if spec.node_column in keys else np.arange(len(Y))
+        except DataError:
+            raise
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             raise DataError(f"dataset.source: cannot read {path.name} as NPZ: {first_line(exc)}") from None
         if Y.ndim != 2 or (X is not None and (X.ndim != 2 or len(X) != len(Y))) or len(ids) != len(Y):
@@ -365,8 +374,7 @@ def _node_table(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray | None, list[
         return _ids(ids, path.name, "dataset.node_column"), X, features, Y, names, types, path.name
     frame = _read_frame(path, "dataset.source")
     if spec.node_column not in frame.columns:
-        raise DataError(f"dataset.node_column {spec.node_column!r} is not a column of {path.name}; its columns are "
-                        f"{list(frame.columns)[:20]}; name the column holding the node ids")
+        raise _no_node_column(spec, path, list(frame.columns))
     Y, names, types = task_labels(frame, spec, path.name)
     if spec.node_column in names:
         raise DataError(f"dataset.node_column {spec.node_column!r} is also a task; the node ids cannot be labels")
