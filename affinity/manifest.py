@@ -895,8 +895,9 @@ def parse_manifest(data: Any, base_dir: Path | None = None) -> Manifest:
     return manifest
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest from a .json, .yaml or .yml file."""
+def read_manifest_file(path: str | Path) -> Any:
+    """The contents of a .json, .yaml or .yml manifest file, parsed but not checked (ManifestError, one line, where
+    the file cannot be read or parsed): what the CLI checks and what the API client sends."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest file {str(path)!r} does not exist; give the path to a .json or .yaml manifest")
@@ -905,18 +906,24 @@ def load_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"manifest {path.name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
                             f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path.name}: {exc.strerror or first_line(exc)}") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = first_line(exc)
         raise ManifestError(f"manifest {path.name} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {first}") from None
     except RecursionError:
         raise ManifestError(f"manifest {path.name} nests arrays or objects too deeply to read; a manifest nests a "
                             "few levels (see `task-affinity example`)") from None
-    return parse_manifest(data, base_dir=path.parent.resolve())
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest from a .json, .yaml or .yml file."""
+    path = Path(path)
+    return parse_manifest(read_manifest_file(path), base_dir=path.parent.resolve())
 
 
 def manifest_schema() -> dict[str, Any]:

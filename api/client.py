@@ -10,7 +10,8 @@
 
 Every error the server answers is raised as :class:`ApiProblem` (or a subclass by status) carrying the
 server's problem detail (RFC 9457): ``status``, ``detail`` and, for a rejected manifest, ``errors``
-(one entry per bad field). The client imports neither torch nor the engine.
+(one entry per bad field). The client imports neither torch nor the compute engine; it reads a manifest file
+with the CLI's reader (``affinity.manifest.read_manifest_file``) and leaves the checks to the server.
 """
 
 from __future__ import annotations
@@ -104,26 +105,14 @@ def _problem(response: httpx.Response) -> ApiProblem:
 
 
 def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A manifest file (.json, .yaml/.yml) as a dict."""
+    """A manifest file (.json, .yaml/.yml) as a dict, read as the CLI reads it (checked by the server)."""
+    from affinity.manifest import ManifestError, read_manifest_file
+
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ClientError(f"cannot read manifest {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ClientError(f"manifest {p} is not UTF-8 text") from None
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ClientError(f"manifest {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ClientError(f"manifest {p} is not valid JSON: {exc}") from None
+        data = read_manifest_file(p)
+    except ManifestError as exc:
+        raise ClientError(str(exc)) from None
     if not isinstance(data, dict):
         raise ClientError(f"manifest {p} must hold a mapping (an object), not {type(data).__name__}")
     return data

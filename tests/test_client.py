@@ -136,7 +136,7 @@ def test_errors_carry_the_servers_problem_detail(server, client, tiny_job):
     with Client(f"http://127.0.0.1:{free_port()}", key) as nowhere, pytest.raises(ConnectionFailed) as err:
         nowhere.jobs()
     assert "cannot reach" in str(err.value)
-    with pytest.raises(ClientError, match="cannot read manifest"):
+    with pytest.raises(ClientError, match="manifest file .* does not exist"):
         client.submit("no/such/manifest.json")
     with pytest.raises(ClientError, match="cannot read dataset"):
         client.upload_dataset("no/such/table.csv")
@@ -161,3 +161,28 @@ def test_docs_example_runs_as_written(server, tmp_path):
     assert "(8, 8)" in out and "group 0:" in out and "group 1:" in out
     assert "'groups.json'" in out and (tmp_path / "results" / "affinity.json").is_file()
     assert "422" in out and "estimation.num_subsets" in out
+
+
+def test_manifest_files_are_read_as_the_cli_reads_them(tmp_path):
+    """The client reads a manifest file with the CLI's reader: a byte order mark is not part of it, a bad file is
+    one line naming it (the same words as the CLI's), and the client imports no torch."""
+    from api.client import load_manifest
+    from affinity.manifest import ManifestError, read_manifest_file
+
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"dataset": {"source": "planted"}}')
+    assert load_manifest(bom) == {"dataset": {"source": "planted"}}
+    for name, text in (("bad.yaml", "dataset: [source: planted"), ("bad.json", '{"dataset": '),
+                       ("deep.json", "[" * 100_000 + "]" * 100_000)):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ClientError) as err:
+            load_manifest(tmp_path / name)
+        with pytest.raises(ManifestError) as cli:
+            read_manifest_file(tmp_path / name)
+        assert str(err.value) == str(cli.value) and "\n" not in str(err.value) and name in str(err.value)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ClientError, match="must hold a mapping"):
+        load_manifest(tmp_path / "list.yaml")
+    probe = "import sys; from api.client import load_manifest; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

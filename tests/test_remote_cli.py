@@ -94,7 +94,7 @@ def test_errors_are_one_line_and_exit_2(server, tmp_path):
     one_line_error(cli("download", "job_nope", "--out", str(tmp_path / "x"), env=env), "404")
     one_line_error(cli("submit", str(bad), env=env), "422", "estimation.num_subsets")
     one_line_error(cli("submit", str(broken), env=env), "not valid JSON")
-    one_line_error(cli("submit", str(tmp_path / "missing.json"), env=env), "cannot read manifest")
+    one_line_error(cli("submit", str(tmp_path / "missing.json"), env=env), "missing.json' does not exist")
     one_line_error(cli("status", "job_x", env={**env, "TASK_AFFINITY_SERVER": f"http://127.0.0.1:{free_port()}"}),
                    "cannot reach")
 
