@@ -284,8 +284,10 @@ def criteria(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="*", default=BY_DEFAULT, choices=list(DATASETS))
-    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--datasets", nargs="*", default=None, choices=list(DATASETS),
+                    help=f"default: {' '.join(BY_DEFAULT)}; with --merge, only these rows of the recorded runs")
+    ap.add_argument("--seeds", nargs="*", type=int, default=None,
+                    help="default: 0 1 2; with --merge, only these rows of the recorded runs")
     ap.add_argument("--estimator", default=None, choices=ESTIMATOR_ORDER,
                     help="estimation.method (default: the product's default)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
@@ -325,7 +327,9 @@ def main() -> None:
     rows = []
     if args.merge:
         for path in args.merge:
-            rows += json.loads((path / "outcome.json").read_text())["rows"]
+            rows += [r for r in json.loads((path / "outcome.json").read_text())["rows"]
+                     if (args.datasets is None or r["dataset"] in args.datasets)
+                     and (args.seeds is None or r["seed"] in args.seeds)]
         rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"]))
         if args.rescore:
             rows = [rescored(r, args.merge, args.test_rows, args.random, args.train_seeds, args.out, overrides)
@@ -345,8 +349,8 @@ def main() -> None:
         for r in rows:
             print(line(r))
     else:
-        for name in args.datasets:
-            for seed in args.seeds:
+        for name in args.datasets or BY_DEFAULT:
+            for seed in [0, 1, 2] if args.seeds is None else args.seeds:
                 t0 = time.perf_counter()
                 m = manifest_for(name, seed, overrides, args.test_rows)
                 report = evaluate(m, args.out / f"{name}_{seed}", random_seeds=args.random,
