@@ -92,19 +92,24 @@ def progress_values(ev: ProgressEvent) -> dict[str, Any]:
 
 class Reporter:
     """Progress events to the worker: at most one per ``every`` seconds within a stage, but always the
-    first of a new stage and the last of one."""
+    first of a new stage and the last of one. The job's overall progress never goes back: a stage that runs
+    again (the check's folds, once for the candidates and again for the random control's partitions) shows its own
+    stage and stage progress while the overall figure holds until it passes the highest one reported."""
 
     def __init__(self, send: Any, every: float = 0.25) -> None:
         self.send, self.every = send, every
         self._stage: str | None = None
         self._at = 0.0
+        self._high = 0.0
 
     def __call__(self, ev: ProgressEvent) -> None:
         now = time.monotonic()
         if ev.stage == self._stage and now - self._at < self.every and ev.fraction < 1.0:
             return
         self._stage, self._at = ev.stage, now
-        self.send(("progress", progress_values(ev)))
+        values = progress_values(ev)
+        self._high = values["progress"] = max(values["progress"], self._high)
+        self.send(("progress", values))
 
 
 class _Control:

@@ -80,6 +80,26 @@ def test_eta_is_unknown_until_a_stage_has_advanced(tmp_path, db_url):
         if b["eta_seconds"] is not None:
             assert 0 < b["stage_progress"] < 1, b
     assert not any(b["stage"] == "loading data" and b["eta_seconds"] == 0 for b in beats), beats
+    assert all(a["progress"] <= b["progress"] for a, b in zip(beats, beats[1:])), beats
+
+
+def test_overall_progress_never_goes_back_when_a_stage_runs_again():
+    """The check's folds run once for the candidates and again for the random control: the second pass shows
+    its own stage and stage progress, while the job's overall progress holds at the highest figure reached."""
+    from affinity.progress import ProgressEvent
+    from api.jobproc import Reporter
+
+    sent: list[dict] = []
+    report = Reporter(lambda message: sent.append(message[1]), every=0.0)
+    for stage, done in (("grouping", 1), ("checking groupings 9/10: fold 9", 5), ("checking groupings 10/10: fold 10", 10),
+                        ("checking groupings 1/10: fold 1", 5), ("checking groupings 10/10: fold 10", 10),
+                        ("writing artifacts", 1)):
+        report(ProgressEvent(stage, done, 10 if "checking" in stage else 1, 1.0))
+    overall = [v["progress"] for v in sent]
+    assert overall == sorted(overall) and overall[-1] == 1.0
+    again = sent[3]
+    assert again["stage"] == "checking groupings 1/10: fold 1" and again["stage_progress"] == 0.5
+    assert again["progress"] == sent[2]["progress"] == 0.97
 
 
 def test_a_job_past_the_time_limit_is_stopped_and_failed(db_url, tmp_path):
