@@ -154,7 +154,8 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     rows.update(baselines(prep, manifest, progress, trained, train_seeds))
     randoms = random_losses(prep, manifest, rows[estimators[0]]["groups"], progress, random_seeds, train_seeds)
     report = {"tasks": names, "test_fraction": manifest.dataset.test_fraction, "train_seeds": train_seeds,
-              "manifest": manifest.model_dump(mode="json"), "groupings": rows, "advice": advice, "estimator_seconds": estimator_seconds,
+              "manifest": manifest.model_dump(mode="json"), "groupings": rows, "advice": advice,
+              "estimator_seconds": estimator_seconds,
               "random_test_losses": randoms, "truth": data.truth_groups,
               "summary": {name: outcome_summary(rows, name, randoms, advice.get(name)) for name in estimators},
               "seconds": time.perf_counter() - t_start}

@@ -252,8 +252,9 @@ def rescored(row: dict[str, Any], runs: list[Path], test_rows: int, random: int,
     out_dir = save / f"{row['dataset']}_{row['seed']}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(
-        {**report, "manifest": m.model_dump(mode="json"), "groupings": rows, "advice": {name: advice}, "random_test_losses": randoms,
-         "test_fraction": m.dataset.test_fraction, "train_seeds": train_seeds}, indent=1))
+        {**report, "manifest": m.model_dump(mode="json"), "groupings": rows, "advice": {name: advice},
+         "random_test_losses": randoms, "test_fraction": m.dataset.test_fraction, "train_seeds": train_seeds},
+        indent=1))
     summary = outcome_summary(rows, name, randoms, advice)
     return {"dataset": row["dataset"], "seed": row["seed"], "n_tasks": data.n_tasks, "extra_test_rows": test_rows,
             **summary, "seconds": time.perf_counter() - t0}

@@ -92,8 +92,8 @@ def test_overall_progress_never_goes_back_when_a_stage_runs_again():
     sent: list[dict] = []
     report = Reporter(lambda message: sent.append(message[1]), every=0.0)
     for stage, done in (("grouping", 1), ("checking groupings 9/10: fold 9", 5),
-                        ("checking groupings 10/10: fold 10", 10), ("checking groupings 1/10: fold 1", 5), ("checking groupings 10/10: fold 10", 10),
-                        ("writing artifacts", 1)):
+                        ("checking groupings 10/10: fold 10", 10), ("checking groupings 1/10: fold 1", 5),
+                        ("checking groupings 10/10: fold 10", 10), ("writing artifacts", 1)):
         report(ProgressEvent(stage, done, 10 if "checking" in stage else 1, 1.0))
     overall = [v["progress"] for v in sent]
     assert overall == sorted(overall) and overall[-1] == 1.0
