@@ -257,14 +257,15 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
             gain = (reference - scores[k].total()) / reference
         if spec.random_control and crossfit is None and 1 < size_of(k) < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
-            drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend)
+            drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend,
+                                    label="checking random partitions")
             chosen = scores[k]
             if spec.agreement_crossfit == "control" and fold_predictions is not None and \
                     source_of(k, first, n) == "outputs":
                 # the split against random partitions on folds whose labels did not make its groups
                 fitted, agreement_check = agreement_fold_scores(data, tensors, manifest, {k: partitions[k]},
                                                                 {k: groupings[k]}, first, fold_predictions(), progress,
-                                                                backend)
+                                                                backend, label="checking random partitions")
                 chosen = fitted[k]
             control = random_control(chosen, scores[1], list(drawn.values()), spec)
             if free and not control["passed"]:
@@ -339,8 +340,8 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
 
 def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manifest, partitions: dict[Any, Any],
                           groupings: dict[Any, Any], first: str, per_fold: list[np.ndarray],
-                          progress: Progress | None = None, backend: Backend | None = None
-                          ) -> tuple[dict[Any, Any], dict[str, Any]]:
+                          progress: Progress | None = None, backend: Backend | None = None,
+                          label: str = "checking groupings") -> tuple[dict[Any, Any], dict[str, Any]]:
     """The check's fold scores of every candidate, the output agreement's scored fold by fold with the groups of θ*
     retrained without that fold (``per_fold``: its predictions, one array per fold, ``agreement.fold_predictions``):
     fold f's labels neither trained the models that score it nor chose who shares a model. The other candidates'
@@ -361,7 +362,7 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
             folds[("fold", kk, f)] = [f]
             ari.setdefault(str(size_of(kk)), []).append(
                 float(adjusted_rand_score(groupings[kk].labels, labels_from_groups(made.groups, n))))
-    scored = check_groupings(data, tensors, manifest, per_key, progress, backend, folds)
+    scored = check_groupings(data, tensors, manifest, per_key, progress, backend, folds, label)
     out = {kk: v for kk, v in scored.items() if not (isinstance(kk, tuple) and kk[0] == "fold")}
     for kk in outputs:
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]

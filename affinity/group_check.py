@@ -89,7 +89,8 @@ def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
 
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
                       progress: Progress | None = None, backend: Backend | None = None,
-                      needed: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      needed: list[set[int]] | None = None, label: str = "checking groupings"
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Every group's model on every fold (or on the folds ``needed[g]`` names for group g): per-task losses
     on the fold's scoring rows and their counts.
 
@@ -111,7 +112,7 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
         runs = []
         for i, seed in enumerate(seeds):
             fresh = make_model(manifest.model, data, seed).to(tensors.X.device)
-            stage = f"checking groupings {f * len(seeds) + i + 1}/{len(views) * len(seeds)}: fold {f + 1}"
+            stage = f"{label} {f * len(seeds) + i + 1}/{len(views) * len(seeds)}: fold {f + 1}"
             _, scored = finetune_subsets(fresh, view, [groups[g] for g in todo],
                                          manifest.training.model_copy(update={"seed": seed}),
                                          manifest.estimation.exact_batch, progress, backend,
@@ -128,10 +129,10 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
 
 def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
                     groupings: dict[Any, list[list[int]]], progress: Progress | None = None,
-                    backend: Backend | None = None, folds: dict[Any, list[int]] | None = None
-                    ) -> dict[Any, "FoldScores"]:
+                    backend: Backend | None = None, folds: dict[Any, list[int]] | None = None,
+                    label: str = "checking groupings") -> dict[Any, "FoldScores"]:
     """Cross-validated per-task losses of every candidate grouping (module docstring); ``folds``: the folds a
-    grouping is scored on where not all (its scores elsewhere are NaN)."""
+    grouping is scored on where not all (its scores elsewhere are NaN); ``label``: the progress stage's name."""
     distinct: dict[tuple[int, ...], int] = {}
     needed: list[set[int]] = []
     every = set(range(manifest.grouping.folds))
@@ -141,7 +142,7 @@ def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
             if i == len(needed):
                 needed.append(set())
             needed[i] |= set(folds[key]) if folds and key in folds else every
-    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend, needed)
+    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend, needed, label)
     out = {}
     for key, groups in groupings.items():
         per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)

@@ -47,16 +47,19 @@ STAGE_WEIGHTS = {
     "starting": (0.0, 0.0), "connecting to Ray": (0.0, 0.0), "loading data": (0.0, 0.02),
     "base training": (0.02, 0.23), "projected gradients": (0.25, 0.15), "surrogate fits": (0.40, 0.15),
     "exact fine-tuning": (0.25, 0.30), "training subsets from scratch": (0.25, 0.30),
-    "grouping": (0.55, 0.02), "checking groupings": (0.57, 0.40), "writing artifacts": (0.97, 0.03),
+    "grouping": (0.55, 0.02), "checking groupings": (0.57, 0.30), "checking random partitions": (0.87, 0.10),
+    "writing artifacts": (0.97, 0.03),
 }
-CHECKING = re.compile(r"checking groupings (\d+)/(\d+)")
+# the check's passes: "checking groupings 3/10: fold 2, seed 1" (the candidates), then, where a split is chosen,
+# "checking random partitions …" (the random control); pass i of m takes its share of the stage's band
+CHECKING = re.compile(r"(checking groupings|checking random partitions) (\d+)/(\d+)")
 
 
 def overall_progress(stage: str, fraction: float) -> float:
-    checking = CHECKING.match(stage)  # candidate i of m: its share of the band
+    checking = CHECKING.match(stage)
     if checking:
-        i, m = int(checking.group(1)), int(checking.group(2))
-        start, width = STAGE_WEIGHTS["checking groupings"]
+        i, m = int(checking.group(2)), int(checking.group(3))
+        start, width = STAGE_WEIGHTS[checking.group(1)]
         return min(1.0, start + width * (i - 1 + fraction) / max(m, 1))
     start, width = STAGE_WEIGHTS.get(stage, (0.25, 0.30))
     return min(1.0, start + width * fraction)
@@ -93,8 +96,8 @@ def progress_values(ev: ProgressEvent) -> dict[str, Any]:
 class Reporter:
     """Progress events to the worker: at most one per ``every`` seconds within a stage, but always the
     first of a new stage and the last of one. The job's overall progress never goes back: a stage that runs
-    again (the check's folds, once for the candidates and again for the random control's partitions) shows its own
-    stage and stage progress while the overall figure holds until it passes the highest one reported."""
+    again (the cross-fitted agreement's folds after the check's, a stage a plug-in repeats) shows its own stage and
+    stage progress while the overall figure holds until it passes the highest one reported."""
 
     def __init__(self, send: Any, every: float = 0.25) -> None:
         self.send, self.every = send, every

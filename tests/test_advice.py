@@ -9,15 +9,17 @@ from affinity.estimate import SubsetTable
 from affinity.estimators.base import AffinityEstimate
 from affinity.manifest import GroupingSpec, parse_manifest
 from affinity.pipeline import run_job
+from affinity.progress import Progress
 from affinity.reliability import pair_specific, split_half, verdict
 from affinity.subsets import sample_subsets
+from api.jobproc import overall_progress
 
 
-def job(params, **sections):
+def job(params, progress=None, **sections):
     raw = {"dataset": {"source": "synthetic", "params": params}, "estimation": {"num_subsets": 80}}
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
-    return run_job(parse_manifest(raw))
+    return run_job(parse_manifest(raw), progress=progress)
 
 
 def truth_labels(result):
@@ -95,7 +97,9 @@ def test_one_model_for_all_when_every_task_shares_one_teacher():
 def test_pooling_groups_are_recovered():
     # noiseless labels: the losses are near zero and a few confident mistakes per fold move the check's fold
     # gains by tens of percent, so 150 rows per task (at 100, seed 0 answers "together": -5.8% in-sample)
-    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 150, "noise": 0.0, "seed": 0})
+    events = []
+    result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 150, "noise": 0.0, "seed": 0},
+                 progress=Progress(events.append))
     truth = truth_labels(result)
     # the planted grouping is the candidate at its k ...
     at_3 = next(c for c in result.advice["candidates"] if c["k"] == 3)
@@ -115,6 +119,17 @@ def test_pooling_groups_are_recovered():
     control = advice["random_control"]
     assert control["passed"] and control["partitions"] == 5 and control["gain_over_random"] > 0
     assert "against random partitions of the same sizes" in advice["verdict"]
+    # the check's two passes show as two stages, each pass of folds × seeds in order, and the job's overall progress
+    # (the API's and the dashboard's figure) rises through both without going back, to the band's end (no artifacts
+    # are written here)
+    stages = [e.stage for e in events]
+    candidates = [s for s in stages if s.startswith("checking groupings")]
+    control = [s for s in stages if s.startswith("checking random partitions")]
+    assert candidates[-1] == "checking groupings 30/30: fold 10, seed 2"
+    assert control[0] == "checking random partitions 1/30: fold 1, seed 0"
+    assert stages.index(control[0]) > stages.index(candidates[-1])
+    overall = [round(overall_progress(e.stage, e.fraction), 4) for e in events]  # as the API reports it
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(0.97)
     check = advice["selection_check"]  # the predicted gain is read on rows the choice was not made on
     assert len(check["folds"]) == 10 and advice["predicted_gain"] == pytest.approx(
         np.mean([f["gain"] for f in check["folds"]]))
