@@ -96,7 +96,8 @@ def test_one_model_for_all_when_every_task_shares_one_teacher():
 
 def test_pooling_groups_are_recovered():
     # noiseless labels: the losses are near zero and a few confident mistakes per fold move the check's fold
-    # gains by tens of percent, so 150 rows per task (at 100, seed 0 answers "together": -5.8% in-sample)
+    # gains by tens of percent, so 150 rows per task (at 100, seed 0 answered "together" with one training per
+    # check fold: -5.8% in-sample)
     events = []
     result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 150, "noise": 0.0, "seed": 0},
                  progress=Progress(events.append))
