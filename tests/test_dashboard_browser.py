@@ -386,15 +386,16 @@ def test_dashboard_form_alone_submits_a_table_job_that_runs(chromium, server, tm
 
 def test_dashboard_shows_why_a_split_gave_way_to_one_model_per_task(chromium, server, tmp_path):
     """A job of unrelated tasks whose best split (the output agreement's 5 groups) does not beat one model per task
-    (tests/test_advice.py has the same job through the engine): the job page's advice names that split, its gain over
-    one model per task and that it is not advised, beside the verdict the API records."""
+    (tests/test_advice.py has the same job through the engine, at one training per check fold): the job page's advice
+    names that split, its gain over one model per task and that it is not advised, beside the verdict the API
+    records."""
     from playwright.sync_api import expect
 
     base, key = server
     auth = {"Authorization": f"Bearer {key}"}
     manifest = {"dataset": {"source": "synthetic",
                             "params": {"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 3}},
-                "estimation": {"num_subsets": 80}}
+                "estimation": {"num_subsets": 80}, "grouping": {"check_seeds": 1}}
     with _dashboard_page(chromium, tmp_path) as page:
         _sign_in(page, base, key)
         page.get_by_test_id("expert-toggle").click()
