@@ -62,7 +62,7 @@ from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
 from affinity.estimators.base import AffinityEstimate
-from affinity.group_check import FoldScores, check_groupings
+from affinity.group_check import CHECK_STAGE, CONTROL_STAGE, FoldScores, check_groupings
 from affinity.manifest import GroupingSpec, Manifest
 from affinity.progress import Progress
 from affinity.reliability import agreement_stability, cluster_at, pair_specific, split_half, stability, verdict
@@ -258,14 +258,14 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         if spec.random_control and crossfit is None and 1 < size_of(k) < n:
             parts = random_partitions([list(m) for m in groupings[k].groups], n, spec.random_control, spec.seed)
             drawn = check_groupings(data, tensors, manifest, dict(enumerate(parts)), progress, backend,
-                                    label="checking random partitions")
+                                    label=CONTROL_STAGE)
             chosen = scores[k]
             if spec.agreement_crossfit == "control" and fold_predictions is not None and \
                     source_of(k, first, n) == "outputs":
                 # the split against random partitions on folds whose labels did not make its groups
                 fitted, agreement_check = agreement_fold_scores(data, tensors, manifest, {k: partitions[k]},
                                                                 {k: groupings[k]}, first, fold_predictions(), progress,
-                                                                backend, label="checking random partitions")
+                                                                backend, label=CONTROL_STAGE)
                 chosen = fitted[k]
             control = random_control(chosen, scores[1], list(drawn.values()), spec)
             if free and not control["passed"]:
@@ -341,7 +341,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
 def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manifest, partitions: dict[Any, Any],
                           groupings: dict[Any, Any], first: str, per_fold: list[np.ndarray],
                           progress: Progress | None = None, backend: Backend | None = None,
-                          label: str = "checking groupings") -> tuple[dict[Any, Any], dict[str, Any]]:
+                          label: str = CHECK_STAGE) -> tuple[dict[Any, Any], dict[str, Any]]:
     """The check's fold scores of every candidate, the output agreement's scored fold by fold with the groups of θ*
     retrained without that fold (``per_fold``: its predictions, one array per fold, ``agreement.fold_predictions``):
     fold f's labels neither trained the models that score it nor chose who shares a model. The other candidates'

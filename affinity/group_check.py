@@ -76,6 +76,11 @@ def cv_folds(tensors: TensorData, folds: int, seed: int, stop: str = "fold") -> 
     return out
 
 
+# The progress stages of the check's passes: the candidates, then (where a split is chosen) its random control.
+CHECK_STAGE = "checking groupings"
+CONTROL_STAGE = "checking random partitions"
+
+
 def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
     """How many folds each check model stops on: one ("fold"); for "share" as many as the validation
     rows' share of the labelled training and validation cells (rounded, at least 1, leaving at least
@@ -89,7 +94,7 @@ def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
 
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
                       progress: Progress | None = None, backend: Backend | None = None,
-                      needed: list[set[int]] | None = None, label: str = "checking groupings"
+                      needed: list[set[int]] | None = None, label: str = CHECK_STAGE
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Every group's model on every fold (or on the folds ``needed[g]`` names for group g): per-task losses
     on the fold's scoring rows and their counts.
@@ -130,7 +135,7 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
 def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
                     groupings: dict[Any, list[list[int]]], progress: Progress | None = None,
                     backend: Backend | None = None, folds: dict[Any, list[int]] | None = None,
-                    label: str = "checking groupings") -> dict[Any, "FoldScores"]:
+                    label: str = CHECK_STAGE) -> dict[Any, "FoldScores"]:
     """Cross-validated per-task losses of every candidate grouping (module docstring); ``folds``: the folds a
     grouping is scored on where not all (its scores elsewhere are NaN); ``label``: the progress stage's name."""
     distinct: dict[tuple[int, ...], int] = {}
@@ -174,4 +179,4 @@ class FoldScores:
         return float(self.task_loss(folds).sum())
 
 
-__all__ = ["FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]
+__all__ = ["CHECK_STAGE", "CONTROL_STAGE", "FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]

@@ -84,8 +84,9 @@ def test_eta_is_unknown_until_a_stage_has_advanced(tmp_path, db_url):
 
 
 def test_overall_progress_never_goes_back_when_a_stage_runs_again():
-    """A stage that runs again (the check's folds for the cross-fitted agreement after the candidates' pass) shows
-    its own stage and stage progress, while the job's overall progress holds at the highest figure reached."""
+    """A stage that runs again (the cross-fitted agreement's control pass after the random partitions' pass, a stage a
+    plug-in repeats) shows its own stage and stage progress, while the job's overall progress holds at the highest
+    figure reached."""
     from affinity.progress import ProgressEvent
     from api.jobproc import Reporter
 
