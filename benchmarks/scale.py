@@ -42,9 +42,9 @@ def manifest(args: argparse.Namespace, backend: str, rows_per_task: int) -> dict
                                                      "rows_per_task": rows_per_task, "features": 16}},
         "model": {"hidden": [32, 1], "activation": "tanh"},
         "training": {"epochs": args.epochs, "patience": args.epochs, "batch_size": 512},
-        "estimation": {"num_subsets": args.subsets, "subset_size": args.subset_size, "projection_dim": 100,
-                       "min_pair_count": 0},
-        "grouping": {"k": args.tasks // 10, "method": "lowrank"},
+        "estimation": {"method": "grad_tag", "num_subsets": args.subsets, "subset_size": args.subset_size,
+                       "projection_dim": 100, "min_pair_count": 0},
+        "grouping": {"k": args.tasks // 10, "method": "lowrank", "selection": "affinity"},
         "compute": {"backend": backend, "shard_pairs": 4096},
     }
 
