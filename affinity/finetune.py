@@ -65,9 +65,9 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     progress.start(stage, len(subsets))
     chunks = [subsets[a:a + batch_subsets] for a in range(0, len(subsets), batch_subsets)]
     if backend.name == "local":
-        shared = (model, data, spec, None)
+        shared = (model, data, spec, None, return_test)
     else:
-        shared = (copy.deepcopy(model).cpu(), data.to("cpu"), spec, "auto")
+        shared = (copy.deepcopy(model).cpu(), data.to("cpu"), spec, "auto", return_test)
     results = backend.map(finetune_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
     for chunk, losses in zip(chunks, results):
@@ -77,12 +77,13 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     return (out[0], out[1]) if return_test else out[0]
 
 
-def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None,
+def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None, with_test: bool,
                    chunk: list[tuple[int, ...]], progress: Progress | None = None) -> np.ndarray:
-    """Per subset of ``chunk``, its tasks' validation and test losses after training ``model`` on it.
+    """Per subset of ``chunk``, its tasks' validation and (``with_test``) test losses after training ``model`` on it.
 
     Returns ``(2, len(chunk), max size)``: [0] validation, [1] held-out test (NaN-padded; NaN
-    where a task has no test rows).
+    where a task has no test rows, and everywhere without ``with_test``: the estimators read validation
+    losses only, and a transformer's pass over the test rows costs about what its training does).
     ``model`` is left as it came. ``device`` "auto" moves model and data to this node's GPU when present.
     """
     if device == "auto" and torch.cuda.is_available():
@@ -90,20 +91,23 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     size = max(len(s) for s in chunk)
     out = np.full((2, len(chunk), size), np.nan)
     base_state = copy.deepcopy(model.state_dict())
-    has_test = bool(data.test.any())
+    has_test = with_test and bool(data.test.any())
     if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
         for i, s in enumerate(chunk):
             model.load_state_dict(base_state)
             res = train_model(model, data, spec, tasks=torch.tensor(s, device=data.X.device), stage="exact")
             out[0, i, :len(s)] = res.task_val_loss[list(s)]
-            if has_test:
-                out[1, i, :len(s)] = evaluate_losses(model, data, data.test).cpu().numpy()[list(s)]
+            if has_test:  # the test rows of the subset's tasks only
+                mask = torch.zeros_like(data.test)
+                mask[:, list(s)] = data.test[:, list(s)]
+                test = evaluate_losses(model, data, mask).cpu().numpy()[list(s)]
+                out[1, i, :len(s)] = np.where(data.test[:, list(s)].any(0).cpu().numpy(), test, np.nan)
             if progress is not None:
                 progress.advance()
                 progress.check_cancelled()
         model.load_state_dict(base_state)
         return out
-    losses, test_losses = _finetune_chunk(model, data, chunk, spec)
+    losses, test_losses = _finetune_chunk(model, data, chunk, spec, has_test)
     for b, s in enumerate(chunk):
         out[0, b, :len(s)] = losses[b, list(s)]
         out[1, b, :len(s)] = test_losses[b, list(s)]
@@ -115,7 +119,7 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
 
 
 def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]],
-                    spec: TrainingSpec) -> tuple[np.ndarray, np.ndarray]:
+                    spec: TrainingSpec, with_test: bool = True) -> tuple[np.ndarray, np.ndarray]:
     device = data.X.device
     n_copies, n_tasks = len(subsets), data.Y.shape[1]
     sel = torch.zeros(n_copies, n_tasks, dtype=torch.bool, device=device)
@@ -217,7 +221,7 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
     final_task[ids] = best_task
     model.eval()
     test = np.full(final_task.shape, np.nan)
-    if bool(data.test.any()):
+    if with_test and bool(data.test.any()):
         test = val_scores(final_params, full_sel, data.test).cpu().numpy()
         test[:, ~data.test.any(0).cpu().numpy()] = np.nan
     return final_task.cpu().numpy(), test

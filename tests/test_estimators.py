@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from affinity.finetune import finetune_subsets, sequential_finetune
+from affinity.finetune import finetune_shard, finetune_subsets, sequential_finetune
 from affinity.manifest import parse_manifest
 from affinity.pipeline import context, prepare
 from affinity.progress import Progress
@@ -31,6 +31,29 @@ def test_batched_exact_equals_sequential_fine_tuning(prepared):
     batched = finetune_subsets(prep.model, prep.tensors, subsets, m.training, batch_subsets=3)
     sequential = sequential_finetune(prep.model, prep.tensors, subsets, m.training)
     np.testing.assert_allclose(batched, sequential, rtol=1e-4, atol=1e-5)
+
+
+def test_test_losses_are_computed_only_when_asked_and_alike_on_both_paths():
+    """Subset models' held-out test losses: the stacked path and the one-at-a-time path (models with buffers,
+    other mtl methods) give the same, each task's own test rows; the estimators, which read validation losses
+    only, do not pay for a pass over the test rows."""
+    m = parse_manifest({**SMALL, "dataset": {**SMALL["dataset"], "test_fraction": 0.2}})
+    prep = prepare(m, Progress())
+    model, data, subsets = prep.model, prep.tensors, prep.subsets[:3]
+    assert bool(data.test.any())
+    val, test = finetune_subsets(model, data, subsets, m.training, batch_subsets=3, return_test=True)
+    assert np.isfinite(test).all() and test.shape == val.shape
+    model.register_buffer("unused", torch.zeros(1))  # a buffer sends the shard down the one-at-a-time path
+    try:
+        one_val, one_test = finetune_subsets(model, data, subsets, m.training, batch_subsets=3, return_test=True)
+        without = finetune_shard(model, data, m.training, None, False, subsets)
+    finally:
+        del model._buffers["unused"]
+    np.testing.assert_allclose(one_val, val, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(one_test, test, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(without[0], val, rtol=1e-4, atol=1e-5)
+    assert np.isnan(without[1]).all()
+    assert np.isnan(finetune_shard(model, data, m.training, None, False, subsets)[1]).all()
 
 
 def test_exact_estimate_has_the_grad_tag_outputs(prepared):
