@@ -53,6 +53,7 @@ def test_test_losses_are_computed_only_when_asked_and_alike_on_both_paths():
     np.testing.assert_allclose(one_test, test, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(without[0], val, rtol=1e-4, atol=1e-5)
     assert np.isnan(without[1]).all()
+    # and the stacked path (the buffer gone) without test losses
     assert np.isnan(finetune_shard(model, data, m.training, None, False, subsets)[1]).all()
 
 
