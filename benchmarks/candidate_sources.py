@@ -7,15 +7,20 @@ pair-specific part the candidates cluster), the cosine of the tasks' mean gradie
 output agreement (affinity/agreement.py: correlation of its predictions over the training and validation rows).
 Printed per row and averaged per dataset: the pair AUC (same planted group vs not, over task pairs) and the
 adjusted Rand index of the matrix's groups at the planted number of groups (solver.cluster, as the candidates
-are made).
+are made), and the seconds of each source. ``text`` is the built-in text job's manifest (MiniLM with LoRA) on
+the suite's rows; ``--sources`` computes some of the four only (the scratch T of a text seed trains 100
+transformers: minutes per seed).
 
     OMP_NUM_THREADS=1 python benchmarks/candidate_sources.py --seeds 3 4 5 6 7
+    HF_HUB_OFFLINE=1 python benchmarks/candidate_sources.py --datasets text --seeds 0 1 2 3 4 5 6 \
+        --sources "grad_tag T" "gradient cosine" "output agreement"
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,47 +39,60 @@ from affinity.progress import Progress  # noqa: E402
 from affinity.reliability import pair_specific  # noqa: E402
 from solver import cluster  # noqa: E402
 
-DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows"]
+DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows", "text"]
+TABLES = DATASETS[:-1]
 SOURCES = ["scratch T", "grad_tag T", "gradient cosine", "output agreement"]
+MATRICES = {"scratch T": lambda prep, ctx: pair_specific(ESTIMATORS["scratch"](ctx).matrix),
+            "grad_tag T": lambda prep, ctx: pair_specific(ESTIMATORS["grad_tag"](ctx).matrix),
+            "gradient cosine": lambda prep, ctx: ESTIMATORS["gradient_cosine"](ctx).matrix,
+            "output agreement": lambda prep, ctx: output_agreement(prep.model, prep.tensors)}
 
 
-def row(name: str, seed: int) -> dict[str, tuple[float, float]]:
+def pair_auc(M: np.ndarray, labels: np.ndarray) -> float:
+    """AUC of the symmetric matrix's entries for task pairs of one planted group (``labels``) against the rest."""
+    upper = np.triu_indices(len(labels), 1)
+    return float(roc_auc_score((labels[:, None] == labels[None, :])[upper], M[upper]))
+
+
+def row(name: str, seed: int, sources: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Per source: pair AUC, ARI of its groups at the planted k, seconds."""
     m = held_out(manifest_for(name, seed, {}))
     progress = Progress()
     prep = prepare(m, progress)
     ctx = context(prep, m, progress)
-    names = prep.data.task_names
     group = {t: g for g, members in enumerate(prep.data.truth_groups) for t in members}
-    truth = np.array([group[t] for t in names])
-    k = len(prep.data.truth_groups)
-    upper = np.triu_indices(len(names), 1)
-    same = (truth[:, None] == truth[None, :])[upper]
-    matrices = {"scratch T": pair_specific(ESTIMATORS["scratch"](ctx).matrix),
-                "grad_tag T": pair_specific(ESTIMATORS["grad_tag"](ctx).matrix),
-                "gradient cosine": ESTIMATORS["gradient_cosine"](ctx).matrix,
-                "output agreement": output_agreement(prep.model, prep.tensors)}
-    return {source: (float(roc_auc_score(same, M[upper])),
-                     float(adjusted_rand_score(truth, cluster(M, k, seed=0).labels)))
-            for source, M in matrices.items()}
+    truth = np.array([group[t] for t in prep.data.task_names])
+    out = {}
+    for source in sources:
+        t0 = time.perf_counter()
+        M = MATRICES[source](prep, ctx)
+        out[source] = (pair_auc(M, truth), float(adjusted_rand_score(truth, cluster(M, len(prep.data.truth_groups),
+                                                                                     seed=0).labels)),
+                       time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7])
-    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=TABLES, choices=DATASETS,
+                        help="default: the generated tables (text only when named)")
+    parser.add_argument("--sources", nargs="+", default=SOURCES, choices=SOURCES)
     args = parser.parse_args()
-    print("dataset      seed  " + "  ".join(f"{s:>22}" for s in SOURCES) + "   (pair AUC, ARI at planted k)")
-    results: dict[str, list[dict[str, tuple[float, float]]]] = {}
+    sources = [s for s in SOURCES if s in args.sources]
+    print("dataset      seed  " + "  ".join(f"{s:>28}" for s in sources) + "   (pair AUC, ARI at planted k, seconds)")
+    results: dict[str, list[dict[str, tuple[float, float, float]]]] = {}
     for name in args.datasets:
         for seed in args.seeds:
-            r = row(name, seed)
+            r = row(name, seed, sources)
             results.setdefault(name, []).append(r)
-            print(f"{name:<12}{seed:>5}  " + "  ".join(f"{r[s][0]:>11.2f} {r[s][1]:>10.2f}" for s in SOURCES),
-                  flush=True)
+            print(f"{name:<12}{seed:>5}  " + "  ".join(f"{r[s][0]:>11.2f} {r[s][1]:>10.2f} {r[s][2]:>5.0f}"
+                                                       for s in sources), flush=True)
     print("\nmean over seeds")
     for name, rows in results.items():
         print(f"{name:<12}{'':>5}  " + "  ".join(
-            f"{np.mean([r[s][0] for r in rows]):>11.2f} {np.mean([r[s][1] for r in rows]):>10.2f}" for s in SOURCES))
+            f"{np.mean([r[s][0] for r in rows]):>11.2f} {np.mean([r[s][1] for r in rows]):>10.2f} {'':>5}"
+            for s in sources))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Reads one outcome run's row (``runs/outcome/<seed>/<dataset>_<seed>/evaluation.j
 ``python benchmarks/outcome.py --candidates``: every candidate grouping with its test loss), checks the
 same candidate groupings again on the same training and validation rows with other grouping settings
 (``--set grouping.folds=10``), and prints, per candidate, the predicted gain over one model for all
-beside the recorded one and the gain measured on the test rows.
+beside the recorded one and the gain measured on the test rows; then the mean absolute error and the rank
+correlation (Spearman) of the predicted gains with the measured ones over the candidates other than one model
+for all, for the new check and the recorded one, and the new check's choice.
 
     python benchmarks/check_fidelity.py --run runs/outcome --dataset mixed --seed 0 --set grouping.folds=10
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -86,6 +89,10 @@ def main() -> None:
     old_a = np.array([c["predicted_gain"] for c in cands])
     print(f"mean |predicted − measured|: {np.mean(abs(new_a - meas_a)):.1%} (recorded check: "
           f"{np.mean(abs(old_a - meas_a)):.1%}); check {seconds:.0f} s")
+    splits = [i for i, key in enumerate(by_key) if key != 1]
+    print(f"rank correlation of predicted and measured gains over the {len(splits)} other candidates: "
+          f"{spearmanr(new_a[splits], meas_a[splits])[0]:.2f} (recorded check: "
+          f"{spearmanr(old_a[splits], meas_a[splits])[0]:.2f})")
     chosen = choose(scores, list(by_key), m.grouping, outputs=output_keys(by_key))
     print(f"chosen k = {chosen}: measured gain {(test_ref - by_key[chosen]['test_loss']) / test_ref:+.1%} "
           f"(recorded choice k = {advice['k']}; "
