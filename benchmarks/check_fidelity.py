@@ -9,6 +9,9 @@ correlation (Spearman) of the predicted gains with the measured ones over the ca
 for all, for the new check and the recorded one, and the new check's choice.
 
     python benchmarks/check_fidelity.py --run runs/outcome --dataset mixed --seed 0 --set grouping.folds=10
+
+``--also``: more runs of the same row whose groupings were trained from other seeds (``outcome.py --rescore --set
+training.seed=S``, benchmarks/training_noise.py); the measured gains are then the mean over all the runs.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
                     help="settings of the new check over the run's own (its evaluation.json's manifest; the "
                          "suite's defaults where it has none), e.g. grouping.folds=10")
+    ap.add_argument("--also", nargs="*", type=Path, default=[],
+                    help="rescored runs of the row (other training seeds): measured gains averaged over all runs")
     args = ap.parse_args()
     overrides = settings(args.set)
     advice, m, scores, seconds = recheck(evaluation_path(args.run, args.dataset, args.seed), args.dataset, args.seed,
@@ -72,6 +77,8 @@ def main() -> None:
     cands = advice["candidates"]
     ref = scores[1].total()
     test_ref = next(c["test_loss"] for c in cands if c["k"] == 1)
+    others = [keyed(next(iter(json.loads(evaluation_path(run, args.dataset, args.seed).read_text())["advice"]
+                                 .values()))["candidates"]) for run in args.also]
     print(f"{args.dataset} seed {args.seed}, check with {overrides or 'the default settings'} "
           f"(folds {m.grouping.folds}, check_seeds {m.grouping.check_seeds}); gains over one model for all")
     print(f"{'k':>4} {'predicted':>10} {'2 SE':>6} {'recorded':>10} {'measured':>10}")
@@ -79,7 +86,8 @@ def main() -> None:
     new, measured = [], []
     for key, c in by_key.items():
         p = (ref - scores[key].total()) / ref
-        t = (test_ref - c["test_loss"]) / test_ref
+        t = float(np.mean([(test_ref - c["test_loss"]) / test_ref] +
+                          [(o[1]["test_loss"] - o[key]["test_loss"]) / o[1]["test_loss"] for o in others]))
         new.append(p)
         measured.append(t)
         se = standard_error(fold_gains(scores[key], scores[1]))
@@ -94,9 +102,9 @@ def main() -> None:
           f"{spearmanr(new_a[splits], meas_a[splits])[0]:.2f} (recorded check: "
           f"{spearmanr(old_a[splits], meas_a[splits])[0]:.2f})")
     chosen = choose(scores, list(by_key), m.grouping, outputs=output_keys(by_key))
-    print(f"chosen k = {chosen}: measured gain {(test_ref - by_key[chosen]['test_loss']) / test_ref:+.1%} "
-          f"(recorded choice k = {advice['k']}; "
-          f"best candidate on test {max(measured):+.1%})")
+    print(f"chosen k = {chosen}: measured gain {meas_a[list(by_key).index(chosen)]:+.1%} "
+          f"(recorded choice k = {advice['k']}; best candidate on test {max(measured):+.1%})"
+          + (f"; measured: the mean over {1 + len(others)} trainings" if others else ""))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _suite():
-    spec = importlib.util.spec_from_file_location("outcome_suite", ROOT / "benchmarks" / "outcome.py")
+    return _script("outcome", "outcome_suite")
+
+
+def _script(name: str, as_name: str | None = None):
+    spec = importlib.util.spec_from_file_location(as_name or name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -195,6 +199,15 @@ def test_recorded_advice_rescored_on_more_test_rows(tmp_path, monkeypatch):
     trained = json.loads((tmp_path / "shorter" / "pooling_0" / "evaluation.json").read_text())
     assert trained["manifest"]["training"]["epochs"] == 2
     assert shorter["one_model_for_all"] != pytest.approx(s["one_model_for_all"])
+    # another training seed (benchmarks/training_noise.py reads the runs side by side): the same candidates, other
+    # test losses
+    suite.rescored(row, [tmp_path], 10, 2, 1, tmp_path / "reseeded", {"training": {"seed": 7}})
+    reseeded = json.loads((tmp_path / "reseeded" / "pooling_0" / "evaluation.json").read_text())
+    noise = _script("training_noise")
+    first, second = noise.measured_gains(rescored), noise.measured_gains(reseeded)
+    assert set(first) == set(second) and first["1"] == second["1"] == 0 and "planted" in first
+    assert noise.advised_key(reseeded) in first and reseeded["manifest"]["training"]["seed"] == 7
+    assert any(first[k] != pytest.approx(second[k]) for k in first if k != "1")
 
 
 def test_suite_scores_generated_datasets_on_extra_test_rows():
