@@ -660,7 +660,7 @@ async function showSubmit() {
       flash("cannot load the kinds this server runs: " + err.message, true);
     }
     fillSelect($("example-select"), Object.keys(examples).map((name) =>
-      [name, name === "small" ? "small planted job (seconds)" : `built-in ${name} job`]));
+      [name, name === "small" ? "small planted job (under a minute)" : `built-in ${name} job`]));
     fillSelect($("data-kind"), (kinds.data || []).map((k) => [k.name, k.error ? `${k.name} (${k.error})` : k.name, !!k.error]));
     $("example-select").onchange = () => loadExample($("example-select").value);
     for (const radio of document.querySelectorAll("input[name=source-mode]")) {
