@@ -27,26 +27,35 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from check_fidelity import evaluation_path  # noqa: E402
+from outcome import keyed  # noqa: E402
 
 
-def measured_gains(report: dict[str, Any]) -> dict[str, float]:
-    """Every candidate's measured gain over one model for all (the same run's), keyed by k and source, and the
-    planted grouping's where the run has one."""
+def measured_gains(report: dict[str, Any]) -> dict[Any, float]:
+    """Every candidate's measured gain over one model for all (the same run's), by its advice key (``keyed``: k, or
+    (k, "outputs")), and the planted grouping's ("planted") where the run has one."""
     advice = next(iter(report["advice"].values()))
-    ref = next(c["test_loss"] for c in advice["candidates"] if c["k"] == 1)
-    out = {f"{c['k']} {c.get('source') or ''}".strip(): (ref - c["test_loss"]) / ref for c in advice["candidates"]}
+    cands = keyed(advice["candidates"])
+    ref = cands[1]["test_loss"]
+    out: dict[Any, float] = {key: (ref - c["test_loss"]) / ref for key, c in cands.items()}
     planted = report["groupings"].get("planted")
     if planted is not None:
         out["planted"] = (ref - planted["sum_test_loss"]) / ref
     return out
 
 
-def advised_key(report: dict[str, Any]) -> str:
-    """The recorded advice's candidate key (``measured_gains``'s): the candidate with the recommended groups."""
+def advised_key(report: dict[str, Any]) -> Any:
+    """The recorded advice's candidate key (``keyed``'s): the candidate with the recommended groups."""
     name, advice = next(iter(report["advice"].items()))
     groups = {frozenset(g) for g in report["groupings"][name]["groups"]}
-    chosen = next(c for c in advice["candidates"] if {frozenset(g) for g in c["groups"]} == groups)
-    return f"{chosen['k']} {chosen.get('source') or ''}".strip()
+    return next(key for key, c in keyed(advice["candidates"]).items() if {frozenset(g) for g in c["groups"]} == groups)
+
+
+def label(key: Any, candidates: dict[Any, dict[str, Any]]) -> str:
+    """A key as the printout names it: k and the candidate's source."""
+    if key == "planted":
+        return key
+    source = candidates[key].get("source")
+    return f"{key[0] if isinstance(key, tuple) else key} {source or ''}".strip()
 
 
 def main() -> None:
@@ -59,11 +68,13 @@ def main() -> None:
     seeds = [r["manifest"]["training"]["seed"] for r in reports]
     gains = [measured_gains(r) for r in reports]
     keys = [k for k in gains[0] if all(k in g for g in gains)]
+    cands = keyed(next(iter(reports[0]["advice"].values()))["candidates"])
     print(f"{args.dataset} seed {args.seed}: gain over one model for all per training seed {seeds}")
     for k in keys:
         v = np.array([g[k] for g in gains])
-        print(f"  {k:>12} " + " ".join(f"{x:+7.1%}" for x in v) + f"   mean {v.mean():+6.1%}  sd {v.std(ddof=1):5.1%}")
-    splits = [k for k in keys if k not in ("1", "planted")]
+        runs = " ".join(f"{x:+7.1%}" for x in v)
+        print(f"  {label(k, cands):>12} {runs}   mean {v.mean():+6.1%}  sd {v.std(ddof=1):5.1%}")
+    splits = [k for k in keys if k not in (1, "planted")]
     sd = np.median([np.std([g[k] for g in gains], ddof=1) for k in splits])
     print(f"median over the {len(splits)} splits of the sd of their gain: {sd:.1%}")
     for (i, a), (j, b) in itertools.combinations(enumerate(gains), 2):
@@ -73,8 +84,8 @@ def main() -> None:
     mean = {k: float(np.mean([g[k] for g in gains])) for k in keys}
     best = max((k for k in keys if k != "planted"), key=mean.get)
     advised = advised_key(reports[0])
-    print(f"mean over the runs: the recorded advice ({advised}) {mean.get(advised, float('nan')):+.1%}, "
-          f"the best candidate ({best}) {mean[best]:+.1%}"
+    print(f"mean over the runs: the recorded advice ({label(advised, cands)}) {mean[advised]:+.1%}, "
+          f"the best candidate ({label(best, cands)}) {mean[best]:+.1%}"
           + (f", the planted grouping {mean['planted']:+.1%}" if "planted" in mean else ""))
 
 
