@@ -42,6 +42,19 @@ def evaluation_path(run: Path, dataset: str, seed: int) -> Path:
     return path if path.exists() else run / f"{dataset}_{seed}" / "evaluation.json"
 
 
+def measured_gains(report: dict[str, Any]) -> dict[Any, float]:
+    """Every candidate's measured gain over one model for all (the same run's), by its advice key (``keyed``: k, or
+    (k, "outputs")), and the planted grouping's ("planted") where the run has one."""
+    advice = next(iter(report["advice"].values()))
+    cands = keyed(advice["candidates"])
+    ref = cands[1]["test_loss"]
+    out: dict[Any, float] = {key: (ref - c["test_loss"]) / ref for key, c in cands.items()}
+    planted = report["groupings"].get("planted")
+    if planted is not None:
+        out["planted"] = (ref - planted["sum_test_loss"]) / ref
+    return out
+
+
 def recheck(path: Path, dataset: str, seed: int, overrides: dict) -> tuple[dict, Any, dict, float]:
     """The recorded advice of one row (its candidates with their test losses), the manifest of the new check,
     its scores of those candidates (``check_groupings`` on the same training and validation rows) and its
@@ -77,8 +90,8 @@ def main() -> None:
     cands = advice["candidates"]
     ref = scores[1].total()
     test_ref = next(c["test_loss"] for c in cands if c["k"] == 1)
-    others = [keyed(next(iter(json.loads(evaluation_path(run, args.dataset, args.seed).read_text())["advice"]
-                                 .values()))["candidates"]) for run in args.also]
+    others = [measured_gains(json.loads(evaluation_path(run, args.dataset, args.seed).read_text()))
+              for run in args.also]
     print(f"{args.dataset} seed {args.seed}, check with {overrides or 'the default settings'} "
           f"(folds {m.grouping.folds}, check_seeds {m.grouping.check_seeds}); gains over one model for all")
     print(f"{'k':>4} {'predicted':>10} {'2 SE':>6} {'recorded':>10} {'measured':>10}")
@@ -86,8 +99,7 @@ def main() -> None:
     new, measured = [], []
     for key, c in by_key.items():
         p = (ref - scores[key].total()) / ref
-        t = float(np.mean([(test_ref - c["test_loss"]) / test_ref] +
-                          [(o[1]["test_loss"] - o[key]["test_loss"]) / o[1]["test_loss"] for o in others]))
+        t = float(np.mean([(test_ref - c["test_loss"]) / test_ref] + [o[key] for o in others]))
         new.append(p)
         measured.append(t)
         se = standard_error(fold_gains(scores[key], scores[1]))

@@ -7,9 +7,9 @@ rank the candidates (Spearman over the candidates other than one model for all, 
 mean over the runs makes of the recorded advice. A grouping's gain measured on one training is one draw of this
 spread: where the runs rank the candidates differently, one training cannot tell the candidates apart.
 
-    python benchmarks/outcome.py --merge runs/s32/text_sf5/4 --rescore --test-rows 150 --train-seeds 1 --random 0 \\
-        --set training.seed=14 --out runs/s33/rescore/4_14
-    python benchmarks/training_noise.py --dataset text --seed 4 --runs runs/s32/text_sf5/4 runs/s33/rescore/4_14
+    python benchmarks/outcome.py --merge runs/text_sf5/4 --rescore --test-rows 150 --train-seeds 1 --random 0 \\
+        --set training.seed=14 --out runs/rescore/4_14
+    python benchmarks/training_noise.py --dataset text --seed 4 --runs runs/text_sf5/4 runs/rescore/4_14
 """
 
 from __future__ import annotations
@@ -26,21 +26,8 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from check_fidelity import evaluation_path  # noqa: E402
+from check_fidelity import evaluation_path, measured_gains  # noqa: E402
 from outcome import keyed  # noqa: E402
-
-
-def measured_gains(report: dict[str, Any]) -> dict[Any, float]:
-    """Every candidate's measured gain over one model for all (the same run's), by its advice key (``keyed``: k, or
-    (k, "outputs")), and the planted grouping's ("planted") where the run has one."""
-    advice = next(iter(report["advice"].values()))
-    cands = keyed(advice["candidates"])
-    ref = cands[1]["test_loss"]
-    out: dict[Any, float] = {key: (ref - c["test_loss"]) / ref for key, c in cands.items()}
-    planted = report["groupings"].get("planted")
-    if planted is not None:
-        out["planted"] = (ref - planted["sum_test_loss"]) / ref
-    return out
 
 
 def advised_key(report: dict[str, Any]) -> Any:
