@@ -56,8 +56,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from affinity import agreement
-from affinity.choice import (choose, fold_gains, random_control, random_partitions, selection_gain, size_of,
-                             split_over_alone, without_split)
+from affinity.choice import (choose, fold_gains, random_control, random_partitions, seed_spread, selection_gain,
+                             size_of, split_over_alone, without_split)
 from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
@@ -241,6 +241,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
+                               "seed_sd": seed_spread(scores[k], scores[1]),
                                "from_criterion": k == criterion_k})
         outputs = {kk for kk in groupings if source_of(kk, first, n) == "outputs"}
         k = choose(scores, groupings, spec, outputs=outputs)
@@ -303,9 +304,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     if over_alone is not None and k != n:  # overruled later (the choice's selection check): not the reason
         over_alone = None
     alone = next((c for c in splits if c["k"] == n), None)
+    noise = seed_spread(scores[k], scores[1]) if k in predicted else None
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
                                    source=chosen_from, over_alone=over_alone, alone=alone,
-                                   unheld_of=honest.get("instead_of") if honest is not None else None)
+                                   unheld_of=honest.get("instead_of") if honest is not None else None, seed_sd=noise)
     record = {
         "selection": spec.selection,
         "candidates_from": list(sources) if spec.selection == "outcome" else None,
@@ -325,6 +327,11 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "check": "crossfit" if crossfit is not None else ("same rows" if spec.selection == "outcome" else None),
         "crossfit": crossfit,
         "random_control": control,
+        "training_noise": None if noise is None else {
+            "seeds": spec.check_seeds, "gain_sd": noise,
+            "description": "how far one training of the recommended grouping strays from seed to seed: the standard "
+                           "deviation over the check's seeds of its loss on a fold, relative to one model for all's "
+                           "(pooled over the folds); the predicted gain is the mean over the seeds"},
         "split_over_alone": over_alone,
         "agreement_check": agreement_check,
         "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone,
@@ -366,8 +373,9 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
     out = {kk: v for kk, v in scored.items() if not (isinstance(kk, tuple) and kk[0] == "fold")}
     for kk in outputs:
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
+        seeds = None if parts[0].by_seed is None else np.stack([p.by_seed[:, f] for f, p in enumerate(parts)], axis=1)
         out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
-                             np.stack([p.rows[f] for f, p in enumerate(parts)]))
+                             np.stack([p.rows[f] for f, p in enumerate(parts)]), seeds)
     record = {"mode": spec.agreement_crossfit, "folds": len(per_fold),
               "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
               "description": "the output agreement's groupings scored on each fold with the groups of the base model "

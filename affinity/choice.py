@@ -7,7 +7,8 @@
 beat it by ``grouping.split_vs_alone_se`` standard errors (``without_split``: the answer where a choice is
 overruled); works from the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the
 gain of choosing this way, read on folds the choice was not made on. ``random_control``: the chosen split
-against random partitions of its group sizes.
+against random partitions of its group sizes. ``seed_spread``: how far one training of a grouping strays from
+the check's mean over its seeds.
 """
 
 from __future__ import annotations
@@ -141,6 +142,22 @@ def fold_gains(grouping: FoldScores, together: FoldScores, folds: list[int] | No
     return [(together.total([f]) - grouping.total([f])) / together.total([f]) for f in folds]
 
 
+def seed_spread(grouping: FoldScores, together: FoldScores) -> float | None:
+    """How far one training of ``grouping`` strays from seed to seed: the standard deviation over the check's seeds of
+    its summed loss on a fold's scoring rows, relative to one model for all's there (pooled over the folds: the root
+    mean of the per-fold variances). The predicted gain is read from the mean over the seeds; a user who trains each
+    group once gets one draw, so this is the spread of their gain around it. None with one check seed."""
+    mine, ref = grouping.seed_totals(), together.seed_totals()
+    if mine is None or ref is None or mine.shape[0] < 2:
+        return None
+    scored = ref.mean(axis=0) > 0  # folds the grouping was scored on (crossfit halves leave the others out)
+    scored &= np.all(mine > 0, axis=0)
+    if not scored.any():
+        return None
+    relative = mine[:, scored] / ref.mean(axis=0)[scored]
+    return float(np.sqrt(np.mean(relative.var(axis=0, ddof=1))))
+
+
 def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec,
                    outputs: Collection[Any] = ()) -> dict[str, Any]:
     """The gain over one model for all that choosing k this way buys, free of the winner's curse.
@@ -193,5 +210,5 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
                            "over one model for all"}
 
 
-__all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "selection_gain",
-           "size_of", "split_over_alone", "standard_error", "without_split"]
+__all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "seed_spread",
+           "selection_gain", "size_of", "split_over_alone", "standard_error", "without_split"]

@@ -84,7 +84,9 @@ def crossfit_scores(data: SplitTable, tensors: TensorData, manifest: Manifest, k
         # folds of half 0 score the groups built on half 1, and the other way round
         loss = np.concatenate([scores[(1, k)].loss[:first], scores[(0, k)].loss[first:]])
         rows = np.concatenate([scores[(1, k)].rows[:first], scores[(0, k)].rows[first:]])
-        out[k] = FoldScores(loss, rows)
+        seeds = None if scores[(1, k)].by_seed is None else \
+            np.concatenate([scores[(1, k)].by_seed[:, :first], scores[(0, k)].by_seed[:, first:]], axis=1)
+        out[k] = FoldScores(loss, rows, seeds)
     return {k: out[k] for k in sorted(out) if k in ks or k == 1}, built
 
 

@@ -27,7 +27,8 @@ A group that appears in several candidate groupings (one model for all, one per 
 groups at neighbouring k share many) is trained once per fold: every fold's distinct groups are
 stacked into one ``finetune_subsets`` call. With ``grouping.check_seeds`` > 1 every fold's models
 are trained once per seed (initialization and batch order) and their per-task losses averaged: the
-same folds, less of one training's luck.
+same folds, less of one training's luck; each seed's losses are kept as well (``FoldScores.by_seed``), so the
+advice can say how far one training's gain strays from seed to seed (``choice.seed_spread``).
 """
 
 from __future__ import annotations
@@ -95,12 +96,14 @@ def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
                       progress: Progress | None = None, backend: Backend | None = None,
                       needed: list[set[int]] | None = None, label: str = CHECK_STAGE
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], np.ndarray]]:
     """Every group's model on every fold (or on the folds ``needed[g]`` names for group g): per-task losses
     on the fold's scoring rows and their counts.
 
-    Returns ``(loss, rows)``, both ``(folds, len(groups), n_tasks)``: loss NaN where the task is not
-    in the group, has no scoring rows in the fold, or the group was not needed there."""
+    Returns ``(loss, rows, seeds)``: loss and rows ``(folds, len(groups), n_tasks)``, loss the mean over the
+    check's seeds, NaN where the task is not in the group, has no scoring rows in the fold, or the group was not
+    needed there; ``seeds[(f, g)]``: group g's members' losses on fold f from each seed, ``(seeds, len(g))``
+    (the group's members in the order of ``groups[g]``)."""
     spec = manifest.grouping
     views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
     n = data.n_tasks
@@ -109,6 +112,7 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     # Large groups first: shards of similar sizes, and the longest-running models start first.
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
     seeds = [manifest.training.seed + s for s in range(spec.check_seeds)]
+    by_seed: dict[tuple[int, int], np.ndarray] = {}
     for f, view in enumerate(views):
         todo = [g for g in order if needed is None or f in needed[g]]
         rows[f, 0] = view.test.sum(0).cpu().numpy()
@@ -128,8 +132,9 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
         for r, g in enumerate(todo):
             members = list(groups[g])
             loss[f, g, members] = scored[r, :len(members)]
+            by_seed[(f, g)] = np.stack([run[r, :len(members)] for run in runs])
     loss = np.where(rows > 0, loss, np.nan)
-    return loss, np.broadcast_to(rows, loss.shape)
+    return loss, np.broadcast_to(rows, loss.shape), by_seed
 
 
 def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
@@ -147,25 +152,33 @@ def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
             if i == len(needed):
                 needed.append(set())
             needed[i] |= set(folds[key]) if folds and key in folds else every
-    loss, rows = group_fold_losses(data, tensors, manifest, list(distinct), progress, backend, needed, label)
+    keys = list(distinct)
+    loss, rows, by_seed = group_fold_losses(data, tensors, manifest, keys, progress, backend, needed, label)
+    n_seeds = manifest.grouping.check_seeds
     out = {}
     for key, groups in groupings.items():
         per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)
         counts = np.zeros((loss.shape[0], data.n_tasks))
+        seeds = np.full((n_seeds, loss.shape[0], data.n_tasks), np.nan)
         for g in groups:
             members = list(g)
             i = distinct[tuple(sorted(g))]
             per_fold[:, members] = loss[:, i, members]
             counts[:, members] = rows[:, i, members]
-        out[key] = FoldScores(per_fold, counts)
+            for f in range(loss.shape[0]):
+                if (f, i) in by_seed:
+                    seeds[:, f, list(keys[i])] = by_seed[(f, i)]
+        seeds = np.where(counts[None] > 0, seeds, np.nan)
+        out[key] = FoldScores(per_fold, counts, seeds if n_seeds > 1 else None)
     return out
 
 
 class FoldScores:
-    """One grouping's per-task losses on every fold's scoring rows (``loss``, ``rows``: folds × tasks)."""
+    """One grouping's per-task losses on every fold's scoring rows (``loss``, ``rows``: folds × tasks; ``by_seed``:
+    seeds × folds × tasks, each check seed's losses where the check trained several; ``loss`` is their mean)."""
 
-    def __init__(self, loss: np.ndarray, rows: np.ndarray) -> None:
-        self.loss, self.rows = loss, rows
+    def __init__(self, loss: np.ndarray, rows: np.ndarray, by_seed: np.ndarray | None = None) -> None:
+        self.loss, self.rows, self.by_seed = loss, rows, by_seed
 
     def task_loss(self, folds: list[int] | None = None) -> np.ndarray:
         """Each task's loss over the scoring rows of ``folds`` (all by default): the row-weighted mean."""
@@ -177,6 +190,14 @@ class FoldScores:
     def total(self, folds: list[int] | None = None) -> float:
         """The summed per-task loss over ``folds``' scoring rows."""
         return float(self.task_loss(folds).sum())
+
+    def seed_totals(self) -> np.ndarray | None:
+        """Each check seed's summed per-task loss on each fold's scoring rows, ``(seeds, folds)``; None with one
+        seed."""
+        if self.by_seed is None:
+            return None
+        # as ``total([f])``: a fold's per-task loss is already the mean over its scoring rows
+        return np.nansum(np.where(self.rows[None] > 0, self.by_seed, np.nan), axis=2)
 
 
 __all__ = ["CHECK_STAGE", "CONTROL_STAGE", "FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]

@@ -51,7 +51,7 @@ def random_groups(sizes: list[int], n: int, seed: int) -> list[list[int]]:
 
 
 def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progress: Progress,
-            stage: str, trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] | None = None,
+            stage: str, trained: dict[frozenset, tuple[np.ndarray, np.ndarray, list[float]]] | None = None,
             train_seeds: int = 1) -> dict[str, Any]:
     """Test losses of one model per group, the mean over ``train_seeds`` trainings (initialization and
     minibatch seeds training.seed, +1, …: one training's outcome varies by a few percent with its
@@ -59,7 +59,7 @@ def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progres
     all, one per task or the planted grouping) are trained once."""
     key = frozenset(frozenset(g) for g in groups)
     if trained is not None and key in trained:
-        val, test = trained[key]
+        val, test, each = trained[key]
     else:
         runs = []
         for s in range(train_seeds):
@@ -67,27 +67,30 @@ def _scored(prep: Prepared, manifest: Manifest, groups: list[list[int]], progres
             runs.append(train_groups(prep.data, prep.tensors, manifest.model_copy(update={"training": training}),
                                      groups, progress, prep.backend, stage=stage))
         val, test = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)
+        each = [float(r[1].sum()) for r in runs]
         if trained is not None:
-            trained[key] = (val, test)
+            trained[key] = (val, test, each)
     names = prep.data.task_names
     return {"groups": [[names[i] for i in g] for g in groups], "k": len(groups),
             "sum_val_loss": float(val.sum()), "sum_test_loss": float(test.sum()),
-            "per_task_test_loss": dict(zip(names, test.tolist())), "train_seeds": train_seeds}
+            "per_task_test_loss": dict(zip(names, test.tolist())), "train_seeds": train_seeds,
+            "seed_test_losses": each}
 
 
 def score_candidates_of(prep: Prepared, manifest: Manifest, candidates: list[dict[str, Any]], progress: Progress,
-                        trained: dict[frozenset, tuple[np.ndarray, np.ndarray]], train_seeds: int,
+                        trained: dict[frozenset, tuple[np.ndarray, np.ndarray, list[float]]], train_seeds: int,
                         name: str) -> None:
     """Every candidate grouping the advice checked, trained and scored on the test rows: each record gains
-    ``test_loss``."""
+    ``test_loss`` (the mean over the trainings) and ``seed_test_losses`` (each training's)."""
     index = {t: i for i, t in enumerate(prep.data.task_names)}
     for c in candidates:
-        c["test_loss"] = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
-                                 f"candidate k = {c['k']} of {name}", trained, train_seeds)["sum_test_loss"]
+        scored = _scored(prep, manifest, [[index[t] for t in g] for g in c["groups"]], progress,
+                         f"candidate k = {c['k']} of {name}", trained, train_seeds)
+        c["test_loss"], c["seed_test_losses"] = scored["sum_test_loss"], scored["seed_test_losses"]
 
 
 def baselines(prep: Prepared, manifest: Manifest, progress: Progress,
-              trained: dict[frozenset, tuple[np.ndarray, np.ndarray]], train_seeds: int) -> dict[str, Any]:
+              trained: dict[frozenset, tuple[np.ndarray, np.ndarray, list[float]]], train_seeds: int) -> dict[str, Any]:
     """One model for all, one model per task and (where the data has one) the planted grouping, scored."""
     data, n = prep.data, prep.data.n_tasks
     index = {t: i for i, t in enumerate(data.task_names)}
@@ -131,7 +134,7 @@ def evaluate(manifest: Manifest, out_dir: Path | None = None, progress: Progress
     data = prep.data
     names, n = data.task_names, data.n_tasks
     rows: dict[str, Any] = {}
-    trained: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
+    trained: dict[frozenset, tuple[np.ndarray, np.ndarray, list[float]]] = {}
     advice: dict[str, Any] = {}
     estimator_seconds: dict[str, float] = {}
     predictions = agreement_of(prep, manifest)  # θ*'s, the same for every estimator
@@ -185,8 +188,8 @@ def outcome_summary(rows: dict[str, Any], name: str, randoms: list[float],
            "recommendation": advice.get("recommendation") if advice else None}
     candidates = (advice or {}).get("candidates") or []
     if candidates and all("test_loss" in c for c in candidates):  # scored on test rows (score_candidates)
-        out["candidates"] = [{key: c[key] for key in ("k", "source", "predicted_val_loss", "fold_gains", "test_loss")
-                              if key in c} for c in candidates]
+        keys = ("k", "source", "predicted_val_loss", "fold_gains", "seed_sd", "test_loss", "seed_test_losses")
+        out["candidates"] = [{key: c[key] for key in keys if key in c} for c in candidates]
     if planted is not None and planted < together:
         out["gap_closed"] = (together - rec) / (together - planted)
     return out

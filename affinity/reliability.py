@@ -23,6 +23,7 @@ from affinity.manifest import GroupingSpec
 STABLE_ARI = 0.8  # mean resampling ARI from which groups are called stable
 RELIABLE_SPLIT_HALF = 0.3  # split-half correlation of T (Spearman–Brown) from which T is called informative
 BOOTSTRAPS = 5
+NOISY_SEED = 0.01  # spread of one training's loss over seeds (share of one model for all's) the verdict mentions
 
 
 def cluster_at(T: np.ndarray, k: Any, spec: GroupingSpec):
@@ -106,7 +107,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
             best_split: dict[str, Any] | None = None,
             control: dict[str, Any] | None = None, unheld: float | None = None,
             source: str | None = None, over_alone: dict[str, Any] | None = None,
-            alone: dict[str, Any] | None = None, unheld_of: int | None = None) -> tuple[str, str]:
+            alone: dict[str, Any] | None = None, unheld_of: int | None = None,
+            seed_sd: float | None = None) -> tuple[str, str]:
     """(recommendation, one plain sentence) for the chosen k.
 
     "no reliable structure" when the answer is one of the two trivial groupings (no split predicted to
@@ -120,7 +122,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     other seeds (T's reliability says nothing about them). ``alone``: the candidate one model per task (its
     ``predicted_gain`` and ``fold_gains``); where the answer is one model for all, the sentence says what it was
     predicted to gain and its standard error over the folds, so that a user reads when the rows could not tell the
-    two apart."""
+    two apart. ``seed_sd``: how far one training of the chosen split strays from seed to seed (``choice.seed_spread``),
+    said where it reaches NOISY_SEED: the predicted gain is a mean over trainings; a user who trains once gets one."""
     outputs = source == "outputs"
     informative = outputs or reliability is None or (reliability.get("spearman_brown") or 0.0) >= RELIABLE_SPLIT_HALF
     gain_text = f"predicted gain over one model for all {gain:+.1%}" if gain is not None else \
@@ -130,6 +133,8 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
     if gain is not None and in_sample is not None and abs(in_sample - gain) > 0.02:
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
+    if gain is not None and k != 1 and seed_sd is not None and seed_sd >= NOISY_SEED:
+        gain_text += f", ± {seed_sd:.1%} from one training seed to another"
     sizes_only = ""
     if control is not None and "instead_of" in control:
         # the best split did not beat random partitions of its sizes: what it gains is not about the tasks
@@ -180,5 +185,5 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
                       f"is not stable")
 
 
-__all__ = ["BOOTSTRAPS", "RELIABLE_SPLIT_HALF", "STABLE_ARI", "agreement_stability", "cluster_at", "pair_specific",
-           "split_half", "stability", "verdict"]
+__all__ = ["BOOTSTRAPS", "NOISY_SEED", "RELIABLE_SPLIT_HALF", "STABLE_ARI", "agreement_stability", "cluster_at",
+           "pair_specific", "split_half", "stability", "verdict"]

@@ -230,7 +230,8 @@ def memory_message(exc: BaseException, mb: float | None) -> str:
 
 
 def advice_summary(advice: dict[str, Any] | None) -> dict[str, Any]:
-    """The advice in a job record: verdict, recommendation, predicted gain, reliability."""
+    """The advice in a job record: verdict, recommendation, predicted gain, reliability (``seed_sd``: how far one
+    training of the recommended grouping strays from seed to seed, ``choice.seed_spread``)."""
     if not advice:
         return {}
     rel = advice.get("reliability") or {}
@@ -241,7 +242,8 @@ def advice_summary(advice: dict[str, Any] | None) -> dict[str, Any]:
             "reliability": {"split_half": (rel.get("split_half") or {}).get("spearman_brown"),
                             "stability_ari": (rel.get("stability") or {}).get("mean_ari"),
                             "vs_random_partitions": control.get("gain_over_random"),
-                            "best_split_vs_one_model_per_task": over_alone.get("gain_over_alone")}}
+                            "best_split_vs_one_model_per_task": over_alone.get("gain_over_alone"),
+                            "seed_sd": (advice.get("training_noise") or {}).get("gain_sd")}}
 
 
 def model_summary(result: Any) -> dict[str, Any]:

@@ -82,6 +82,11 @@ def test_verdict_texts():
     text = verdict(1, 8, 0.0, reliable, None, best_split=alone, alone=alone)[1]  # the best split is one per task
     assert text.endswith("; one model per task is predicted +0.4% (per fold -2.0% to +3.0%)")
     assert text.count("one model per task") == 1
+    # how far one training strays from seed to seed: said for a split where it reaches a point, not for together
+    assert verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95}, seed_sd=0.061)[1].endswith(
+        "+12.0%, ± 6.1% from one training seed to another")
+    assert "seed" not in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95}, seed_sd=0.004)[1]
+    assert "seed" not in verdict(1, 8, 0.0, reliable, None, best_split=best, seed_sd=0.05)[1]
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]
     assert unstable.startswith("no reliable structure") and "not stable" in unstable and "+12.0%" in unstable
 
@@ -95,6 +100,8 @@ def test_one_model_for_all_when_every_task_shares_one_teacher():
 
 
 def test_pooling_groups_are_recovered():
+    from api.jobproc import advice_summary
+
     # noiseless labels: the losses are near zero and a few confident mistakes per fold move the check's fold
     # gains by tens of percent, so 150 rows per task (at 100, seed 0 answered "together" with one training per
     # check fold: -5.8% in-sample)
@@ -120,6 +127,13 @@ def test_pooling_groups_are_recovered():
     control = advice["random_control"]
     assert control["passed"] and control["partitions"] == 5 and control["gain_over_random"] > 0
     assert "against random partitions of the same sizes" in advice["verdict"]
+    # 3 trainings per check fold: how far one training strays from seed to seed, for every candidate and the choice
+    noise = advice["training_noise"]
+    assert noise["seeds"] == 3 and 0 < noise["gain_sd"] < 0.5
+    assert all(c["seed_sd"] is not None and c["seed_sd"] >= 0 for c in advice["candidates"])
+    pick = next(c for c in advice["candidates"]
+                if c["k"] == result.grouping.k and c["source"] == advice["chosen_from"])
+    assert pick["seed_sd"] == noise["gain_sd"] == advice_summary(advice)["reliability"]["seed_sd"]
     # the check's two passes show as two stages, each pass of folds × seeds in order, and the job's overall progress
     # (the API's and the dashboard's figure) rises through both without going back, to the band's end (no artifacts
     # are written here)
@@ -150,6 +164,20 @@ def _scores(fold_totals):
 
     loss = np.asarray(fold_totals, dtype=float)[:, None]
     return FoldScores(loss, np.ones_like(loss))
+
+
+def test_seed_spread_is_one_trainings_spread_relative_to_one_model_for_all():
+    from affinity.choice import seed_spread
+    from affinity.group_check import FoldScores
+
+    # one task, 2 folds, 3 seeds: the grouping's fold losses per seed; one model for all's mean 2.0 on both folds
+    mine = np.array([[0.9, 1.8], [1.0, 2.0], [1.1, 2.2]])[:, :, None]
+    ref = np.array([[1.9, 2.0], [2.0, 2.0], [2.1, 2.0]])[:, :, None]
+    rows = np.ones((2, 1))
+    spread = seed_spread(FoldScores(mine.mean(0), rows, mine), FoldScores(ref.mean(0), rows, ref))
+    # per fold the seeds' sd over one model for all's 2.0: 0.1 / 2 and 0.2 / 2; pooled as the root mean variance
+    assert spread == pytest.approx(np.sqrt((0.05 ** 2 + 0.1 ** 2) / 2))
+    assert seed_spread(FoldScores(mine.mean(0), rows), FoldScores(ref.mean(0), rows)) is None  # one seed
 
 
 def test_a_split_one_fold_carries_is_not_advised():
@@ -336,3 +364,4 @@ def test_a_split_of_unrelated_tasks_gives_way_to_one_model_per_task():
     assert "the best split (5 groups) is predicted no better than one model per task" in advice["verdict"]
     summary = advice_summary(advice)  # the API's job record
     assert summary["reliability"]["best_split_vs_one_model_per_task"] == pytest.approx(record["gain_over_alone"])
+    assert advice["training_noise"] is None and summary["reliability"]["seed_sd"] is None  # one seed: no spread

@@ -84,6 +84,7 @@ def test_each_distinct_group_is_trained_once_per_fold_and_scored_like_a_direct_t
     groupings = {1: [[0, 1, 2, 3, 4, 5]], 2: [[0, 2, 4], [1, 3, 5]], 3: [[0, 2, 4], [1], [3, 5]]}
     scores = check_groupings(data, t, m, groupings)
     assert set(scores) == {1, 2, 3}
+    assert scores[2].by_seed is None and scores[2].seed_totals() is None  # one check seed: nothing more kept
     assert scores[2].loss.shape == (4, 6)
     # the group [0, 2, 4] is shared by k = 2 and k = 3: the same model, the same losses
     np.testing.assert_array_equal(scores[2].loss[:, [0, 2, 4]], scores[3].loss[:, [0, 2, 4]])
@@ -94,3 +95,22 @@ def test_each_distinct_group_is_trained_once_per_fold_and_scored_like_a_direct_t
     # the pooled task loss is the row-weighted mean over folds
     w = scores[2].rows
     np.testing.assert_allclose(scores[2].task_loss(), (scores[2].loss * w).sum(0) / w.sum(0))
+
+
+def test_each_check_seed_is_kept_and_their_mean_is_the_score():
+    m, data, t = _data()
+    m = m.model_copy(update={"grouping": m.grouping.model_copy(update={"check_seeds": 2, "folds": 2})})
+    groupings = {1: [[0, 1, 2, 3, 4, 5]], 2: [[0, 2, 4], [1, 3, 5]]}
+    scores = check_groupings(data, t, m, groupings)
+    seeds = scores[2].by_seed
+    assert seeds.shape == (2, 2, 6)
+    np.testing.assert_allclose(seeds.mean(axis=0), scores[2].loss, rtol=1e-6)
+    assert not np.allclose(seeds[0], seeds[1])  # two trainings, two initializations
+    # seed 1 of fold 0 is that seed's training of the grouping on fold 0's view
+    view = cv_folds(t, 2, m.grouping.seed, m.grouping.check_stop)[0]
+    second = m.model_copy(update={"training": m.training.model_copy(update={"seed": m.training.seed + 1})})
+    _, direct = train_groups(data, view, second, groupings[2])
+    np.testing.assert_allclose(seeds[1, 0], direct, rtol=1e-5)
+    # a fold's summed loss per seed, as total([f]) reads the mean's
+    totals = scores[2].seed_totals()
+    np.testing.assert_allclose(totals.mean(axis=0), [scores[2].total([f]) for f in range(2)], rtol=1e-6)

@@ -52,13 +52,18 @@ def test_one_model_per_task_against_min_gain_alone():
     folds = {1: [0.0] * 4, 3: [0.01] * 4, 6: [0.05, -0.03, 0.04, -0.02]}
     # held to min_gain (1.5%) and its standard error like any split: together
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone=None), n=6) == 1
-    # held to min_gain_alone (the default, 0.5%) and min_gain_se: 1% over folds from −3% to +5% is 0.49
-    # standard errors, short of the 0.55 that 0.5 reads as over 4 folds: together
+    # held to min_gain_alone (the default, 0.5%) and min_gain_alone_se (the default, 1): 1% over folds from −3% to
+    # +5% is 0.49 standard errors, short of the 1.19 that 1 reads as over 4 folds (and of min_gain_se's 0.55): together
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(), n=6) == 1
+    assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone_se=None), n=6) == 1
     # min_gain_alone_se 0: the mean above min_gain_alone decides: separately
     assert choose_k_from(totals, 10.0, folds, GroupingSpec(min_gain_alone_se=0), n=6) == 6
-    # the same 1% over steadier folds: separately; a split of 3 with the same gain is still held to min_gain
+    # the same 1% over steadier folds, 1.10 standard errors: clears min_gain_se's bar (0.55), not the default's (1.19)
     steady = {**folds, 6: [0.03, -0.01, 0.02, 0.0]}
+    assert choose_k_from(totals, 10.0, steady, GroupingSpec(min_gain_alone_se=None), n=6) == 6
+    assert choose_k_from(totals, 10.0, steady, GroupingSpec(), n=6) == 1
+    # steadier still (1.73 standard errors): separately; a split of 3 with the same gain is still held to min_gain
+    steady = {**folds, 6: [0.02, 0.0, 0.02, 0.0]}
     assert choose_k_from(totals, 10.0, steady, GroupingSpec(), n=6) == 6
     assert choose_k_from({1: 10.0, 3: 9.9}, 10.0, steady, GroupingSpec(min_gain_alone=0.005), n=6) == 1
     # not above min_gain_alone: together
@@ -129,6 +134,9 @@ def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
     assert cands[1]["test_loss"] == pytest.approx(s["one_model_for_all"])
     assert cands[6]["test_loss"] == pytest.approx(s["one_model_per_task"])
     assert any(c["test_loss"] == pytest.approx(s["test_loss"]) for c in s["candidates"] if c["k"] == s["k"])
+    # each training's summed test loss beside their mean (one training here), and the check's seed spread
+    assert all(c["seed_test_losses"] == [pytest.approx(c["test_loss"])] for c in s["candidates"])
+    assert all(c["seed_sd"] >= 0 for c in s["candidates"])  # 3 trainings per check fold (the default)
     row = {"dataset": "pooling", "seed": 0, "n_tasks": 6, **s}
     same = suite.replayed(row, GroupingSpec(min_gain_se=0, min_gain_alone=None))
     assert same["k"] == s["k"] and same["test_loss"] == pytest.approx(s["test_loss"])
