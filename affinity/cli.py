@@ -78,8 +78,8 @@ def print_summary(result, out: Optional[Path]) -> None:
             parts.append(f"groups' ARI against {stable.get('of', 'resamples')}: {stable['mean_ari']:.2f}")
         noise = advice.get("training_noise")
         if noise:  # the predicted gain is the mean over the check's seeds; one training is one draw
-            parts.append(f"one training's loss ± {noise['gain_sd']:.1%} of one model for all's from seed to seed "
-                         f"({noise['seeds']} seeds per check fold)")
+            parts.append(f"one training's loss on a check fold ± {noise['gain_sd']:.1%} of one model for all's from "
+                         f"seed to seed ({noise['seeds']} seeds per fold)")
         if parts:
             info.add_row("reliability", ", ".join(parts))
     truth = truth_report(data.task_names, g.labels, data.truth_groups)

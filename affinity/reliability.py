@@ -134,7 +134,7 @@ def verdict(k: int, n: int, gain: float | None, reliability: dict[str, Any] | No
         # the two readings disagree: say both, the user decides how much to trust the split
         gain_text += f" ({in_sample:+.1%} over all folds, where it was chosen)"
     if gain is not None and k != 1 and seed_sd is not None and seed_sd >= NOISY_SEED:
-        gain_text += f", ± {seed_sd:.1%} from one training seed to another"
+        gain_text += f", ± {seed_sd:.1%} on a check fold from one training seed to another"
     sizes_only = ""
     if control is not None and "instead_of" in control:
         # the best split did not beat random partitions of its sizes: what it gains is not about the tasks

@@ -84,7 +84,7 @@ def test_verdict_texts():
     assert text.count("one model per task") == 1
     # how far one training strays from seed to seed: said for a split where it reaches a point, not for together
     assert verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95}, seed_sd=0.061)[1].endswith(
-        "+12.0%, ± 6.1% from one training seed to another")
+        "+12.0%, ± 6.1% on a check fold from one training seed to another")
     assert "seed" not in verdict(3, 8, 0.12, reliable, {"mean_ari": 0.95}, seed_sd=0.004)[1]
     assert "seed" not in verdict(1, 8, 0.0, reliable, None, best_split=best, seed_sd=0.05)[1]
     unstable = verdict(3, 8, 0.12, reliable, {"mean_ari": 0.4})[1]

@@ -146,7 +146,7 @@ def test_dashboard_submit_watch_and_inspect_a_job(chromium, server, tmp_path):
         noise = record["advice"]["training_noise"]  # 3 trainings per check fold (the default)
         expect(page.get_by_test_id("job-advice")).to_contain_text("one training's spread from seed to seed")
         expect(page.get_by_test_id("job-advice")).to_contain_text(
-            f"± {100 * noise['gain_sd']:.1f}% of one model for all's loss (3 seeds per check fold)")
+            f"± {100 * noise['gain_sd']:.1f}% of one model for all's loss on a check fold (3 seeds per fold)")
         affinity = httpx.get(f"{base}/v1/jobs/{job_id}/affinity", headers=auth).json()
 
         n, cell, margin = (int(heatmap.get_attribute(f"data-{a}")) for a in ("tasks", "cell", "margin"))

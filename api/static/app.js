@@ -295,7 +295,7 @@ function renderAdvice(groups) {
         : a.random_control.instead_of !== undefined ? "no better: not advised" : "no better"})`
       : undefined],
     ["one training's spread from seed to seed", a.training_noise ? `± ${pct(a.training_noise.gain_sd)} of one model `
-      + `for all's loss (${a.training_noise.seeds} seeds per check fold)` : undefined],
+      + `for all's loss on a check fold (${a.training_noise.seeds} seeds per fold)` : undefined],
     ["best split against one model per task", a.split_over_alone ? `${a.split_over_alone.instead_of} groups: `
       + `${pct(a.split_over_alone.gain_over_alone)} ± ${pct(a.split_over_alone.se)} (no better: not advised)`
       : undefined],
