@@ -351,7 +351,9 @@ def test_a_split_of_unrelated_tasks_gives_way_to_one_model_per_task():
     from api.jobproc import advice_summary
 
     params = {"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 3}
-    once = {"check_seeds": 1}  # one training per check fold: the case where the agreement's split is eligible
+    # one training per check fold, one model per task held to min_gain_se's bar (0.5, not the default 1): the case
+    # where the agreement's split and one model per task are both eligible
+    once = {"check_seeds": 1, "min_gain_alone_se": 0.5}
     # the rule off: 5 groups of the output agreement, predicted to gain over one model for all
     off = job(params, grouping={**once, "split_vs_alone_se": 0.0}).advice
     assert off["recommendation"] == "groups" and off["k"] == 5 and off["split_over_alone"] is None

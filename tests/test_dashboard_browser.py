@@ -399,7 +399,7 @@ def test_dashboard_shows_why_a_split_gave_way_to_one_model_per_task(chromium, se
     auth = {"Authorization": f"Bearer {key}"}
     manifest = {"dataset": {"source": "synthetic",
                             "params": {"mechanism": "unrelated", "tasks": 10, "rows_per_task": 60, "seed": 3}},
-                "estimation": {"num_subsets": 80}, "grouping": {"check_seeds": 1}}
+                "estimation": {"num_subsets": 80}, "grouping": {"check_seeds": 1, "min_gain_alone_se": 0.5}}
     with _dashboard_page(chromium, tmp_path) as page:
         _sign_in(page, base, key)
         page.get_by_test_id("expert-toggle").click()
