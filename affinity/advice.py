@@ -209,6 +209,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     control: dict[str, Any] | None = None
     agreement_check: dict[str, Any] | None = None
     over_alone: dict[str, Any] | None = None
+    spreads: dict[Any, float | None] = {}  # each candidate's seed spread (``seed_spread``)
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
@@ -233,6 +234,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         else:
             scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
         predicted = {k: s.task_loss() for k, s in scores.items()}
+        spreads = {k: seed_spread(scores[k], scores[1]) for k in groupings}
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
@@ -241,7 +243,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
-                               "seed_sd": seed_spread(scores[k], scores[1]),
+                               "seed_sd": spreads[k],
                                "from_criterion": k == criterion_k})
         outputs = {kk for kk in groupings if source_of(kk, first, n) == "outputs"}
         k = choose(scores, groupings, spec, outputs=outputs)
@@ -304,7 +306,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     if over_alone is not None and k != n:  # overruled later (the choice's selection check): not the reason
         over_alone = None
     alone = next((c for c in splits if c["k"] == n), None)
-    noise = seed_spread(scores[k], scores[1]) if k in predicted else None
+    noise = spreads.get(k)
     recommendation, text = verdict(size_of(k), n, gain, reliability, stable, in_sample, spread, best_split, control, unheld,
                                    source=chosen_from, over_alone=over_alone, alone=alone,
                                    unheld_of=honest.get("instead_of") if honest is not None else None, seed_sd=noise)

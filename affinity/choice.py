@@ -150,8 +150,8 @@ def seed_spread(grouping: FoldScores, together: FoldScores) -> float | None:
     mine, ref = grouping.seed_totals(), together.seed_totals()
     if mine is None or ref is None or mine.shape[0] < 2:
         return None
-    scored = ref.mean(axis=0) > 0  # folds the grouping was scored on (crossfit halves leave the others out)
-    scored &= np.all(mine > 0, axis=0)
+    # folds both were scored on (a grouping checked on some folds only, ``check_groupings``' folds, sums to 0 elsewhere)
+    scored = (ref.mean(axis=0) > 0) & np.all(mine > 0, axis=0)
     if not scored.any():
         return None
     relative = mine[:, scored] / ref.mean(axis=0)[scored]

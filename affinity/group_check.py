@@ -103,7 +103,7 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     Returns ``(loss, rows, seeds)``: loss and rows ``(folds, len(groups), n_tasks)``, loss the mean over the
     check's seeds, NaN where the task is not in the group, has no scoring rows in the fold, or the group was not
     needed there; ``seeds[(f, g)]``: group g's members' losses on fold f from each seed, ``(seeds, len(g))``
-    (the group's members in the order of ``groups[g]``)."""
+    (the group's members in the order of ``groups[g]``; empty with one seed)."""
     spec = manifest.grouping
     views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
     n = data.n_tasks
@@ -132,7 +132,8 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
         for r, g in enumerate(todo):
             members = list(groups[g])
             loss[f, g, members] = scored[r, :len(members)]
-            by_seed[(f, g)] = np.stack([run[r, :len(members)] for run in runs])
+            if len(runs) > 1:
+                by_seed[(f, g)] = np.stack([run[r, :len(members)] for run in runs])
     loss = np.where(rows > 0, loss, np.nan)
     return loss, np.broadcast_to(rows, loss.shape), by_seed
 
@@ -159,23 +160,25 @@ def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
     for key, groups in groupings.items():
         per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)
         counts = np.zeros((loss.shape[0], data.n_tasks))
-        seeds = np.full((n_seeds, loss.shape[0], data.n_tasks), np.nan)
+        seeds = np.full((n_seeds, loss.shape[0], data.n_tasks), np.nan) if by_seed else None
         for g in groups:
             members = list(g)
             i = distinct[tuple(sorted(g))]
             per_fold[:, members] = loss[:, i, members]
             counts[:, members] = rows[:, i, members]
-            for f in range(loss.shape[0]):
+            for f in range(loss.shape[0] if seeds is not None else 0):
                 if (f, i) in by_seed:
                     seeds[:, f, list(keys[i])] = by_seed[(f, i)]
-        seeds = np.where(counts[None] > 0, seeds, np.nan)
-        out[key] = FoldScores(per_fold, counts, seeds if n_seeds > 1 else None)
+        if seeds is not None:  # NaN where a task has no scoring rows, as in ``loss``
+            seeds = np.where(counts[None] > 0, seeds, np.nan)
+        out[key] = FoldScores(per_fold, counts, seeds)
     return out
 
 
 class FoldScores:
     """One grouping's per-task losses on every fold's scoring rows (``loss``, ``rows``: folds × tasks; ``by_seed``:
-    seeds × folds × tasks, each check seed's losses where the check trained several; ``loss`` is their mean)."""
+    seeds × folds × tasks, each check seed's losses where the check trained several, NaN as in ``loss``; ``loss`` is
+    their mean)."""
 
     def __init__(self, loss: np.ndarray, rows: np.ndarray, by_seed: np.ndarray | None = None) -> None:
         self.loss, self.rows, self.by_seed = loss, rows, by_seed
@@ -196,8 +199,8 @@ class FoldScores:
         seed."""
         if self.by_seed is None:
             return None
-        # as ``total([f])``: a fold's per-task loss is already the mean over its scoring rows
-        return np.nansum(np.where(self.rows[None] > 0, self.by_seed, np.nan), axis=2)
+        # as ``total([f])``: a fold's per-task loss is already the mean over its scoring rows (NaN where it has none)
+        return np.nansum(self.by_seed, axis=2)
 
 
 __all__ = ["CHECK_STAGE", "CONTROL_STAGE", "FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]
