@@ -8,7 +8,7 @@ beat it by ``grouping.split_vs_alone_se`` standard errors (``without_split``: th
 overruled); works from the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the
 gain of choosing this way, read on folds the choice was not made on. ``random_control``: the chosen split
 against random partitions of its group sizes. ``seed_spread``: how far one training of a grouping strays from
-the check's mean over its seeds.
+the check's mean over its seeds; ``model_spread``: the same with the check fold's few rows' part taken out.
 """
 
 from __future__ import annotations
@@ -158,6 +158,31 @@ def seed_spread(grouping: FoldScores, together: FoldScores) -> float | None:
     return float(np.sqrt(np.mean(relative.var(axis=0, ddof=1))))
 
 
+def model_spread(grouping: FoldScores, together: FoldScores) -> float | None:
+    """``seed_spread`` without the part the fold's few rows add: what a test set of many rows would show.
+
+    One training's loss on a fold strays from the seeds' mean for two reasons: the model is better or worse on the
+    whole (what any test set shows) and it happens to be better or worse on the fold's particular rows (noise that
+    shrinks as rows grow: a fold holds a few rows per task, the user's test set many). The first is shared by all of
+    the fold's rows and the second is not, so from each row's share of the fold's loss per seed (``FoldScores.by_row``)
+    the models' part is the covariance between rows: the variance of the fold's sum less the sum of the rows' own
+    variances, scaled by n / (n - 1) for n rows. Relative to one model for all's fold loss and pooled over the folds as
+    in ``seed_spread``; a pooled estimate below zero reads 0. None without per-row losses (one check seed)."""
+    if grouping.by_row is None or together.by_row is None:
+        return None
+    parts = []
+    for f, R in enumerate(grouping.by_row):
+        ref = together.by_row[f]
+        if R is None or ref is None or R.shape[0] < 2 or R.shape[1] < 2:
+            continue
+        n = R.shape[1]
+        between = (R.sum(axis=1).var(ddof=1) - R.var(axis=0, ddof=1).sum()) * n / (n - 1)
+        parts.append(between / ref.sum(axis=1).mean() ** 2)
+    if not parts:
+        return None
+    return float(np.sqrt(max(float(np.mean(parts)), 0.0)))
+
+
 def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec,
                    outputs: Collection[Any] = ()) -> dict[str, Any]:
     """The gain over one model for all that choosing k this way buys, free of the winner's curse.
@@ -210,5 +235,5 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
                            "over one model for all"}
 
 
-__all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "seed_spread",
-           "selection_gain", "size_of", "split_over_alone", "standard_error", "without_split"]
+__all__ = ["choose", "choose_k_from", "fold_gains", "model_spread", "random_control", "random_partitions", "se_bar",
+           "seed_spread", "selection_gain", "size_of", "split_over_alone", "standard_error", "without_split"]

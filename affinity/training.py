@@ -114,6 +114,19 @@ def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batc
     return sums / counts.clamp_min(1)
 
 
+@torch.no_grad()
+def row_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """Each row's share of the summed per-task mean loss over ``mask``: Σ_t loss(row, t) · mask / rows of t, for every
+    row (zero where the mask has none), so the rows' values sum to ``evaluate_losses(...).sum()``."""
+    out_rows = torch.zeros(mask.shape[0], dtype=torch.float64, device=data.X.device)
+    counts = mask.sum(dim=0).to(torch.float64).clamp_min(1)
+    rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+    for r, out in eval_batches(model, data.X, rows, batch):
+        loss = pointwise_loss(out, data.Y[r], data.binary)
+        out_rows[r] = ((loss * mask[r]).to(torch.float64) / counts).sum(dim=1)
+    return out_rows
+
+
 def train_model(
     model: nn.Module,
     data: TensorData,

@@ -180,6 +180,39 @@ def test_seed_spread_is_one_trainings_spread_relative_to_one_model_for_all():
     assert seed_spread(FoldScores(mine.mean(0), rows), FoldScores(ref.mean(0), rows)) is None  # one seed
 
 
+def test_model_spread_takes_the_folds_row_noise_out():
+    from affinity.choice import model_spread, seed_spread
+    from affinity.group_check import FoldScores
+
+    # 10 folds of 400 rows, 3 seeds: each seed's model is better or worse on every row alike (sd 0.03 of the fold's
+    # loss; one model for all's is 1.0) and strays on each row on its own (sd 0.0025 per row: 0.05 on the fold's sum)
+    n, folds, seeds = 400, 10, 3
+    ref_rows = [np.full((seeds, n), 1.0 / n) for _ in range(folds)]
+    ref_totals = np.stack([r.sum(1) for r in ref_rows], axis=1)[:, :, None]
+    rows = np.ones((folds, 1))
+
+    def job(rng, shared_sd):
+        mine_rows = [0.9 / n + rng.normal(0, shared_sd, size=(seeds, 1)) / n + rng.normal(0, 0.0025, size=(seeds, n))
+                     for _ in range(folds)]
+        totals = np.stack([r.sum(1) for r in mine_rows], axis=1)[:, :, None]
+        mine = FoldScores(totals.mean(0), rows, totals, mine_rows)
+        ref = FoldScores(ref_totals.mean(0), rows, ref_totals, ref_rows)
+        return seed_spread(mine, ref), model_spread(mine, ref), FoldScores(totals.mean(0), rows, totals)
+
+    rng = np.random.default_rng(0)
+    jobs = [job(rng, 0.03) for _ in range(100)]
+    raw, models = np.array([j[0] for j in jobs]), np.array([j[1] for j in jobs])
+    # on the fold both parts show, sqrt(0.05² + 0.03²) = 0.058; the models' part alone is 0.03 (3 seeds a job: rough
+    # one job at a time, right on the whole: its variance is unbiased, the 0 floor and the square root bend it a little)
+    assert np.median(raw) == pytest.approx(0.058, rel=0.1)
+    assert np.sqrt(np.mean(models ** 2)) == pytest.approx(0.03, rel=0.25)
+    assert (models >= 0).all() and np.mean(models < raw) > 0.95
+    # without a shared part it reads 0 in most jobs (a few read up to ~0.04: 3 seeds are few)
+    flat = np.array([job(rng, 0.0)[1] for _ in range(100)])
+    assert np.median(flat) < 0.005 and np.sqrt(np.mean(flat ** 2)) < 0.02
+    assert model_spread(jobs[0][2], FoldScores(ref_totals.mean(0), rows, ref_totals)) is None  # no per-row losses
+
+
 def test_a_split_one_fold_carries_is_not_advised():
     from affinity.choice import choose
 
