@@ -380,9 +380,9 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
     for kk in outputs:
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
         seeds = None if parts[0].by_seed is None else np.stack([p.by_seed[:, f] for f, p in enumerate(parts)], axis=1)
-        by_row = None if parts[0].by_row is None else [p.by_row[f] for f, p in enumerate(parts)]
+        noise = None if parts[0].row_noise is None else np.array([p.row_noise[f] for f, p in enumerate(parts)])
         out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
-                             np.stack([p.rows[f] for f, p in enumerate(parts)]), seeds, by_row)
+                             np.stack([p.rows[f] for f, p in enumerate(parts)]), seeds, noise)
     record = {"mode": spec.agreement_crossfit, "folds": len(per_fold),
               "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
               "description": "the output agreement's groupings scored on each fold with the groups of the base model "

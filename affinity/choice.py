@@ -161,26 +161,19 @@ def seed_spread(grouping: FoldScores, together: FoldScores) -> float | None:
 def model_spread(grouping: FoldScores, together: FoldScores) -> float | None:
     """``seed_spread`` without the part the fold's few rows add: what a test set of many rows would show.
 
-    One training's loss on a fold strays from the seeds' mean for two reasons: the model is better or worse on the
-    whole (what any test set shows) and it happens to be better or worse on the fold's particular rows (noise that
-    shrinks as rows grow: a fold holds a few rows per task, the user's test set many). The first is shared by all of
-    the fold's rows and the second is not, so from each row's share of the fold's loss per seed (``FoldScores.by_row``)
-    the models' part is the covariance between rows: the variance of the fold's sum less the sum of the rows' own
-    variances, scaled by n / (n - 1) for n rows. Relative to one model for all's fold loss and pooled over the folds as
-    in ``seed_spread``; a pooled estimate below zero reads 0. None without per-row losses (one check seed)."""
-    if grouping.by_row is None or together.by_row is None:
+    On each fold, the seeds' variance of the grouping's summed loss less its rows' part (``FoldScores.row_noise``,
+    ``group_check.cell_noise``: the variance that does not show as covariance between a task's rows), relative to one
+    model for all's mean loss there squared; pooled over the folds as in ``seed_spread`` (a pooled variance below zero
+    reads 0). Three seeds per fold make this rough for one grouping: it is a variance difference estimated from a
+    few draws. None without the rows' part (one check seed)."""
+    mine, ref = grouping.seed_totals(), together.seed_totals()
+    if mine is None or ref is None or grouping.row_noise is None or mine.shape[0] < 2:
         return None
-    parts = []
-    for f, R in enumerate(grouping.by_row):
-        ref = together.by_row[f]
-        if R is None or ref is None or R.shape[0] < 2 or R.shape[1] < 2:
-            continue
-        n = R.shape[1]
-        between = (R.sum(axis=1).var(ddof=1) - R.var(axis=0, ddof=1).sum()) * n / (n - 1)
-        parts.append(between / ref.sum(axis=1).mean() ** 2)
-    if not parts:
+    scored = (ref.mean(axis=0) > 0) & np.all(mine > 0, axis=0) & np.isfinite(grouping.row_noise)
+    if not scored.any():
         return None
-    return float(np.sqrt(max(float(np.mean(parts)), 0.0)))
+    models = (mine[:, scored].var(axis=0, ddof=1) - grouping.row_noise[scored]) / ref.mean(axis=0)[scored] ** 2
+    return float(np.sqrt(max(float(np.mean(models)), 0.0)))
 
 
 def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec,

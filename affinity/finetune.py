@@ -22,7 +22,7 @@ from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
-from affinity.training import TensorData, evaluate_losses, row_losses, train_model
+from affinity.training import TensorData, cell_losses, evaluate_losses, train_model
 
 
 def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0.999), eps=1e-8) -> None:
@@ -46,16 +46,16 @@ def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0
 def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
                      batch_subsets: int = 16, progress: Progress | None = None,
                      backend: Backend | None = None, stage: str = "exact fine-tuning",
-                     return_test: bool = False, return_rows: bool = False
-                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     return_test: bool = False, return_cells: bool = False
+                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Validation loss of every task of every subset after really training ``model`` on the subset.
 
     ``model`` is θ* (fine-tuning: the exact estimator) or a fresh initialization (training from
     scratch: the scratch estimator, group models). Returns ``(len(subsets), max size)`` with NaN
     padding; with ``return_test`` also the held-out test losses of the same (best-validation)
-    states; with ``return_rows`` (implies ``return_test``) also each test row's share of every subset's summed
-    test loss (``training.row_losses``), ``(len(subsets), test rows)`` over the rows with any test cell, in
-    row order. Batches of ``batch_subsets`` subsets
+    states; with ``return_cells`` (implies ``return_test``) also, per subset, each of its test cells' share of its
+    summed test loss (``training.cell_losses``: cells of the subset's tasks, row-major). Batches of ``batch_subsets``
+    subsets
     are shards (:func:`finetune_shard`) run on the backend. Models with buffers (per-task
     normalization statistics), and any ``spec.mtl_method`` other than equal weighting, are
     fine-tuned one subset at a time with ``train_model`` inside their shard.
@@ -67,7 +67,7 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     progress = progress or Progress()
     progress.start(stage, len(subsets))
     chunks = [subsets[a:a + batch_subsets] for a in range(0, len(subsets), batch_subsets)]
-    with_test = "rows" if return_rows else return_test
+    with_test = "cells" if return_cells else return_test
     if backend.name == "local":
         shared = (model, data, spec, None, with_test)
     else:
@@ -75,12 +75,12 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     results = backend.map(finetune_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
     for chunk, result in zip(chunks, results):
-        losses = result[0] if return_rows else result
+        losses = result[0] if return_cells else result
         out[:, start:start + len(chunk), :losses.shape[2]] = losses
         start += len(chunk)
     progress.finish()
-    if return_rows:
-        return out[0], out[1], np.concatenate([r[1] for r in results], axis=0)
+    if return_cells:
+        return out[0], out[1], [cells for r in results for cells in r[1]]
     return (out[0], out[1]) if return_test else out[0]
 
 
@@ -92,8 +92,8 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     Returns ``(2, len(chunk), max size)``: [0] validation, [1] held-out test (NaN-padded; NaN
     where a task has no test rows, and everywhere without ``with_test``: the estimators read validation
     losses only, and a transformer's pass over the test rows costs about what its training does).
-    ``with_test`` "rows": also each test row's share of every subset's summed test loss, ``(len(chunk), test
-    rows)`` (the rows with any test cell, in order), returned beside the losses as a pair.
+    ``with_test`` "cells": also, per subset, its test cells' shares of its summed test loss (``training.cell_losses``),
+    a list beside the losses.
     ``model`` is left as it came. ``device`` "auto" moves model and data to this node's GPU when present.
     """
     if device == "auto" and torch.cuda.is_available():
@@ -102,8 +102,7 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     out = np.full((2, len(chunk), size), np.nan)
     base_state = copy.deepcopy(model.state_dict())
     has_test = bool(with_test) and bool(data.test.any())
-    test_rows = torch.nonzero(data.test.any(dim=1)).squeeze(1)
-    per_row = np.zeros((len(chunk), len(test_rows)))
+    cells: list[np.ndarray] = [np.zeros(0) for _ in chunk]
     if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
         for i, s in enumerate(chunk):
             model.load_state_dict(base_state)
@@ -114,14 +113,14 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
                 mask[:, list(s)] = data.test[:, list(s)]
                 test = evaluate_losses(model, data, mask).cpu().numpy()[list(s)]
                 out[1, i, :len(s)] = np.where(data.test[:, list(s)].any(0).cpu().numpy(), test, np.nan)
-                if with_test == "rows":
-                    per_row[i] = row_losses(model, data, mask)[test_rows].cpu().numpy()
+                if with_test == "cells":
+                    cells[i] = cell_losses(model, data, data.test, list(s))
             if progress is not None:
                 progress.advance()
                 progress.check_cancelled()
         model.load_state_dict(base_state)
-        return (out, per_row) if with_test == "rows" else out
-    losses, test_losses, rows = _finetune_chunk(model, data, chunk, spec, has_test, with_test == "rows")
+        return (out, cells) if with_test == "cells" else out
+    losses, test_losses, chunk_cells = _finetune_chunk(model, data, chunk, spec, has_test, with_test == "cells")
     for b, s in enumerate(chunk):
         out[0, b, :len(s)] = losses[b, list(s)]
         out[1, b, :len(s)] = test_losses[b, list(s)]
@@ -129,14 +128,14 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     if progress is not None:
         progress.advance(len(chunk))
         progress.check_cancelled()
-    if with_test == "rows":
-        return out, (rows[:, test_rows.cpu().numpy()] if rows is not None else per_row)
+    if with_test == "cells":
+        return out, chunk_cells if chunk_cells is not None else cells
     return out
 
 
 def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
-                    with_test: bool = True, with_rows: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                    with_test: bool = True, with_cells: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     device = data.X.device
     n_copies, n_tasks = len(subsets), data.Y.shape[1]
     sel = torch.zeros(n_copies, n_tasks, dtype=torch.bool, device=device)
@@ -163,9 +162,9 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
     copy_grads = vmap(grad(copy_loss), randomness="different")
 
     def val_scores(p, sel_now: torch.Tensor, split: torch.Tensor | None = None,
-                   rows_out: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-task mean loss of every copy over ``split`` (validation by default); ``rows_out`` (copies, rows), if
-        given, receives each row's share of the copy's summed loss over its own tasks (``training.row_losses``)."""
+                   cells_out: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """Per-task mean loss of every copy over ``split`` (validation by default); ``cells_out`` (a list per copy),
+        if given, receives each copy's cells of its own tasks: loss / rows of the task (``training.cell_losses``)."""
         split = data.val if split is None else split
         per_task = torch.zeros(sel_now.shape[0], n_tasks, dtype=torch.float64, device=device)
         counts = split.sum(0).clamp_min(1).to(torch.float64)
@@ -178,8 +177,10 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
                 out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
                 loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * split[r]
                 per_task += loss.sum(1).to(torch.float64)
-                if rows_out is not None:
-                    rows_out[:, r] = (loss.to(torch.float64) * sel_now[:, None, :] / counts).sum(2)
+                if cells_out is not None:
+                    share = loss.to(torch.float64) / counts
+                    for b, tasks in enumerate(subsets):
+                        cells_out[b].append(share[b][:, list(tasks)][split[r][:, list(tasks)]])
             base.train()
         per_task /= counts
         return per_task
@@ -244,11 +245,13 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
     final_task[ids] = best_task
     model.eval()
     test = np.full(final_task.shape, np.nan)
-    rows_out = torch.zeros(n_copies, data.X.shape[0], dtype=torch.float64, device=device) if with_rows else None
+    cells: list[list[torch.Tensor]] | None = [[] for _ in subsets] if with_cells else None
     if with_test and bool(data.test.any()):
-        test = val_scores(final_params, full_sel, data.test, rows_out).cpu().numpy()
+        test = val_scores(final_params, full_sel, data.test, cells).cpu().numpy()
         test[:, ~data.test.any(0).cpu().numpy()] = np.nan
-    return final_task.cpu().numpy(), test, None if rows_out is None else rows_out.cpu().numpy()
+    if cells is not None:
+        cells = [torch.cat(c).cpu().numpy() if c else np.zeros(0) for c in cells]
+    return final_task.cpu().numpy(), test, cells
 
 
 def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:

