@@ -56,8 +56,8 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from affinity import agreement
-from affinity.choice import (choose, fold_gains, model_spread, random_control, random_partitions, seed_spread,
-                             selection_gain, size_of, split_over_alone, without_split)
+from affinity.choice import (choose, fold_gains, random_control, random_partitions, seed_spread, selection_gain,
+                             size_of, split_over_alone, without_split)
 from affinity.compute.base import Backend
 from affinity.crossfit import Reestimate, crossfit_scores
 from affinity.data.table import SplitTable
@@ -210,7 +210,6 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
     agreement_check: dict[str, Any] | None = None
     over_alone: dict[str, Any] | None = None
     spreads: dict[Any, float | None] = {}  # each candidate's seed spread (``seed_spread``)
-    model_spreads: dict[Any, float | None] = {}  # and its models' part (``model_spread``)
     if spec.selection == "outcome":
         partitions = {k: [list(m) for m in g.groups] for k, g in groupings.items()}
         partitions.setdefault(1, [list(range(n))])
@@ -236,7 +235,6 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
             scores = check_groupings(data, tensors, manifest, partitions, progress, backend)
         predicted = {k: s.task_loss() for k, s in scores.items()}
         spreads = {k: seed_spread(scores[k], scores[1]) for k in groupings}
-        model_spreads = {k: model_spread(scores[k], scores[1]) for k in groupings}
         reference = float(predicted[1].sum())
         for k, g in groupings.items():
             total = float(predicted[k].sum())
@@ -245,7 +243,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
                                "groups": [[data.task_names[i] for i in m] for m in g.groups],
                                "predicted_val_loss": total, "predicted_gain": (reference - total) / reference,
                                "fold_gains": fold_gains(scores[k], scores[1]),
-                               "seed_sd": spreads[k], "seed_sd_model": model_spreads[k],
+                               "seed_sd": spreads[k],
                                "from_criterion": k == criterion_k})
         outputs = {kk for kk in groupings if source_of(kk, first, n) == "outputs"}
         k = choose(scores, groupings, spec, outputs=outputs)
@@ -332,12 +330,10 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "crossfit": crossfit,
         "random_control": control,
         "training_noise": None if noise is None else {
-            "seeds": spec.check_seeds, "gain_sd": noise, "gain_sd_model": model_spreads.get(k),
+            "seeds": spec.check_seeds, "gain_sd": noise,
             "description": "how far one training of the recommended grouping strays from seed to seed: the standard "
                            "deviation over the check's seeds of its loss on a fold, relative to one model for all's "
-                           "(pooled over the folds); gain_sd_model: the same without the part the fold's few rows "
-                           "add, what a test set of many rows would show; the predicted gain is the mean over the "
-                           "seeds"},
+                           "(pooled over the folds); the predicted gain is the mean over the seeds"},
         "split_over_alone": over_alone,
         "agreement_check": agreement_check,
         "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone,
@@ -380,9 +376,8 @@ def agreement_fold_scores(data: SplitTable, tensors: TensorData, manifest: Manif
     for kk in outputs:
         parts = [scored[("fold", kk, f)] for f in range(len(per_fold))]
         seeds = None if parts[0].by_seed is None else np.stack([p.by_seed[:, f] for f, p in enumerate(parts)], axis=1)
-        noise = None if parts[0].row_noise is None else np.array([p.row_noise[f] for f, p in enumerate(parts)])
         out[kk] = FoldScores(np.stack([p.loss[f] for f, p in enumerate(parts)]),
-                             np.stack([p.rows[f] for f, p in enumerate(parts)]), seeds, noise)
+                             np.stack([p.rows[f] for f, p in enumerate(parts)]), seeds)
     record = {"mode": spec.agreement_crossfit, "folds": len(per_fold),
               "fold_ari": {k: float(np.mean(v)) for k, v in ari.items()},
               "description": "the output agreement's groupings scored on each fold with the groups of the base model "

@@ -8,7 +8,7 @@ beat it by ``grouping.split_vs_alone_se`` standard errors (``without_split``: th
 overruled); works from the numbers a ``groups.json`` records, so a rule can be replayed. ``selection_gain``: the
 gain of choosing this way, read on folds the choice was not made on. ``random_control``: the chosen split
 against random partitions of its group sizes. ``seed_spread``: how far one training of a grouping strays from
-the check's mean over its seeds; ``model_spread``: the same with the check fold's few rows' part taken out.
+the check's mean over its seeds.
 """
 
 from __future__ import annotations
@@ -158,24 +158,6 @@ def seed_spread(grouping: FoldScores, together: FoldScores) -> float | None:
     return float(np.sqrt(np.mean(relative.var(axis=0, ddof=1))))
 
 
-def model_spread(grouping: FoldScores, together: FoldScores) -> float | None:
-    """``seed_spread`` without the part the fold's few rows add: what a test set of many rows would show.
-
-    On each fold, the seeds' variance of the grouping's summed loss less its rows' part (``FoldScores.row_noise``,
-    ``group_check.cell_noise``: the variance that does not show as covariance between a task's rows), relative to one
-    model for all's mean loss there squared; pooled over the folds as in ``seed_spread`` (a pooled variance below zero
-    reads 0). Three seeds per fold make this rough for one grouping: it is a variance difference estimated from a
-    few draws. None without the rows' part (one check seed)."""
-    mine, ref = grouping.seed_totals(), together.seed_totals()
-    if mine is None or ref is None or grouping.row_noise is None or mine.shape[0] < 2:
-        return None
-    scored = (ref.mean(axis=0) > 0) & np.all(mine > 0, axis=0) & np.isfinite(grouping.row_noise)
-    if not scored.any():
-        return None
-    models = (mine[:, scored].var(axis=0, ddof=1) - grouping.row_noise[scored]) / ref.mean(axis=0)[scored] ** 2
-    return float(np.sqrt(max(float(np.mean(models)), 0.0)))
-
-
 def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spec: GroupingSpec,
                    outputs: Collection[Any] = ()) -> dict[str, Any]:
     """The gain over one model for all that choosing k this way buys, free of the winner's curse.
@@ -228,5 +210,5 @@ def random_control(chosen: FoldScores, together: FoldScores, randoms: list[FoldS
                            "over one model for all"}
 
 
-__all__ = ["choose", "choose_k_from", "fold_gains", "model_spread", "random_control", "random_partitions", "se_bar",
-           "seed_spread", "selection_gain", "size_of", "split_over_alone", "standard_error", "without_split"]
+__all__ = ["choose", "choose_k_from", "fold_gains", "random_control", "random_partitions", "se_bar", "seed_spread",
+           "selection_gain", "size_of", "split_over_alone", "standard_error", "without_split"]

@@ -86,9 +86,7 @@ def crossfit_scores(data: SplitTable, tensors: TensorData, manifest: Manifest, k
         rows = np.concatenate([scores[(1, k)].rows[:first], scores[(0, k)].rows[first:]])
         seeds = None if scores[(1, k)].by_seed is None else \
             np.concatenate([scores[(1, k)].by_seed[:, :first], scores[(0, k)].by_seed[:, first:]], axis=1)
-        noise = None if scores[(1, k)].row_noise is None else \
-            np.concatenate([scores[(1, k)].row_noise[:first], scores[(0, k)].row_noise[first:]])
-        out[k] = FoldScores(loss, rows, seeds, noise)
+        out[k] = FoldScores(loss, rows, seeds)
     return {k: out[k] for k in sorted(out) if k in ks or k == 1}, built
 
 

@@ -22,7 +22,7 @@ from affinity.compute.base import Backend, LocalBackend, shard_batch
 from affinity.losses import masked_task_means, pointwise_loss
 from affinity.manifest import TrainingSpec
 from affinity.progress import Progress
-from affinity.training import TensorData, cell_losses, evaluate_losses, train_model
+from affinity.training import TensorData, evaluate_losses, train_model
 
 
 def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0.999), eps=1e-8) -> None:
@@ -46,16 +46,13 @@ def _adam_update(params, grads, state, active, spec: TrainingSpec, betas=(0.9, 0
 def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
                      batch_subsets: int = 16, progress: Progress | None = None,
                      backend: Backend | None = None, stage: str = "exact fine-tuning",
-                     return_test: bool = False, return_cells: bool = False
-                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+                     return_test: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Validation loss of every task of every subset after really training ``model`` on the subset.
 
     ``model`` is θ* (fine-tuning: the exact estimator) or a fresh initialization (training from
     scratch: the scratch estimator, group models). Returns ``(len(subsets), max size)`` with NaN
     padding; with ``return_test`` also the held-out test losses of the same (best-validation)
-    states; with ``return_cells`` (implies ``return_test``) also, per subset, each of its test cells' share of its
-    summed test loss (``training.cell_losses``: cells of the subset's tasks, row-major). Batches of ``batch_subsets``
-    subsets
+    states. Batches of ``batch_subsets`` subsets
     are shards (:func:`finetune_shard`) run on the backend. Models with buffers (per-task
     normalization statistics), and any ``spec.mtl_method`` other than equal weighting, are
     fine-tuned one subset at a time with ``train_model`` inside their shard.
@@ -67,33 +64,26 @@ def finetune_subsets(model: nn.Module, data: TensorData, subsets: list[tuple[int
     progress = progress or Progress()
     progress.start(stage, len(subsets))
     chunks = [subsets[a:a + batch_subsets] for a in range(0, len(subsets), batch_subsets)]
-    with_test = "cells" if return_cells else return_test
     if backend.name == "local":
-        shared = (model, data, spec, None, with_test)
+        shared = (model, data, spec, None, return_test)
     else:
-        shared = (copy.deepcopy(model).cpu(), data.to("cpu"), spec, "auto", with_test)
+        shared = (copy.deepcopy(model).cpu(), data.to("cpu"), spec, "auto", return_test)
     results = backend.map(finetune_shard, shared, chunks, progress, amounts=[len(c) for c in chunks], gpu=True)
     start = 0
-    for chunk, result in zip(chunks, results):
-        losses = result[0] if return_cells else result
+    for chunk, losses in zip(chunks, results):
         out[:, start:start + len(chunk), :losses.shape[2]] = losses
         start += len(chunk)
     progress.finish()
-    if return_cells:
-        return out[0], out[1], [cells for r in results for cells in r[1]]
     return (out[0], out[1]) if return_test else out[0]
 
 
-def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None,
-                   with_test: bool | str, chunk: list[tuple[int, ...]], progress: Progress | None = None
-                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, device: str | None, with_test: bool,
+                   chunk: list[tuple[int, ...]], progress: Progress | None = None) -> np.ndarray:
     """Per subset of ``chunk``, its tasks' validation and (``with_test``) test losses after training ``model`` on it.
 
     Returns ``(2, len(chunk), max size)``: [0] validation, [1] held-out test (NaN-padded; NaN
     where a task has no test rows, and everywhere without ``with_test``: the estimators read validation
     losses only, and a transformer's pass over the test rows costs about what its training does).
-    ``with_test`` "cells": also, per subset, its test cells' shares of its summed test loss (``training.cell_losses``),
-    a list beside the losses.
     ``model`` is left as it came. ``device`` "auto" moves model and data to this node's GPU when present.
     """
     if device == "auto" and torch.cuda.is_available():
@@ -101,8 +91,7 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     size = max(len(s) for s in chunk)
     out = np.full((2, len(chunk), size), np.nan)
     base_state = copy.deepcopy(model.state_dict())
-    has_test = bool(with_test) and bool(data.test.any())
-    cells: list[np.ndarray] = [np.zeros(0) for _ in chunk]
+    has_test = with_test and bool(data.test.any())
     if spec.mtl_method != "equal" or any(True for _ in model.buffers()):
         for i, s in enumerate(chunk):
             model.load_state_dict(base_state)
@@ -113,14 +102,12 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
                 mask[:, list(s)] = data.test[:, list(s)]
                 test = evaluate_losses(model, data, mask).cpu().numpy()[list(s)]
                 out[1, i, :len(s)] = np.where(data.test[:, list(s)].any(0).cpu().numpy(), test, np.nan)
-                if with_test == "cells":
-                    cells[i] = cell_losses(model, data, data.test, list(s))
             if progress is not None:
                 progress.advance()
                 progress.check_cancelled()
         model.load_state_dict(base_state)
-        return (out, cells) if with_test == "cells" else out
-    losses, test_losses, chunk_cells = _finetune_chunk(model, data, chunk, spec, has_test, with_test == "cells")
+        return out
+    losses, test_losses = _finetune_chunk(model, data, chunk, spec, has_test)
     for b, s in enumerate(chunk):
         out[0, b, :len(s)] = losses[b, list(s)]
         out[1, b, :len(s)] = test_losses[b, list(s)]
@@ -128,14 +115,11 @@ def finetune_shard(model: nn.Module, data: TensorData, spec: TrainingSpec, devic
     if progress is not None:
         progress.advance(len(chunk))
         progress.check_cancelled()
-    if with_test == "cells":
-        return out, chunk_cells if chunk_cells is not None else cells
     return out
 
 
-def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec,
-                    with_test: bool = True, with_cells: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]],
+                    spec: TrainingSpec, with_test: bool = True) -> tuple[np.ndarray, np.ndarray]:
     device = data.X.device
     n_copies, n_tasks = len(subsets), data.Y.shape[1]
     sel = torch.zeros(n_copies, n_tasks, dtype=torch.bool, device=device)
@@ -161,13 +145,9 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
 
     copy_grads = vmap(grad(copy_loss), randomness="different")
 
-    def val_scores(p, sel_now: torch.Tensor, split: torch.Tensor | None = None,
-                   cells_out: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-        """Per-task mean loss of every copy over ``split`` (validation by default); ``cells_out`` (a list per copy),
-        if given, receives each copy's cells of its own tasks: loss / rows of the task (``training.cell_losses``)."""
+    def val_scores(p, sel_now: torch.Tensor, split: torch.Tensor | None = None) -> torch.Tensor:
         split = data.val if split is None else split
         per_task = torch.zeros(sel_now.shape[0], n_tasks, dtype=torch.float64, device=device)
-        counts = split.sum(0).clamp_min(1).to(torch.float64)
         with torch.no_grad():
             base.eval()
             val_rows = torch.nonzero((split & sel_now.any(0)).any(dim=1)).squeeze(1)
@@ -177,12 +157,8 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
                 out = vmap(lambda q: functional_call(base, q, (data.X[r],)))(p)  # (copies, rows, tasks)
                 loss = pointwise_loss(out, data.Y[r].expand_as(out), data.binary) * split[r]
                 per_task += loss.sum(1).to(torch.float64)
-                if cells_out is not None:
-                    share = loss.to(torch.float64) / counts
-                    for b, tasks in enumerate(subsets):
-                        cells_out[b].append(share[b][:, list(tasks)][split[r][:, list(tasks)]])
             base.train()
-        per_task /= counts
+        per_task /= split.sum(0).clamp_min(1).to(torch.float64)
         return per_task
 
     def view(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -245,13 +221,10 @@ def _finetune_chunk(model: nn.Module, data: TensorData, subsets: list[tuple[int,
     final_task[ids] = best_task
     model.eval()
     test = np.full(final_task.shape, np.nan)
-    cells: list[list[torch.Tensor]] | None = [[] for _ in subsets] if with_cells else None
     if with_test and bool(data.test.any()):
-        test = val_scores(final_params, full_sel, data.test, cells).cpu().numpy()
+        test = val_scores(final_params, full_sel, data.test).cpu().numpy()
         test[:, ~data.test.any(0).cpu().numpy()] = np.nan
-    if cells is not None:
-        cells = [torch.cat(c).cpu().numpy() if c else np.zeros(0) for c in cells]
-    return final_task.cpu().numpy(), test, cells
+    return final_task.cpu().numpy(), test
 
 
 def sequential_finetune(model: nn.Module, data: TensorData, subsets: list[tuple[int, ...]], spec: TrainingSpec) -> np.ndarray:

@@ -27,10 +27,8 @@ A group that appears in several candidate groupings (one model for all, one per 
 groups at neighbouring k share many) is trained once per fold: every fold's distinct groups are
 stacked into one ``finetune_subsets`` call. With ``grouping.check_seeds`` > 1 every fold's models
 are trained once per seed (initialization and batch order) and their per-task losses averaged: the
-same folds, less of one training's luck; each seed's losses are kept as well (``FoldScores.by_seed``), and how much
-of their spread the fold's few rows make (``FoldScores.row_noise``, ``cell_noise``), so the advice can say how far
-one training's gain strays from seed to seed, on a fold and on a test set of many rows (``choice.seed_spread``,
-``choice.model_spread``).
+same folds, less of one training's luck; each seed's losses are kept as well (``FoldScores.by_seed``), so the
+advice can say how far one training's gain strays from seed to seed (``choice.seed_spread``).
 """
 
 from __future__ import annotations
@@ -98,16 +96,14 @@ def stop_folds(tensors: TensorData, folds: int, stop: str) -> int:
 def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest, groups: list[tuple[int, ...]],
                       progress: Progress | None = None, backend: Backend | None = None,
                       needed: list[set[int]] | None = None, label: str = CHECK_STAGE
-                      ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], np.ndarray],
-                                 dict[tuple[int, int], float]]:
+                      ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], np.ndarray]]:
     """Every group's model on every fold (or on the folds ``needed[g]`` names for group g): per-task losses
     on the fold's scoring rows and their counts.
 
-    Returns ``(loss, rows, seeds, noise)``: loss and rows ``(folds, len(groups), n_tasks)``, loss the mean over
-    the check's seeds, NaN where the task is not in the group, has no scoring rows in the fold, or the group was not
+    Returns ``(loss, rows, seeds)``: loss and rows ``(folds, len(groups), n_tasks)``, loss the mean over the
+    check's seeds, NaN where the task is not in the group, has no scoring rows in the fold, or the group was not
     needed there; ``seeds[(f, g)]``: group g's members' losses on fold f from each seed, ``(seeds, len(g))``
-    (the group's members in the order of ``groups[g]``); ``noise[(f, g)]``: the part of the seeds' variance of
-    group g's summed loss on fold f that the fold's few rows make (``cell_noise``). Both empty with one seed."""
+    (the group's members in the order of ``groups[g]``; empty with one seed)."""
     spec = manifest.grouping
     views = cv_folds(tensors, spec.folds, spec.seed, spec.check_stop)
     n = data.n_tasks
@@ -117,7 +113,6 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
     seeds = [manifest.training.seed + s for s in range(spec.check_seeds)]
     by_seed: dict[tuple[int, int], np.ndarray] = {}
-    noise: dict[tuple[int, int], float] = {}
     for f, view in enumerate(views):
         todo = [g for g in order if needed is None or f in needed[g]]
         rows[f, 0] = view.test.sum(0).cpu().numpy()
@@ -127,41 +122,20 @@ def group_fold_losses(data: SplitTable, tensors: TensorData, manifest: Manifest,
         for i, seed in enumerate(seeds):
             fresh = make_model(manifest.model, data, seed).to(tensors.X.device)
             stage = f"{label} {f * len(seeds) + i + 1}/{len(views) * len(seeds)}: fold {f + 1}"
-            _, scored, *cells = finetune_subsets(fresh, view, [groups[g] for g in todo],
-                                                 manifest.training.model_copy(update={"seed": seed}),
-                                                 manifest.estimation.exact_batch, progress, backend,
-                                                 stage=stage + (f", seed {seed}" if len(seeds) > 1 else ""),
-                                                 return_test=True, return_cells=len(seeds) > 1)
-            runs.append((scored, *cells))
-        scored = np.mean([run[0] for run in runs], axis=0)
+            _, scored = finetune_subsets(fresh, view, [groups[g] for g in todo],
+                                         manifest.training.model_copy(update={"seed": seed}),
+                                         manifest.estimation.exact_batch, progress, backend,
+                                         stage=stage + (f", seed {seed}" if len(seeds) > 1 else ""),
+                                         return_test=True)
+            runs.append(scored)
+        scored = np.mean(runs, axis=0)
         for r, g in enumerate(todo):
             members = list(groups[g])
             loss[f, g, members] = scored[r, :len(members)]
             if len(runs) > 1:
-                by_seed[(f, g)] = np.stack([run[0][r, :len(members)] for run in runs])
-                task_of = torch.nonzero(view.test[:, members])[:, 1].cpu().numpy()  # the cells' order (row-major)
-                noise[(f, g)] = cell_noise(np.stack([run[1][r] for run in runs]), task_of)
+                by_seed[(f, g)] = np.stack([run[r, :len(members)] for run in runs])
     loss = np.where(rows > 0, loss, np.nan)
-    return loss, np.broadcast_to(rows, loss.shape), by_seed, noise
-
-
-def cell_noise(cells: np.ndarray, task_of: np.ndarray) -> float:
-    """How much of the seeds' variance of a model's summed loss on a fold the fold's few rows make.
-
-    ``cells``: (seeds, cells) each scored cell's share of the summed loss (loss / the task's rows in the fold) from
-    each seed; ``task_of``: each cell's task. One training strays from the seeds' mean on a task in two ways: on the
-    whole task (what any test set shows) and on the fold's particular rows (noise that shrinks as rows grow). Within a
-    task the rows are exchangeable, so of a task's n cells the first shows as covariance between cells and the second
-    does not: the rows' part of the variance of the task's sum is (n · Σ cell variances − variance of the sum) /
-    (n − 1); a task with one cell counts as rows' noise alone. Summed over tasks (rows that several tasks label share
-    a row's luck between them, which this leaves to the models' part)."""
-    out = 0.0
-    for t in np.unique(task_of):
-        x = cells[:, task_of == t]
-        n = x.shape[1]
-        each = float(x.var(axis=0, ddof=1).sum())
-        out += each if n < 2 else (n * each - float(x.sum(axis=1).var(ddof=1))) / (n - 1)
-    return out
+    return loss, np.broadcast_to(rows, loss.shape), by_seed
 
 
 def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
@@ -180,17 +154,13 @@ def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
                 needed.append(set())
             needed[i] |= set(folds[key]) if folds and key in folds else every
     keys = list(distinct)
-    loss, rows, by_seed, noise = group_fold_losses(data, tensors, manifest, keys, progress, backend, needed, label)
+    loss, rows, by_seed = group_fold_losses(data, tensors, manifest, keys, progress, backend, needed, label)
     n_seeds = manifest.grouping.check_seeds
     out = {}
     for key, groups in groupings.items():
         per_fold = np.full((loss.shape[0], data.n_tasks), np.nan)
         counts = np.zeros((loss.shape[0], data.n_tasks))
         seeds = np.full((n_seeds, loss.shape[0], data.n_tasks), np.nan) if by_seed else None
-        # the rows' part of the seeds' variance on each fold: the groups' models add theirs (NaN where one is missing)
-        row_noise = None if not noise else \
-            np.array([sum(noise.get((f, distinct[tuple(sorted(g))]), np.nan) for g in groups)
-                      for f in range(loss.shape[0])])
         for g in groups:
             members = list(g)
             i = distinct[tuple(sorted(g))]
@@ -201,19 +171,17 @@ def check_groupings(data: SplitTable, tensors: TensorData, manifest: Manifest,
                     seeds[:, f, list(keys[i])] = by_seed[(f, i)]
         if seeds is not None:  # NaN where a task has no scoring rows, as in ``loss``
             seeds = np.where(counts[None] > 0, seeds, np.nan)
-        out[key] = FoldScores(per_fold, counts, seeds, row_noise)
+        out[key] = FoldScores(per_fold, counts, seeds)
     return out
 
 
 class FoldScores:
     """One grouping's per-task losses on every fold's scoring rows (``loss``, ``rows``: folds × tasks; ``by_seed``:
     seeds × folds × tasks, each check seed's losses where the check trained several, NaN as in ``loss``; ``loss`` is
-    their mean; ``row_noise``: per fold, the part of the seeds' variance of the grouping's summed loss there that the
-    fold's few rows make (``cell_noise``; NaN where not scored; None with one seed))."""
+    their mean)."""
 
-    def __init__(self, loss: np.ndarray, rows: np.ndarray, by_seed: np.ndarray | None = None,
-                 row_noise: np.ndarray | None = None) -> None:
-        self.loss, self.rows, self.by_seed, self.row_noise = loss, rows, by_seed, row_noise
+    def __init__(self, loss: np.ndarray, rows: np.ndarray, by_seed: np.ndarray | None = None) -> None:
+        self.loss, self.rows, self.by_seed = loss, rows, by_seed
 
     def task_loss(self, folds: list[int] | None = None) -> np.ndarray:
         """Each task's loss over the scoring rows of ``folds`` (all by default): the row-weighted mean."""
@@ -235,5 +203,4 @@ class FoldScores:
         return np.nansum(self.by_seed, axis=2)
 
 
-__all__ = ["CHECK_STAGE", "CONTROL_STAGE", "FoldScores", "cell_noise", "check_groupings", "cv_folds",
-           "group_fold_losses"]
+__all__ = ["CHECK_STAGE", "CONTROL_STAGE", "FoldScores", "check_groupings", "cv_folds", "group_fold_losses"]

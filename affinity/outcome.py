@@ -188,8 +188,7 @@ def outcome_summary(rows: dict[str, Any], name: str, randoms: list[float],
            "recommendation": advice.get("recommendation") if advice else None}
     candidates = (advice or {}).get("candidates") or []
     if candidates and all("test_loss" in c for c in candidates):  # scored on test rows (score_candidates)
-        keys = ("k", "source", "predicted_val_loss", "fold_gains", "seed_sd", "seed_sd_model", "test_loss",
-                "seed_test_losses")
+        keys = ("k", "source", "predicted_val_loss", "fold_gains", "seed_sd", "test_loss", "seed_test_losses")
         out["candidates"] = [{key: c[key] for key in keys if key in c} for c in candidates]
     if planted is not None and planted < together:
         out["gap_closed"] = (together - rec) / (together - planted)

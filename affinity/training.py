@@ -114,22 +114,6 @@ def evaluate_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, batc
     return sums / counts.clamp_min(1)
 
 
-@torch.no_grad()
-def cell_losses(model: nn.Module, data: TensorData, mask: torch.Tensor, tasks: list[int],
-                batch: int = 8192) -> np.ndarray:
-    """Each cell of ``mask[:, tasks]``'s share of the summed per-task mean loss over it: loss(row, t) / rows of t, in
-    row-major order of those cells (rows ascending, ``tasks`` in the order given), so they sum to
-    ``evaluate_losses(...)[tasks].sum()``."""
-    sub = mask[:, tasks]
-    counts = sub.sum(dim=0).to(torch.float64).clamp_min(1)
-    rows = torch.nonzero(sub.any(dim=1)).squeeze(1)
-    parts = []
-    for r, out in eval_batches(model, data.X, rows, batch):
-        loss = pointwise_loss(out, data.Y[r], data.binary)[:, tasks].to(torch.float64) / counts
-        parts.append(loss[sub[r]])
-    return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
-
-
 def train_model(
     model: nn.Module,
     data: TensorData,

@@ -181,13 +181,12 @@ def rechecked(row: dict[str, Any], runs: list[Path], overrides: dict[str, Any],
 
     advice, m, scores, _ = recheck(recorded_evaluation(row, runs), row["dataset"], row["seed"], overrides)
     cands = advice["candidates"]
-    if save is not None:  # every candidate's per-fold task losses (and rows' noise), for rules that need more
+    if save is not None:  # every candidate's per-fold task losses, for choice rules that need more than totals
         save.mkdir(parents=True, exist_ok=True)
         name = {key: "_".join(map(str, key)) if isinstance(key, tuple) else str(key) for key in scores}
         np.savez(save / f"{row['dataset']}_{row['seed']}_scores.npz",
                  **{f"loss_{name[k]}": s.loss for k, s in scores.items()},
-                 **{f"rows_{name[k]}": s.rows for k, s in scores.items()},
-                 **{f"rownoise_{name[k]}": s.row_noise for k, s in scores.items() if s.row_noise is not None})
+                 **{f"rows_{name[k]}": s.rows for k, s in scores.items()})
     ref = scores[1].total()
     row = {**row, "candidates": [{**c, "predicted_val_loss": scores[key].total(),
                                   "fold_gains": fold_gains(scores[key], scores[1])} for key, c in keyed(cands).items()]}

@@ -180,57 +180,6 @@ def test_seed_spread_is_one_trainings_spread_relative_to_one_model_for_all():
     assert seed_spread(FoldScores(mine.mean(0), rows), FoldScores(ref.mean(0), rows)) is None  # one seed
 
 
-def test_model_spread_takes_the_folds_row_noise_out():
-    from affinity.choice import model_spread, seed_spread
-    from affinity.group_check import FoldScores, cell_noise
-
-    # 10 folds, 4 tasks of 100 rows each per fold, 3 seeds. Each seed's model is better or worse on a task as a whole
-    # (sd 0.015 of the task's mean loss, its own draw per task: sd 0.03 on the fold's sum) and strays on each row on
-    # its own (sd 0.25 per row: 0.025 on a task's mean, 0.05 on the sum). One model for all: 1.0 on every fold.
-    folds, tasks, n, seeds = 10, 4, 100, 3
-    task_of = np.repeat(np.arange(tasks), n)
-    ref_totals = np.ones((seeds, folds, 1))
-    rows = np.ones((folds, 1))
-
-    def job(rng, task_sd):
-        totals, noise = np.zeros((seeds, folds, 1)), np.zeros(folds)
-        for f in range(folds):
-            whole = rng.normal(0, task_sd, size=(seeds, tasks))[:, task_of]
-            cells = (0.225 + whole + rng.normal(0, 0.25, size=(seeds, tasks * n))) / n  # loss / the task's rows
-            totals[:, f, 0], noise[f] = cells.sum(1), cell_noise(cells, task_of)
-        mine = FoldScores(totals.mean(0), rows, totals, noise)
-        ref = FoldScores(ref_totals.mean(0), rows, ref_totals, np.zeros(folds))
-        return seed_spread(mine, ref), model_spread(mine, ref), FoldScores(totals.mean(0), rows, totals)
-
-    rng = np.random.default_rng(0)
-    jobs = [job(rng, 0.015) for _ in range(100)]
-    raw, models = np.array([j[0] for j in jobs]), np.array([j[1] for j in jobs])
-    # on the fold both parts show, sqrt(0.05² + 0.03²) = 0.058; the models' part alone is 0.03 (3 seeds a fold: rough
-    # one job at a time, right on the whole: its variance is unbiased; the 0 floor and the square root bend it a little)
-    assert np.median(raw) == pytest.approx(0.058, rel=0.1)
-    assert np.sqrt(np.mean(models ** 2)) == pytest.approx(0.03, rel=0.2)
-    assert (models >= 0).all() and np.mean(models < raw) > 0.95
-    # without a shared part it reads 0 in most jobs (a few read up to ~0.04: 3 seeds are few)
-    flat = np.array([job(rng, 0.0)[1] for _ in range(100)])
-    assert np.median(flat) < 0.01 and np.sqrt(np.mean(flat ** 2)) < 0.02
-    assert model_spread(jobs[0][2], FoldScores(ref_totals.mean(0), rows, ref_totals)) is None  # no rows' part
-
-
-def test_cell_noise_is_the_rows_part_of_the_seeds_variance():
-    from affinity.group_check import cell_noise
-
-    # two tasks: the seeds shift a whole task (no rows' noise) or only single cells (all rows' noise)
-    shift = np.array([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0], [-0.1, -0.1, -0.1]])
-    assert cell_noise(shift, np.zeros(3, dtype=int)) == pytest.approx(0.0, abs=1e-12)
-    single = np.array([[0.1, 0.0, -0.1], [0.0, 0.1, 0.0], [-0.1, -0.1, 0.1]])
-    lone = np.array([[0.1], [0.0], [-0.1]])
-    # a task with one cell is rows' noise alone; a second task adds its own part
-    assert cell_noise(lone, np.zeros(1, dtype=int)) == pytest.approx(0.01)
-    both = cell_noise(np.hstack([shift, lone]), np.array([0, 0, 0, 1]))
-    assert both == pytest.approx(0.01)
-    assert cell_noise(single, np.zeros(3, dtype=int)) > 0
-
-
 def test_a_split_one_fold_carries_is_not_advised():
     from affinity.choice import choose
 

@@ -114,7 +114,3 @@ def test_each_check_seed_is_kept_and_their_mean_is_the_score():
     # a fold's summed loss per seed, as total([f]) reads the mean's
     totals = scores[2].seed_totals()
     np.testing.assert_allclose(totals.mean(axis=0), [scores[2].total([f]) for f in range(2)], rtol=1e-6)
-    # the rows' part of the seeds' variance, per fold: a grouping's groups add theirs
-    for key in groupings:
-        assert scores[key].row_noise.shape == (2,) and np.isfinite(scores[key].row_noise).all()
-    assert scores[1].row_noise.sum() != scores[2].row_noise.sum()
