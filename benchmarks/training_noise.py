@@ -60,10 +60,12 @@ def main() -> None:
     for k in keys:
         v = np.array([g[k] for g in gains])
         runs = " ".join(f"{x:+7.1%}" for x in v)
-        print(f"  {label(k, cands):>12} {runs}   mean {v.mean():+6.1%}  sd {v.std(ddof=1):5.1%}")
+        spread = f"  sd {v.std(ddof=1):5.1%}" if len(v) > 1 else ""  # one run: its gains alone
+        print(f"  {label(k, cands):>12} {runs}   mean {v.mean():+6.1%}{spread}")
     splits = [k for k in keys if k not in (1, "planted")]
-    sd = np.median([np.std([g[k] for g in gains], ddof=1) for k in splits])
-    print(f"median over the {len(splits)} splits of the sd of their gain: {sd:.1%}")
+    if len(gains) > 1:
+        sd = np.median([np.std([g[k] for g in gains], ddof=1) for k in splits])
+        print(f"median over the {len(splits)} splits of the sd of their gain: {sd:.1%}")
     for (i, a), (j, b) in itertools.combinations(enumerate(gains), 2):
         rho = spearmanr([a[k] for k in splits], [b[k] for k in splits])[0]
         print(f"rank correlation of the {len(splits)} splits' gains, training seeds {seeds[i]} and {seeds[j]}: "
