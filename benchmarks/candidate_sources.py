@@ -1,15 +1,18 @@
 """How well each source of candidate groupings sees the planted groups, before any check.
 
 For every generated dataset with planted groups (the outcome suite's rows, same split: 20% of the rows held out
-and never read), the base model θ* is trained as the job trains it, and four task × task matrices are computed:
+and never read), the base model θ* is trained as the job trains it, and task × task matrices are computed:
 the default estimator's affinity (scratch, pairwise regression) and Grad-TAG's, each without task effects (the
 pair-specific part the candidates cluster), the cosine of the tasks' mean gradients (gradient_cosine), and θ*'s
-output agreement (affinity/agreement.py: correlation of its predictions over the training and validation rows).
+output agreement (affinity/agreement.py: correlation of its predictions over the training and validation rows);
+and two mixtures: "T + agreement" (the job's estimator's pair-specific T and the agreement, each as ranks,
+averaged) and "agreement mean of 3" (the agreement of θ* and of the two base models retrained from other seeds,
+averaged: the matrix ``grouping.agreement_consensus: mean`` clusters).
 Printed per row and averaged per dataset: the pair AUC (same planted group vs not, over task pairs) and the
 adjusted Rand index of the matrix's groups at the planted number of groups (solver.cluster, as the candidates
 are made), and the seconds of each source. ``text`` is the built-in text job's manifest (MiniLM with LoRA) on
-the suite's rows; ``--sources`` computes some of the four only (the scratch T of a text seed trains 100
-transformers: minutes per seed).
+the suite's rows; ``--sources`` names the sources to compute (by default the four single ones; the scratch T of
+a text seed trains 100 transformers: minutes per seed).
 
     OMP_NUM_THREADS=1 python benchmarks/candidate_sources.py --seeds 3 4 5 6 7
     HF_HUB_OFFLINE=1 python benchmarks/candidate_sources.py --datasets text --seeds 0 1 2 3 4 5 6 \
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outcome import manifest_for  # noqa: E402
 
-from affinity.agreement import output_agreement  # noqa: E402
+from affinity.agreement import correlation, output_agreement, retrained_predictions  # noqa: E402
 from affinity.estimators import ESTIMATORS  # noqa: E402
 from affinity.outcome import held_out  # noqa: E402
 from affinity.pipeline import context, prepare  # noqa: E402
@@ -41,11 +44,33 @@ from solver import cluster  # noqa: E402
 
 DATASETS = ["planted", "pooling", "conflict", "mixed", "regression", "shared_rows", "text"]
 TABLES = DATASETS[:-1]
-SOURCES = ["scratch T", "grad_tag T", "gradient cosine", "output agreement"]
+SOURCES = ["scratch T", "grad_tag T", "gradient cosine", "output agreement", "T + agreement",
+           "agreement mean of 3"]
 MATRICES = {"scratch T": lambda prep, ctx: pair_specific(ESTIMATORS["scratch"](ctx).matrix),
             "grad_tag T": lambda prep, ctx: pair_specific(ESTIMATORS["grad_tag"](ctx).matrix),
             "gradient cosine": lambda prep, ctx: ESTIMATORS["gradient_cosine"](ctx).matrix,
             "output agreement": lambda prep, ctx: output_agreement(prep.model, prep.tensors)}
+
+
+def ranks(M: np.ndarray) -> np.ndarray:
+    """The symmetric matrix with its off-diagonal entries replaced by their ranks scaled to [0, 1] (diagonal 1)."""
+    upper = np.triu_indices(len(M), 1)
+    r = np.argsort(np.argsort(M[upper])) / max(len(upper[0]) - 1, 1)
+    R = np.eye(len(M))
+    R[upper] = r
+    return R + np.triu(R, 1).T
+
+
+def combined(prep, ctx, method: str) -> np.ndarray:
+    """The job's estimator's pair-specific T and the output agreement, each as ranks, averaged."""
+    return (ranks(pair_specific(ESTIMATORS[method](ctx).matrix)) + ranks(output_agreement(prep.model, prep.tensors))) / 2
+
+
+def agreement_mean(prep, manifest, progress) -> np.ndarray:
+    """What ``grouping.agreement_consensus: mean`` clusters: θ*'s agreement averaged with those of the two base
+    models the stability check retrains (training seeds s + 1, s + 2)."""
+    outputs = retrained_predictions(prep.data, prep.tensors, manifest, progress)
+    return (output_agreement(prep.model, prep.tensors) + sum(correlation(O) for O in outputs)) / (1 + len(outputs))
 
 
 def pair_auc(M: np.ndarray, labels: np.ndarray) -> float:
@@ -65,7 +90,12 @@ def row(name: str, seed: int, sources: list[str]) -> dict[str, tuple[float, floa
     out = {}
     for source in sources:
         t0 = time.perf_counter()
-        M = MATRICES[source](prep, ctx)
+        if source == "T + agreement":
+            M = combined(prep, ctx, m.estimation.method)
+        elif source == "agreement mean of 3":
+            M = agreement_mean(prep, m, progress)
+        else:
+            M = MATRICES[source](prep, ctx)
         out[source] = (pair_auc(M, truth), float(adjusted_rand_score(truth, cluster(M, len(prep.data.truth_groups),
                                                                                      seed=0).labels)),
                        time.perf_counter() - t0)
@@ -77,7 +107,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7])
     parser.add_argument("--datasets", nargs="+", default=TABLES, choices=DATASETS,
                         help="default: the generated tables (text only when named)")
-    parser.add_argument("--sources", nargs="+", default=SOURCES, choices=SOURCES)
+    parser.add_argument("--sources", nargs="+", default=SOURCES[:4], choices=SOURCES,
+                        help="default: the four single sources (the mixtures only when named)")
     args = parser.parse_args()
     sources = [s for s in SOURCES if s in args.sources]
     print("dataset      seed  " + "  ".join(f"{s:>28}" for s in sources) + "   (pair AUC, ARI at planted k, seconds)")
