@@ -63,7 +63,8 @@ def ranks(M: np.ndarray) -> np.ndarray:
 
 def combined(prep, ctx, method: str) -> np.ndarray:
     """The job's estimator's pair-specific T and the output agreement, each as ranks, averaged."""
-    return (ranks(pair_specific(ESTIMATORS[method](ctx).matrix)) + ranks(output_agreement(prep.model, prep.tensors))) / 2
+    T = pair_specific(ESTIMATORS[method](ctx).matrix)
+    return (ranks(T) + ranks(output_agreement(prep.model, prep.tensors))) / 2
 
 
 def agreement_mean(prep, manifest, progress) -> np.ndarray:
