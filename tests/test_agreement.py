@@ -325,6 +325,32 @@ def test_consensus_candidates_are_the_meet_of_every_base_models_groups():
     assert any(sorted(map(sorted, g.groups))[:2] == [[0, 1, 2], [3, 4]] for g in meets.values())
 
 
+def test_mean_consensus_clusters_the_averaged_agreement_and_outvotes_one_models_luck():
+    from affinity.advice import agreement_candidates, candidate_groupings
+    from affinity.agreement import correlation
+    from affinity.manifest import GroupingSpec
+
+    spec = GroupingSpec(k="auto", agreement_consensus="mean")
+    outputs = [_outputs(s) for s in (0, 1, 2)]
+    # θ*'s predictions: tasks 3–4 read as unrelated and 5–6 as a pair (one initialization's luck)
+    rng = np.random.default_rng(9)
+    lucky = outputs[0].copy()
+    lucky[:, 4] = rng.normal(size=len(lucky))
+    lucky[:, 6] = lucky[:, 5] + 0.3 * rng.normal(size=len(lucky))
+    got, criterion = agreement_candidates(lucky, lambda: outputs[1:], spec)
+    averaged = np.mean([correlation(O) for O in [lucky, *outputs[1:]]], axis=0)
+    want, want_criterion = candidate_groupings(averaged, spec, specific=False)
+    assert criterion == want_criterion
+    assert {k: g.groups for k, g in got.items()} == {k: g.groups for k, g in want.items()}
+    # θ*'s agreement alone pairs 5 with 6 at k = 3; the average of three models keeps 3–4 and leaves 5–6 apart
+    alone = candidate_groupings(correlation(lucky), spec, specific=False)[0]
+    assert any({5, 6} <= set(m) for m in alone[3].groups)
+    assert sorted(map(sorted, got[3].groups))[:2] == [[0, 1, 2], [3, 4]]
+    # without retrained models the mode falls back to θ*'s agreement
+    off = agreement_candidates(lucky, None, spec)[0]
+    assert {k: g.groups for k, g in off.items()} == {k: g.groups for k, g in alone.items()}
+
+
 def test_the_job_takes_the_agreements_consensus():
     raw = {"dataset": {"source": "synthetic",
                        "params": {"mechanism": "pooling", "tasks": 9, "groups": 3, "rows_per_task": 80, "seed": 2}},
