@@ -251,7 +251,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         honest = selection_gain(scores, groupings, spec, outputs)
         gain = honest["gain"] if k != 1 else 0.0
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
-        if free and k != 1 and honest["gain"] <= 0:
+        if free and k != 1 and honest["gain"] <= spec.selection_min_gain:
             # choosing this way does not gain on folds the choice was not made on: the split's gain where it
             # was chosen is those folds' luck. As after the random control: one model per task if that pays (it is
             # no choice of which tasks go together), else one model for all
@@ -338,7 +338,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         "agreement_check": agreement_check,
         "min_gain": spec.min_gain, "min_gain_alone": spec.min_gain_alone,
         "min_gain_alone_se": spec.alone_se(),
-        "split_vs_alone_se": spec.split_vs_alone_se,
+        "split_vs_alone_se": spec.split_vs_alone_se, "selection_min_gain": spec.selection_min_gain,
         "tolerance": spec.tolerance,
         "seconds": time.perf_counter() - t0,
         "description": ("predicted_val_loss: summed validation loss of one model per group trained from scratch on "

@@ -578,6 +578,14 @@ class GroupingSpec(_Section):
             "(random_control) is held to the same bar."
         ),
     )
+    selection_min_gain: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description=(
+            "outcome: the selection check (for every fold, k chosen on the other folds and its gain read on that "
+            "fold) must show more than this share of one model for all's loss, else the split gives way to one "
+            "model per task if that pays, else one model for all. 0: any gain above none (the default)."
+        ),
+    )
     min_gain_alone: float | None = Field(
         0.005, ge=0.0, lt=1.0,
         description=(

@@ -117,6 +117,9 @@ def test_replay_overrules_a_choice_that_loses_on_the_folds_it_was_not_made_on():
     # steady folds: the split stands
     row["candidates"][1]["fold_gains"] = [0.06, 0.04, 0.05, 0.05]
     assert suite.replayed(row, GroupingSpec())["k"] == 2
+    # ... unless the selection's gain (5% here) must exceed grouping.selection_min_gain
+    assert suite.replayed(row, GroupingSpec(selection_min_gain=0.04))["k"] == 2
+    assert suite.replayed(row, GroupingSpec(selection_min_gain=0.06))["k"] == 1
 
 
 def test_candidates_scored_on_test_rows_and_replayed(tmp_path):
