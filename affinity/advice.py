@@ -251,7 +251,7 @@ def advise(T: np.ndarray, estimate: AffinityEstimate, data: SplitTable, tensors:
         honest = selection_gain(scores, groupings, spec, outputs)
         gain = honest["gain"] if k != 1 else 0.0
         free = 1 in groupings  # k may be overruled (a fixed k or range without 1 is the user's: reported only)
-        if free and k != 1 and honest["gain"] <= spec.selection_min_gain:
+        if free and k != 1 and not honest["holds"]:
             # choosing this way does not gain on folds the choice was not made on: the split's gain where it
             # was chosen is those folds' luck. As after the random control: one model per task if that pays (it is
             # no choice of which tasks go together), else one model for all

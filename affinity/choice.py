@@ -164,7 +164,8 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
 
     The lowest of several noisy predicted losses is optimistic. So, for every fold, k is chosen on
     the other folds' scores alone and its gain read on that fold (the gain of the selection, as
-    cross-validation measures it); the predicted gain is the mean over folds."""
+    cross-validation measures it); the predicted gain is the mean over folds. ``holds``: it is above
+    ``grouping.selection_min_gain`` (else the split gained only on the folds it was chosen on)."""
     n_folds = next(iter(scores.values())).loss.shape[0]
     out = []
     for f in range(n_folds):
@@ -173,8 +174,10 @@ def selection_gain(scores: dict[int, FoldScores], groupings: dict[int, Any], spe
         ref = scores[1].total([f])
         out.append({"k": size_of(k), **({"source": k[1]} if isinstance(k, tuple) else {}),
                     "gain": (ref - scores[k].total([f])) / ref})
-    return {"folds": out, "gain": float(np.mean([f["gain"] for f in out])),
-            "description": "for every fold, k chosen on the other folds, its gain read on that fold"}
+    gain = float(np.mean([f["gain"] for f in out]))
+    return {"folds": out, "gain": gain, "holds": gain > spec.selection_min_gain,
+            "description": "for every fold, k chosen on the other folds, its gain read on that fold; holds: the gain "
+                           "is above grouping.selection_min_gain"}
 
 
 def random_partitions(groups: list[list[int]], n: int, count: int, seed: int) -> list[list[list[int]]]:

@@ -144,7 +144,7 @@ def replayed(row: dict[str, Any], spec: GroupingSpec, selection: bool = True) ->
         # each fold's total loss relative to one model for all's, spread over the n tasks (choose reads n there)
         scores = {kk: FoldScores(np.repeat((1.0 - np.asarray(g, dtype=float))[:, None] / n, n, axis=1),
                                  np.ones((folds, n))) for kk, g in per_fold.items()}
-        if selection_gain(scores, cands, spec, outputs)["gain"] <= spec.selection_min_gain:
+        if not selection_gain(scores, cands, spec, outputs)["holds"]:
             k = choose_k_from({kk: totals[kk] for kk in (1, n) if kk in totals and kk != k}, reference, per_fold,
                               spec, n=n, outputs=outputs)
     rec, together, alone = cands[k]["test_loss"], row["one_model_for_all"], row["one_model_per_task"]

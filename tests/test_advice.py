@@ -370,12 +370,14 @@ def test_a_split_of_unrelated_tasks_gives_way_to_one_model_per_task():
 
 
 def test_a_split_whose_selection_gain_is_below_selection_min_gain_gives_way():
-    # pooling groups the check splits on (the test above); held to a selection gain of 90% the split gives way
+    # pooling groups the check splits on (test_pooling_groups_are_recovered); held to a selection gain of 90% the
+    # split gives way
     result = job({"mechanism": "pooling", "tasks": 12, "groups": 3, "rows_per_task": 150, "noise": 0.0, "seed": 0},
                  grouping={"selection_min_gain": 0.9, "check_seeds": 1, "folds": 5, "random_control": 0})
     advice = result.advice
     check = advice["selection_check"]
     assert 1 < check["instead_of"] < 12 and 0 < check["gain"] < 0.9
+    assert not check["holds"]
     assert advice["recommendation"] in ("together", "separately")
     assert "on folds the choice was not made on" in advice["verdict"]
     assert parse_manifest({"dataset": "planted"}).grouping.selection_min_gain == 0.0
